@@ -1,0 +1,141 @@
+//! The local admin socket (`data_dir/admin.sock`, mode 0600): lets the CLI run spool
+//! maintenance (`check`, `rebuild-index`) through a running server, which holds the index.
+//! One JSON request line in, one JSON response line out.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::net::UnixListener;
+
+use crate::server::State;
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Request {
+    Check,
+    RebuildIndex,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    pub problems: Vec<String>,
+    pub messages: usize,
+    pub added: usize,
+    pub removed: usize,
+    pub error: Option<String>,
+}
+
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("admin.sock")
+}
+
+/// Binds the socket (replacing a stale one) with owner-only permissions.
+pub fn bind(data_dir: &Path) -> std::io::Result<UnixListener> {
+    let path = socket_path(data_dir);
+    if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "another journalgate serve is running on this data dir",
+        ));
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+pub fn unlink(data_dir: &Path) {
+    let _ = std::fs::remove_file(socket_path(data_dir));
+}
+
+pub async fn run(listener: UnixListener, state: Arc<State>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut lines = tokio::io::BufReader::new(read).lines();
+            let Ok(Some(line)) = lines.next_line().await else {
+                return;
+            };
+            let response = match serde_json::from_str::<Request>(&line) {
+                Ok(request) => {
+                    let spool = state.spool.clone();
+                    tokio::task::spawn_blocking(move || execute(&spool, request))
+                        .await
+                        .unwrap_or_else(|e| failure(e.to_string()))
+                }
+                Err(e) => failure(format!("bad request: {e}")),
+            };
+            let mut out = serde_json::to_vec(&response).expect("serializes");
+            out.push(b'\n');
+            let _ = write.write_all(&out).await;
+        });
+    }
+}
+
+fn failure(error: String) -> Response {
+    Response {
+        ok: false,
+        problems: vec![],
+        messages: 0,
+        added: 0,
+        removed: 0,
+        error: Some(error),
+    }
+}
+
+/// Runs a maintenance request against an open spool (in the server or in the CLI).
+pub fn execute(spool: &crate::spool::Spool, request: Request) -> Response {
+    let result = match request {
+        Request::Check => spool.check().map(|problems| Response {
+            ok: problems.is_empty(),
+            problems,
+            messages: spool.indexed_messages().unwrap_or(0) as usize,
+            added: 0,
+            removed: 0,
+            error: None,
+        }),
+        Request::RebuildIndex => spool.reconcile().map(|r| Response {
+            ok: true,
+            problems: vec![],
+            messages: r.messages,
+            added: r.added,
+            removed: r.removed,
+            error: None,
+        }),
+    };
+    result.unwrap_or_else(|e| failure(e.to_string()))
+}
+
+/// Sends a request to a running server. `Ok(None)` when no server is listening.
+pub fn request(data_dir: &Path, request: Request) -> std::io::Result<Option<Response>> {
+    let path = socket_path(data_dir);
+    let mut stream = match std::os::unix::net::UnixStream::connect(&path) {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
+    };
+    let mut line = serde_json::to_vec(&request).expect("serializes");
+    line.push(b'\n');
+    stream.write_all(&line)?;
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply)?;
+    serde_json::from_str(&reply)
+        .map(Some)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}

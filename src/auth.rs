@@ -1,0 +1,139 @@
+//! Logins shared by POP3 and IMAP: credential checks that unwrap the mailbox key, and a
+//! per-client-address delay that doubles with each failure.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use crate::config::AuthConfig;
+use crate::crypto::{self, CryptoError, Identity};
+use crate::mailbox::{MailboxError, MailboxId, MailboxRecord, Mailboxes};
+
+/// Failures older than this are forgotten.
+const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("invalid mailbox ID or password")]
+    Invalid,
+    #[error("temporary failure: {0}")]
+    Temporary(String),
+}
+
+/// A successful login: the mailbox and its unwrapped secret key.
+pub struct Session {
+    pub record: MailboxRecord,
+    pub identity: Identity,
+}
+
+pub struct Authenticator {
+    mailboxes: Mailboxes,
+    config: AuthConfig,
+    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    /// Each unwrap costs 32 MiB and tens of ms of scrypt; bound how many run at once.
+    unwraps: Semaphore,
+}
+
+impl Authenticator {
+    pub fn new(mailboxes: Mailboxes, config: AuthConfig) -> Arc<Authenticator> {
+        Arc::new(Authenticator {
+            mailboxes,
+            config,
+            failures: Mutex::new(HashMap::new()),
+            unwraps: Semaphore::new(4),
+        })
+    }
+
+    /// Checks a login. On failure, waits the client's current penalty before answering.
+    pub async fn login(
+        &self,
+        client: IpAddr,
+        user: &str,
+        password: &str,
+    ) -> Result<Session, AuthError> {
+        let result = self.verify(user, password).await;
+        match &result {
+            Ok(_) => {
+                self.failures.lock().unwrap().remove(&client);
+            }
+            Err(AuthError::Invalid) => {
+                let delay = self.record_failure(client);
+                tokio::time::sleep(delay).await;
+            }
+            Err(AuthError::Temporary(_)) => {}
+        }
+        result
+    }
+
+    async fn verify(&self, user: &str, password: &str) -> Result<Session, AuthError> {
+        let id = MailboxId::parse(user).map_err(|_| AuthError::Invalid)?;
+        let (record, wrapped) = match (
+            self.mailboxes.load(&id),
+            self.mailboxes.wrapped_identity(&id),
+        ) {
+            (Ok(r), Ok(w)) => (r, w),
+            (Err(MailboxError::NotFound(_)), _) | (_, Err(MailboxError::NotFound(_))) => {
+                return Err(AuthError::Invalid)
+            }
+            (Err(e), _) | (_, Err(e)) => return Err(AuthError::Temporary(e.to_string())),
+        };
+        let _permit = self
+            .unwraps
+            .acquire()
+            .await
+            .map_err(|e| AuthError::Temporary(e.to_string()))?;
+        let password = password.to_owned();
+        let identity =
+            tokio::task::spawn_blocking(move || crypto::unwrap_identity(&wrapped, &password))
+                .await
+                .map_err(|e| AuthError::Temporary(e.to_string()))?;
+        match identity {
+            Ok(identity) => Ok(Session { record, identity }),
+            Err(CryptoError::WrongPassword) => Err(AuthError::Invalid),
+            Err(e) => Err(AuthError::Temporary(e.to_string())),
+        }
+    }
+
+    /// Records a failure and returns the delay to impose: base, 2×base, 4×base... up to max.
+    fn record_failure(&self, client: IpAddr) -> Duration {
+        let mut failures = self.failures.lock().unwrap();
+        let now = Instant::now();
+        failures.retain(|_, (_, last)| now.duration_since(*last) < FORGET_AFTER);
+        let entry = failures.entry(client).or_insert((0, now));
+        entry.0 = entry.0.saturating_add(1);
+        entry.1 = now;
+        let factor = 1u64 << (entry.0 - 1).min(20);
+        Duration::from_millis(
+            self.config
+                .failure_delay_ms
+                .saturating_mul(factor)
+                .min(self.config.max_failure_delay_ms),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delay_doubles_and_is_capped() {
+        let auth = Authenticator::new(
+            Mailboxes::new(std::path::Path::new("/nonexistent")),
+            AuthConfig {
+                failure_delay_ms: 100,
+                max_failure_delay_ms: 350,
+            },
+        );
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let delays: Vec<u64> = (0..4)
+            .map(|_| auth.record_failure(ip).as_millis() as u64)
+            .collect();
+        assert_eq!(delays, vec![100, 200, 350, 350]);
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        assert_eq!(auth.record_failure(other).as_millis(), 100);
+    }
+}

@@ -1,0 +1,270 @@
+//! The command line: `serve`, mailbox management and spool maintenance. Every command works
+//! whether or not `serve` runs: mailbox files are shared safely (atomic renames), and index
+//! maintenance goes through the server's admin socket when it holds the index.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+
+use crate::admin::{self, Request};
+use crate::config::Config;
+use crate::mailbox::{MailboxId, MailboxRecord, Mailboxes, Status};
+use crate::spool::{self, Spool};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "journalgate",
+    version,
+    about = "Journal-report gateway: SMTP in, encrypted spool, POP3 out"
+)]
+pub struct Cli {
+    /// Configuration file (default: ./journalgate.toml if present, else built-in defaults).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the gateway.
+    Serve,
+    /// Manage gateway mailboxes.
+    #[command(subcommand)]
+    Mailbox(MailboxCommand),
+    /// Verify the spool and the index; exit 1 on damage.
+    Check(JsonFlag),
+    /// Rebuild the index from the spool.
+    RebuildIndex(JsonFlag),
+}
+
+#[derive(Args, Debug)]
+pub struct JsonFlag {
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct IdArg {
+    /// Mailbox ID (mbx-...), with or without @hostname.
+    pub id: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MailboxCommand {
+    /// Create a mailbox; prints its address and password (shown once, never stored).
+    Create {
+        #[arg(long, default_value = "")]
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List mailboxes.
+    List(JsonFlag),
+    /// Show one mailbox.
+    Show(IdArg),
+    /// Stop accepting mail for a mailbox (it can still be collected).
+    Suspend(IdArg),
+    /// Accept mail again.
+    Resume(IdArg),
+    /// Delete a suspended mailbox and all its mail.
+    Delete(IdArg),
+    /// New password and key; unread mail sealed to the old key is set aside.
+    ResetPassword(IdArg),
+}
+
+/// Runs a command other than `serve`; returns the process exit code.
+pub fn run(config: &Config, command: Command) -> Result<i32> {
+    match command {
+        Command::Serve => unreachable!("serve is run by main"),
+        Command::Mailbox(cmd) => mailbox(config, cmd),
+        Command::Check(flag) => maintenance(config, Request::Check, flag.json),
+        Command::RebuildIndex(flag) => maintenance(config, Request::RebuildIndex, flag.json),
+    }
+}
+
+fn mailbox(config: &Config, cmd: MailboxCommand) -> Result<i32> {
+    let boxes = Mailboxes::new(&config.data_dir);
+    match cmd {
+        MailboxCommand::Create {
+            name,
+            description,
+            json,
+        } => {
+            let (record, password) = boxes.create(&name, &description)?;
+            let address = address(config, &record.id);
+            if json {
+                print_json(&json!({"id": record.id, "address": address, "password": password}));
+            } else {
+                println!("Mailbox created.");
+                println!("  ID:       {}", record.id);
+                println!("  Address:  {address}");
+                println!("  Password: {password}");
+                println!(
+                    "The password is shown only now and is not stored anywhere. Keep it safe:"
+                );
+                println!("without it, mail in this mailbox cannot be decrypted.");
+            }
+        }
+        MailboxCommand::List(flag) => {
+            let list: Vec<Value> = boxes
+                .list()?
+                .iter()
+                .map(|r| describe(config, &boxes, r))
+                .collect::<Result<_>>()?;
+            if flag.json {
+                print_json(&json!({ "mailboxes": list }));
+            } else if list.is_empty() {
+                println!("No mailboxes. Create one with: journalgate mailbox create --name NAME");
+            } else {
+                println!(
+                    "{:<38} {:<10} {:>9} {:>12}  NAME",
+                    "ID", "STATUS", "MESSAGES", "BYTES"
+                );
+                for m in &list {
+                    println!(
+                        "{:<38} {:<10} {:>9} {:>12}  {}",
+                        m["id"].as_str().unwrap_or(""),
+                        m["status"].as_str().unwrap_or(""),
+                        m["messages"],
+                        m["bytes"],
+                        m["name"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
+        MailboxCommand::Show(arg) => {
+            let record = boxes.load(&parse_id(&arg.id)?)?;
+            let value = describe(config, &boxes, &record)?;
+            if arg.json {
+                print_json(&value);
+            } else {
+                for (k, v) in value.as_object().expect("object") {
+                    println!(
+                        "{k:<12} {}",
+                        v.as_str().map(str::to_owned).unwrap_or(v.to_string())
+                    );
+                }
+            }
+        }
+        MailboxCommand::Suspend(arg) => set_status(config, &boxes, &arg, Status::Suspended)?,
+        MailboxCommand::Resume(arg) => set_status(config, &boxes, &arg, Status::Active)?,
+        MailboxCommand::Delete(arg) => {
+            let id = parse_id(&arg.id)?;
+            boxes.delete(&id)?;
+            notify_server(config);
+            if arg.json {
+                print_json(&json!({"id": id, "deleted": true}));
+            } else {
+                println!("Mailbox {id} deleted.");
+            }
+        }
+        MailboxCommand::ResetPassword(arg) => {
+            let id = parse_id(&arg.id)?;
+            let (record, password) = boxes.reset_password(&id)?;
+            notify_server(config);
+            if arg.json {
+                print_json(&json!({"id": record.id, "password": password}));
+            } else {
+                println!("New password for {}: {password}", record.id);
+                println!("Mail that arrived before the reset stays sealed to the old key and is no longer served.");
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn set_status(config: &Config, boxes: &Mailboxes, arg: &IdArg, status: Status) -> Result<()> {
+    let record = boxes.set_status(&parse_id(&arg.id)?, status)?;
+    let value = describe(config, boxes, &record)?;
+    if arg.json {
+        print_json(&value);
+    } else {
+        println!(
+            "Mailbox {} is now {}.",
+            record.id,
+            value["status"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+fn parse_id(input: &str) -> Result<MailboxId> {
+    MailboxId::parse(input).with_context(|| format!("{input:?}"))
+}
+
+fn address(config: &Config, id: &MailboxId) -> String {
+    format!("{id}@{}", config.domain())
+}
+
+/// The JSON description of a mailbox; counts come from the folder, so no index is needed.
+fn describe(config: &Config, boxes: &Mailboxes, r: &MailboxRecord) -> Result<Value> {
+    let scan = spool::scan_dir(&boxes.msg_dir(&r.id))?;
+    let bytes: u64 = scan.messages.iter().map(|m| m.size).sum();
+    Ok(json!({
+        "id": r.id,
+        "address": address(config, &r.id),
+        "name": r.name,
+        "description": r.description,
+        "status": r.status,
+        "messages": scan.messages.len(),
+        "bytes": bytes,
+        "created": r.created,
+        "uidvalidity": r.uidvalidity,
+    }))
+}
+
+/// After a mailbox's files moved (delete, reset), a running server re-reads its index.
+fn notify_server(config: &Config) {
+    let _ = admin::request(&config.data_dir, Request::RebuildIndex);
+}
+
+fn maintenance(config: &Config, request: Request, json: bool) -> Result<i32> {
+    let response = match admin::request(&config.data_dir, request)? {
+        Some(r) => r,
+        None => {
+            if !config.data_dir.is_dir() {
+                bail!("data dir {} does not exist", config.data_dir.display());
+            }
+            let spool = Spool::open(&config.data_dir)?;
+            let response = admin::execute(&spool, request);
+            spool.shutdown();
+            response
+        }
+    };
+    if let Some(e) = &response.error {
+        bail!("{e}");
+    }
+    if json {
+        print_json(&serde_json::to_value(&response)?);
+    } else {
+        match request {
+            Request::Check if response.ok => println!(
+                "OK: spool and index are consistent ({} messages).",
+                response.messages
+            ),
+            Request::Check => {
+                println!("DAMAGE FOUND:");
+                for p in &response.problems {
+                    println!("  {p}");
+                }
+            }
+            Request::RebuildIndex => println!(
+                "Index rebuilt: {} messages ({} entries added, {} removed).",
+                response.messages, response.added, response.removed
+            ),
+        }
+    }
+    Ok(if response.ok { 0 } else { 1 })
+}
+
+fn print_json(value: &Value) {
+    println!("{}", serde_json::to_string(value).expect("serializes"));
+}

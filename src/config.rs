@@ -1,0 +1,360 @@
+//! Configuration: one TOML file, every key optional, unknown keys rejected by name.
+//!
+//! The built-in defaults are what a newcomer expects from `journalgate serve` with no file at all:
+//! data in `./data`, a self-signed certificate, unprivileged loopback ports.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Mailbox domain and certificate name.
+    pub hostname: String,
+    pub data_dir: PathBuf,
+    pub smtp: SmtpConfig,
+    pub pop3: Pop3Config,
+    pub imap: ImapConfig,
+    pub tls: TlsConfig,
+    pub acme: AcmeConfig,
+    pub console: ConsoleConfig,
+    pub archive: ArchiveConfig,
+    pub spool: SpoolConfig,
+    pub auth: AuthConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            hostname: "localhost".into(),
+            data_dir: PathBuf::from("./data"),
+            smtp: SmtpConfig::default(),
+            pop3: Pop3Config::default(),
+            imap: ImapConfig::default(),
+            tls: TlsConfig::default(),
+            acme: AcmeConfig::default(),
+            console: ConsoleConfig::default(),
+            archive: ArchiveConfig::default(),
+            spool: SpoolConfig::default(),
+            auth: AuthConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    pub listen: Vec<SocketAddr>,
+    pub listen_tls: Vec<SocketAddr>,
+    pub max_message_size: u64,
+    pub require_tls: bool,
+    pub allowed_networks: Vec<IpNet>,
+    pub max_connections: usize,
+    pub max_recipients: usize,
+    pub timeout_secs: u64,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            listen: vec![loopback(2525)],
+            listen_tls: vec![],
+            max_message_size: 160_000_000,
+            require_tls: false,
+            allowed_networks: vec![],
+            max_connections: 500,
+            max_recipients: 100,
+            timeout_secs: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pop3Config {
+    pub listen: Vec<SocketAddr>,
+    pub listen_tls: Vec<SocketAddr>,
+    pub max_connections: usize,
+    pub timeout_secs: u64,
+}
+
+impl Default for Pop3Config {
+    fn default() -> Self {
+        Pop3Config {
+            listen: vec![loopback(1110)],
+            listen_tls: vec![loopback(1995)],
+            max_connections: 200,
+            timeout_secs: 600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImapConfig {
+    pub listen: Vec<SocketAddr>,
+    pub listen_tls: Vec<SocketAddr>,
+}
+
+impl Default for ImapConfig {
+    fn default() -> Self {
+        ImapConfig {
+            listen: vec![loopback(1143)],
+            listen_tls: vec![loopback(1993)],
+        }
+    }
+}
+
+/// Where the certificate comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsSource {
+    SelfSigned,
+    Files,
+    Acme,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub source: TlsSource,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            source: TlsSource::SelfSigned,
+            cert_file: None,
+            key_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AcmeConfig {
+    pub directory: String,
+    pub contact: String,
+    pub domains: Vec<String>,
+    pub challenge: String,
+    pub http_listen: String,
+    pub ca_file: String,
+    pub renew_before_days: u32,
+}
+
+impl Default for AcmeConfig {
+    fn default() -> Self {
+        AcmeConfig {
+            directory: "https://acme-v02.api.letsencrypt.org/directory".into(),
+            contact: String::new(),
+            domains: vec![],
+            challenge: "http-01".into(),
+            http_listen: "0.0.0.0:80".into(),
+            ca_file: String::new(),
+            renew_before_days: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Empty string disables the console.
+    pub listen: String,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            listen: "127.0.0.1:8450".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    pub enabled: bool,
+    pub unknown_addresses: String,
+    pub journal_sources: Vec<IpNet>,
+    pub retention_days: u32,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig {
+            enabled: true,
+            unknown_addresses: "catch-all".into(),
+            journal_sources: vec![],
+            retention_days: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// SMTP refuses new mail (452 4.3.1) when less than this is free on the data disk.
+    pub min_free_bytes: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            min_free_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Delay after the first failed login from a client address; doubles per further failure.
+    pub failure_delay_ms: u64,
+    pub max_failure_delay_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            failure_delay_ms: 1000,
+            max_failure_delay_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+        }
+    }
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+impl Config {
+    /// Loads `path`, or `./journalgate.toml` when present, or the built-in defaults.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let default_path = Path::new("journalgate.toml");
+        let path = match path {
+            Some(p) => p,
+            None if default_path.exists() => default_path,
+            None => return Ok(Config::default()),
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config = Config::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text; the error names the offending key.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim().to_string())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let host = &self.hostname;
+        let host_ok = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        if !host_ok {
+            return Err(ConfigError::Invalid(format!(
+                "hostname {host:?} is not a valid host name"
+            )));
+        }
+        if self.tls.source == TlsSource::Files
+            && (self.tls.cert_file.is_none() || self.tls.key_file.is_none())
+        {
+            return Err(ConfigError::Invalid(
+                "[tls] source = \"files\" needs cert_file and key_file".into(),
+            ));
+        }
+        if self.smtp.max_connections == 0 || self.pop3.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "max_connections must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Lower-cased mailbox domain.
+    pub fn domain(&self) -> String {
+        self.hostname.to_ascii_lowercase()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.hostname, "localhost");
+        assert_eq!(c.smtp.listen, vec![loopback(2525)]);
+        assert_eq!(c.pop3.listen_tls, vec![loopback(1995)]);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse("[smtp]\nlisten_port = 25\n").unwrap_err();
+        assert!(err.contains("listen_port"), "{err}");
+        let err = Config::parse("bogus = 1\n").unwrap_err();
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn networks_and_sources_parse() {
+        let c = Config::parse(
+            "[smtp]\nallowed_networks = [\"10.0.0.0/8\", \"::1/128\"]\n[tls]\nsource = \"files\"\ncert_file = \"a\"\nkey_file = \"b\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.smtp.allowed_networks.len(), 2);
+        assert_eq!(c.tls.source, TlsSource::Files);
+    }
+}

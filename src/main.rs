@@ -1,0 +1,69 @@
+//! journalgate: a journal-report gateway. Receives journal reports over SMTP into per-mailbox,
+//! encrypted spools and lets archiving servers collect them over POP3.
+
+mod admin;
+mod auth;
+mod cli;
+mod config;
+mod crypto;
+mod fsutil;
+mod index;
+mod mailbox;
+mod net;
+mod pop3;
+mod server;
+mod smtp;
+mod spool;
+mod tls;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let config = match config::Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("journalgate: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    init_logging(&config);
+    let result = match cli.command {
+        cli::Command::Serve => run_server(config),
+        command => cli::run(&config, command),
+    };
+    match result {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("journalgate: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run_server(config: config::Config) -> anyhow::Result<i32> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(server::serve(config))?;
+    Ok(0)
+}
+
+fn init_logging(config: &config::Config) {
+    let filter = EnvFilter::try_from_env("JOURNALGATE_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        config::LogFormat::Json => builder.json().init(),
+        config::LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,541 @@
+//! POP3 collection of gateway mailboxes (RFC 1939, 2449 CAPA, 2595 STLS, 5034 SASL PLAIN).
+//!
+//! Credentials are accepted only over TLS. The password unwraps the mailbox key for the
+//! session; messages are decrypted as they are sent, never held whole in memory. DELE takes
+//! effect at QUIT. One session per mailbox at a time.
+
+mod command;
+mod stuff;
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::auth::{AuthError, Session as Login};
+use crate::mailbox::MailboxId;
+use crate::net::{self, Conn, Line, Stream};
+use crate::server::State;
+use crate::spool::MessageMeta;
+use command::{Command, ParseError};
+use stuff::{DotStuffer, TopLimit};
+
+const MAX_LINE: usize = 2048;
+const MAX_ERRORS: u32 = 20;
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Accepts POP3 connections until shutdown; `implicit_tls` for port 995.
+pub async fn run(listener: TcpListener, implicit_tls: bool, state: Arc<State>) {
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "pop3 accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let mut stream = Stream::Plain(tcp);
+            let Ok(_permit) = state.pop3_limit.clone().try_acquire_owned() else {
+                let _ = stream
+                    .write_all(b"-ERR [SYS/TEMP] Too many connections\r\n")
+                    .await;
+                return;
+            };
+            if implicit_tls {
+                stream = match stream.upgrade(&state.tls, TLS_HANDSHAKE_TIMEOUT).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(client = %peer, error = %e, "pop3s handshake failed");
+                        return;
+                    }
+                };
+            }
+            let mut session = Session {
+                peer,
+                state,
+                login: None,
+                user: None,
+                messages: Vec::new(),
+                deleted: Vec::new(),
+                errors: 0,
+            };
+            if let Err(e) = session.handle(stream).await {
+                tracing::debug!(client = %peer, error = %e, "pop3 session ended");
+            }
+        });
+    }
+}
+
+/// Removes the mailbox lock when the session ends, however it ends.
+struct LockGuard {
+    state: Arc<State>,
+    id: MailboxId,
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        self.state.pop3_locks.lock().unwrap().remove(&self.id);
+    }
+}
+
+struct Session {
+    peer: SocketAddr,
+    state: Arc<State>,
+    login: Option<(Login, LockGuard)>,
+    user: Option<String>,
+    messages: Vec<MessageMeta>,
+    deleted: Vec<bool>,
+    errors: u32,
+}
+
+enum Next {
+    Continue,
+    StartTls,
+    Quit,
+}
+
+impl Session {
+    async fn handle(&mut self, stream: Stream) -> std::io::Result<()> {
+        let mut conn = net::buffered(stream);
+        send(&mut conn, "+OK journalgate POP3 ready\r\n").await?;
+        while let Next::StartTls = self.command_loop(&mut conn).await? {
+            let stream = conn.into_inner();
+            conn = net::buffered(
+                stream
+                    .upgrade(&self.state.tls, TLS_HANDSHAKE_TIMEOUT)
+                    .await?,
+            );
+        }
+        let _ = conn.get_mut().shutdown().await;
+        Ok(())
+    }
+
+    async fn command_loop(&mut self, conn: &mut Conn) -> std::io::Result<Next> {
+        let timeout = Duration::from_secs(self.state.config.pop3.timeout_secs);
+        let mut shutdown = self.state.shutdown.clone();
+        loop {
+            if *shutdown.borrow() {
+                send(conn, "-ERR [SYS/TEMP] Server shutting down\r\n").await?;
+                return Ok(Next::Quit);
+            }
+            let line = tokio::select! {
+                line = net::read_line_timeout(conn, MAX_LINE, timeout) => line,
+                _ = shutdown.changed() => continue,
+            };
+            let line = match line {
+                Ok(Line::Ok(l)) => l,
+                Ok(Line::Eof) => return Ok(Next::Quit),
+                Ok(Line::TooLong) => {
+                    self.error(conn, "-ERR Line too long").await?;
+                    if self.errors >= MAX_ERRORS {
+                        return Ok(Next::Quit);
+                    }
+                    continue;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    send(conn, "-ERR Timeout, closing connection\r\n").await?;
+                    return Ok(Next::Quit);
+                }
+                Err(e) => return Err(e),
+            };
+            let text = String::from_utf8_lossy(&line).into_owned();
+            let next = match command::parse(&text) {
+                Ok(cmd) => self.execute(conn, cmd).await?,
+                Err(ParseError::Unknown) => {
+                    self.error(conn, "-ERR Unknown command").await?;
+                    Next::Continue
+                }
+                Err(ParseError::Syntax(why)) => {
+                    self.error(conn, &format!("-ERR {why}")).await?;
+                    Next::Continue
+                }
+            };
+            match next {
+                Next::Continue if self.errors >= MAX_ERRORS => {
+                    send(conn, "-ERR Too many errors, closing connection\r\n").await?;
+                    return Ok(Next::Quit);
+                }
+                Next::Continue => {}
+                other => return Ok(other),
+            }
+        }
+    }
+
+    async fn error(&mut self, conn: &mut Conn, text: &str) -> std::io::Result<()> {
+        self.errors += 1;
+        send(conn, &format!("{text}\r\n")).await
+    }
+
+    fn tls(&self, conn: &Conn) -> bool {
+        conn.get_ref().is_tls()
+    }
+
+    async fn execute(&mut self, conn: &mut Conn, cmd: Command) -> std::io::Result<Next> {
+        let authed = self.login.is_some();
+        match cmd {
+            Command::Capa => {
+                let mut caps = vec![
+                    "CAPA",
+                    "TOP",
+                    "UIDL",
+                    "RESP-CODES",
+                    "AUTH-RESP-CODE",
+                    "PIPELINING",
+                ];
+                if !authed {
+                    if self.tls(conn) {
+                        caps.extend(["USER", "SASL PLAIN"]);
+                    } else {
+                        caps.push("STLS");
+                    }
+                }
+                caps.push("IMPLEMENTATION journalgate");
+                let mut out = String::from("+OK Capability list follows\r\n");
+                for c in caps {
+                    out.push_str(c);
+                    out.push_str("\r\n");
+                }
+                out.push_str(".\r\n");
+                send(conn, &out).await?;
+            }
+            Command::Stls if authed || self.tls(conn) => {
+                self.error(conn, "-ERR STLS not allowed now").await?;
+            }
+            Command::Stls => {
+                send(conn, "+OK Begin TLS negotiation\r\n").await?;
+                return Ok(Next::StartTls);
+            }
+            Command::User(_) | Command::Pass(_) | Command::Auth(_) if authed => {
+                self.error(conn, "-ERR Already logged in").await?;
+            }
+            Command::User(_) | Command::Pass(_) | Command::Auth(_) if !self.tls(conn) => {
+                self.error(
+                    conn,
+                    "-ERR [AUTH] Authentication requires TLS; use STLS first",
+                )
+                .await?;
+            }
+            Command::User(name) => {
+                self.user = Some(name);
+                send(conn, "+OK Send the password\r\n").await?;
+            }
+            Command::Pass(password) => match self.user.take() {
+                Some(user) => self.login(conn, &user, &password).await?,
+                None => self.error(conn, "-ERR USER first").await?,
+            },
+            Command::Auth(None) => send(conn, "+OK\r\nPLAIN\r\n.\r\n").await?,
+            Command::Auth(Some((mech, initial))) => {
+                if mech != "PLAIN" {
+                    self.error(conn, "-ERR Unsupported mechanism").await?;
+                    return Ok(Next::Continue);
+                }
+                let response = match initial {
+                    Some(r) => r,
+                    None => {
+                        send(conn, "+ \r\n").await?;
+                        let timeout = Duration::from_secs(self.state.config.pop3.timeout_secs);
+                        match net::read_line_timeout(conn, MAX_LINE, timeout).await? {
+                            Line::Ok(l) => String::from_utf8_lossy(&l).into_owned(),
+                            Line::TooLong => String::new(),
+                            Line::Eof => return Ok(Next::Quit),
+                        }
+                    }
+                };
+                if response.trim() == "*" {
+                    self.error(conn, "-ERR Authentication cancelled").await?;
+                    return Ok(Next::Continue);
+                }
+                match command::decode_plain(&response) {
+                    Some((user, password)) => self.login(conn, &user, &password).await?,
+                    None => {
+                        self.error(conn, "-ERR [AUTH] Invalid SASL PLAIN response")
+                            .await?
+                    }
+                }
+            }
+            _ if !authed => {
+                self.error(conn, "-ERR Not logged in").await?;
+            }
+            Command::Stat => {
+                let (n, size) = self.totals();
+                send(conn, &format!("+OK {n} {size}\r\n")).await?;
+            }
+            Command::List(None) | Command::Uidl(None) => {
+                let uidl = matches!(cmd, Command::Uidl(_));
+                let (n, size) = self.totals();
+                let mut out = if uidl {
+                    String::from("+OK Unique IDs follow\r\n")
+                } else {
+                    format!("+OK {n} messages ({size} octets)\r\n")
+                };
+                for i in 0..self.messages.len() {
+                    if !self.deleted[i] {
+                        out.push_str(&format!("{} {}\r\n", i + 1, self.describe(i, uidl)));
+                    }
+                }
+                out.push_str(".\r\n");
+                send(conn, &out).await?;
+            }
+            Command::List(Some(n)) | Command::Uidl(Some(n)) => {
+                let uidl = matches!(cmd, Command::Uidl(_));
+                match self.index(n) {
+                    Some(i) => {
+                        send(conn, &format!("+OK {n} {}\r\n", self.describe(i, uidl))).await?
+                    }
+                    None => self.error(conn, "-ERR No such message").await?,
+                }
+            }
+            Command::Retr(n) => match self.index(n) {
+                Some(i) => self.send_message(conn, i, None).await?,
+                None => self.error(conn, "-ERR No such message").await?,
+            },
+            Command::Top(n, lines) => match self.index(n) {
+                Some(i) => self.send_message(conn, i, Some(lines)).await?,
+                None => self.error(conn, "-ERR No such message").await?,
+            },
+            Command::Dele(n) => match self.index(n) {
+                Some(i) => {
+                    self.deleted[i] = true;
+                    send(conn, &format!("+OK Message {n} deleted\r\n")).await?;
+                }
+                None => self.error(conn, "-ERR No such message").await?,
+            },
+            Command::Rset => {
+                self.deleted.iter_mut().for_each(|d| *d = false);
+                let (n, size) = self.totals();
+                send(conn, &format!("+OK {n} messages ({size} octets)\r\n")).await?;
+            }
+            Command::Noop => send(conn, "+OK\r\n").await?,
+            Command::Quit => {
+                let reply = self.update().await;
+                send(conn, &reply).await?;
+                return Ok(Next::Quit);
+            }
+        }
+        Ok(Next::Continue)
+    }
+
+    async fn login(&mut self, conn: &mut Conn, user: &str, password: &str) -> std::io::Result<()> {
+        let domain = self.state.config.domain();
+        let user_ok = match user.split_once('@') {
+            Some((_, d)) => d.eq_ignore_ascii_case(&domain),
+            None => true,
+        };
+        let result = if user_ok {
+            self.state.auth.login(self.peer.ip(), user, password).await
+        } else {
+            self.state.auth.login(self.peer.ip(), "", password).await
+        };
+        let login = match result {
+            Ok(l) => l,
+            Err(AuthError::Invalid) => {
+                tracing::info!(client = %self.peer, "pop3 login failed");
+                return self
+                    .error(conn, "-ERR [AUTH] Invalid mailbox ID or password")
+                    .await;
+            }
+            Err(AuthError::Temporary(e)) => {
+                tracing::error!(client = %self.peer, error = %e, "pop3 login could not be checked");
+                return send(
+                    conn,
+                    "-ERR [SYS/TEMP] Temporary failure, try again later\r\n",
+                )
+                .await;
+            }
+        };
+        let id = login.record.id.clone();
+        if !self.state.pop3_locks.lock().unwrap().insert(id.clone()) {
+            tracing::info!(client = %self.peer, mailbox = %id, "pop3 login refused: mailbox in use");
+            return send(
+                conn,
+                "-ERR [IN-USE] Mailbox is locked by another POP3 session\r\n",
+            )
+            .await;
+        }
+        let guard = LockGuard {
+            state: self.state.clone(),
+            id: id.clone(),
+        };
+        let messages = match self.state.spool.list(&id) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(mailbox = %id, error = %e, "cannot list mailbox");
+                return send(
+                    conn,
+                    "-ERR [SYS/TEMP] Cannot open the mailbox, try again later\r\n",
+                )
+                .await;
+            }
+        };
+        tracing::info!(client = %self.peer, mailbox = %id, messages = messages.len(), "pop3 login");
+        self.deleted = vec![false; messages.len()];
+        self.messages = messages;
+        self.login = Some((login, guard));
+        let (n, size) = self.totals();
+        send(
+            conn,
+            &format!("+OK Mailbox open, {n} messages ({size} octets)\r\n"),
+        )
+        .await
+    }
+
+    fn totals(&self) -> (usize, u64) {
+        self.messages
+            .iter()
+            .zip(&self.deleted)
+            .filter(|(_, d)| !**d)
+            .fold((0, 0), |(n, s), (m, _)| (n + 1, s + m.size))
+    }
+
+    /// Index of message number `n` if it exists and is not deleted.
+    fn index(&self, n: usize) -> Option<usize> {
+        let i = n.checked_sub(1)?;
+        (i < self.messages.len() && !self.deleted[i]).then_some(i)
+    }
+
+    fn describe(&self, i: usize, uidl: bool) -> String {
+        let m = &self.messages[i];
+        if uidl {
+            let uidvalidity = self
+                .login
+                .as_ref()
+                .map(|(l, _)| l.record.uidvalidity)
+                .unwrap_or(0);
+            format!("{uidvalidity}.{}", m.uid)
+        } else {
+            m.size.to_string()
+        }
+    }
+
+    /// Streams a message (or its TOP part), decrypting on a blocking thread.
+    async fn send_message(
+        &mut self,
+        conn: &mut Conn,
+        i: usize,
+        top: Option<usize>,
+    ) -> std::io::Result<()> {
+        let (login, _) = self.login.as_ref().expect("logged in");
+        let meta = self.messages[i];
+        let id = login.record.id.clone();
+        let spool = self.state.spool.clone();
+        let identity = login.identity.clone();
+        let (tx, mut rx) = mpsc::channel::<Result<Vec<u8>, String>>(4);
+        tokio::task::spawn_blocking(move || {
+            let mut reader = match spool.open_message(&id, &meta, &identity) {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let mut limit = top.map(TopLimit::new);
+            loop {
+                let mut buf = vec![0u8; 64 * 1024];
+                match reader.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        let keep = limit.as_mut().map(|l| l.take(&buf[..n])).unwrap_or(n);
+                        buf.truncate(keep);
+                        let done = limit.as_ref().is_some_and(|l| l.is_done());
+                        if tx.blocking_send(Ok(buf)).is_err() || done {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e.to_string()));
+                        return;
+                    }
+                }
+            }
+        });
+        let mut stuffer = DotStuffer::default();
+        let mut out = Vec::with_capacity(70 * 1024);
+        let mut started = false;
+        while let Some(chunk) = rx.recv().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(mailbox = %self.login.as_ref().expect("login").0.record.id, uid = meta.uid, error = %e, "cannot read message");
+                    if started {
+                        // Mid-transfer failure: the response cannot be repaired; drop the connection.
+                        return Err(std::io::Error::other(e));
+                    }
+                    return send(conn, "-ERR [SYS/TEMP] Message cannot be read\r\n").await;
+                }
+            };
+            if !started {
+                send_raw(conn, format!("+OK {} octets\r\n", meta.size).as_bytes()).await?;
+                started = true;
+            }
+            out.clear();
+            stuffer.feed(&chunk, &mut out);
+            conn.get_mut().write_all(&out).await?;
+        }
+        if !started {
+            send_raw(conn, format!("+OK {} octets\r\n", meta.size).as_bytes()).await?;
+        }
+        out.clear();
+        stuffer.finish(&mut out);
+        send_raw(conn, &out).await
+    }
+
+    /// The UPDATE state: removes the messages marked deleted.
+    async fn update(&mut self) -> String {
+        let Some((login, _)) = self.login.as_ref() else {
+            return "+OK Bye\r\n".into();
+        };
+        let uids: Vec<u32> = self
+            .messages
+            .iter()
+            .zip(&self.deleted)
+            .filter(|(_, d)| **d)
+            .map(|(m, _)| m.uid)
+            .collect();
+        if uids.is_empty() {
+            return "+OK Bye\r\n".into();
+        }
+        let id = login.record.id.clone();
+        let spool = self.state.spool.clone();
+        let count = uids.len();
+        let result = {
+            let id = id.clone();
+            tokio::task::spawn_blocking(move || spool.expunge(&id, &uids)).await
+        };
+        match result {
+            Ok(Ok(())) => {
+                tracing::info!(client = %self.peer, mailbox = %id, deleted = count, "pop3 messages deleted");
+                format!("+OK {count} messages deleted, bye\r\n")
+            }
+            Ok(Err(e)) => {
+                tracing::error!(mailbox = %id, error = %e, "pop3 delete failed");
+                "-ERR [SYS/TEMP] Some messages could not be deleted\r\n".into()
+            }
+            Err(e) => {
+                tracing::error!(mailbox = %id, error = %e, "pop3 delete failed");
+                "-ERR [SYS/TEMP] Some messages could not be deleted\r\n".into()
+            }
+        }
+    }
+}
+
+async fn send(conn: &mut Conn, text: &str) -> std::io::Result<()> {
+    send_raw(conn, text.as_bytes()).await
+}
+
+async fn send_raw(conn: &mut Conn, bytes: &[u8]) -> std::io::Result<()> {
+    let w = conn.get_mut();
+    w.write_all(bytes).await?;
+    w.flush().await
+}

@@ -1,0 +1,146 @@
+//! `journalgate serve`: opens the spool, binds every listener, runs the protocol servers, and
+//! shuts down gracefully on SIGTERM/SIGINT (stop accepting, let deliveries finish, flush).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use crate::admin;
+use crate::auth::Authenticator;
+use crate::config::{Config, TlsSource};
+use crate::mailbox::MailboxId;
+use crate::net;
+use crate::pop3;
+use crate::smtp;
+use crate::spool::Spool;
+use crate::tls::{self, CertResolver};
+
+/// How long sessions get to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// What every session shares.
+pub struct State {
+    pub config: Config,
+    pub spool: Arc<Spool>,
+    pub auth: Arc<Authenticator>,
+    pub tls: TlsAcceptor,
+    pub resolver: Arc<CertResolver>,
+    pub shutdown: watch::Receiver<bool>,
+    pub smtp_limit: net::Limit,
+    pub pop3_limit: net::Limit,
+    /// Mailboxes with an open POP3 session (RFC 1939 exclusive access).
+    pub pop3_locks: Mutex<HashSet<MailboxId>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Spool(#[from] crate::spool::SpoolError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Bind(#[from] net::BindError),
+    #[error("admin socket: {0}")]
+    Admin(std::io::Error),
+}
+
+/// Runs the gateway until SIGTERM or SIGINT.
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    let spool = Spool::open(&config.data_dir)?;
+    let resolver = CertResolver::new(tls::load_certificate(&config)?);
+    let acceptor = TlsAcceptor::from(tls::server_config(resolver.clone()));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let state = Arc::new(State {
+        auth: Authenticator::new(spool.mailboxes().clone(), config.auth.clone()),
+        smtp_limit: Arc::new(Semaphore::new(config.smtp.max_connections)),
+        pop3_limit: Arc::new(Semaphore::new(config.pop3.max_connections)),
+        spool: spool.clone(),
+        tls: acceptor,
+        resolver,
+        shutdown: shutdown_rx,
+        pop3_locks: Mutex::new(HashSet::new()),
+        config,
+    });
+
+    let mut bound = Vec::new();
+    let c = &state.config;
+    for (addrs, tls, proto) in [
+        (&c.smtp.listen, false, "smtp"),
+        (&c.smtp.listen_tls, true, "smtps"),
+        (&c.pop3.listen, false, "pop3"),
+        (&c.pop3.listen_tls, true, "pop3s"),
+    ] {
+        for listener in net::bind_all(addrs).await? {
+            bound.push((listener, tls, proto));
+        }
+    }
+    let admin_listener = admin::bind(&state.config.data_dir).map_err(ServeError::Admin)?;
+
+    let mut tasks = Vec::new();
+    let mut summary = Vec::new();
+    for (listener, tls, proto) in bound {
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        tracing::info!(protocol = proto, %addr, "listening");
+        summary.push(format!("{proto} {addr}"));
+        let state = state.clone();
+        tasks.push(match proto {
+            "smtp" | "smtps" => tokio::spawn(smtp::run(listener, tls, state)),
+            _ => tokio::spawn(pop3::run(listener, tls, state)),
+        });
+    }
+    tasks.push(tokio::spawn(admin::run(admin_listener, state.clone())));
+    if state.config.tls.source == TlsSource::Files {
+        tasks.push(tokio::spawn(tls::watch_files(
+            state.config.clone(),
+            state.resolver.clone(),
+            Duration::from_secs(10),
+        )));
+    }
+    println!("journalgate ready: {}", summary.join(", "));
+    println!("  data dir: {}", state.config.data_dir.display());
+    println!(
+        "  create a mailbox with: journalgate mailbox create --name NAME (address: mbx-...@{})",
+        state.config.hostname
+    );
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: refusing new work, letting deliveries finish");
+    let _ = shutdown_tx.send(true);
+    for task in &tasks {
+        task.abort();
+    }
+    // Sessions hold connection permits; wait until they are all back.
+    let all_smtp = state.config.smtp.max_connections as u32;
+    let all_pop3 = state.config.pop3.max_connections as u32;
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        let _a = state.smtp_limit.acquire_many(all_smtp).await;
+        let _b = state.pop3_limit.acquire_many(all_pop3).await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("sessions still open after the grace period; closing them");
+    }
+    let spool = state.spool.clone();
+    tokio::task::spawn_blocking(move || spool.shutdown())
+        .await
+        .ok();
+    admin::unlink(&state.config.data_dir);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
