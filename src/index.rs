@@ -5,6 +5,8 @@
 //! A missing, corrupt or stale index is rebuilt, never fatal.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
 
@@ -26,8 +28,15 @@ fn db_err<E: Into<redb::Error>>(e: E) -> IndexError {
     IndexError::Db(Box::new(e.into()))
 }
 
+/// redb frees the pages of non-durable commits only at the next durable one, so one commit in
+/// this interval is made durable; without it the file grew to 270 MB for 15,000 entries.
+const DURABLE_EVERY: Duration = Duration::from_secs(1);
+/// Page cache; the index is small and mostly read in mailbox-sized ranges.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 pub struct Index {
     db: Database,
+    last_durable: Mutex<Instant>,
 }
 
 impl Index {
@@ -45,14 +54,20 @@ impl Index {
     }
 
     fn try_open(path: &Path) -> Result<Index, IndexError> {
-        let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => IndexError::Locked(path.to_owned()),
-            other => db_err(other),
-        })?;
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => IndexError::Locked(path.to_owned()),
+                other => db_err(other),
+            })?;
         let txn = db.begin_write().map_err(db_err)?;
         txn.open_table(MESSAGES).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
-        Ok(Index { db })
+        Ok(Index {
+            db,
+            last_durable: Mutex::new(Instant::now()),
+        })
     }
 
     /// Records new messages (not durable by itself; the spool is).
@@ -168,7 +183,12 @@ impl Index {
         f: impl FnOnce(&mut redb::Table<(&str, u32), (u64, i64, u32)>) -> Result<(), IndexError>,
     ) -> Result<(), IndexError> {
         let mut txn = self.db.begin_write().map_err(db_err)?;
-        txn.set_durability(Durability::None);
+        let mut last = self.last_durable.lock().unwrap();
+        if last.elapsed() < DURABLE_EVERY {
+            txn.set_durability(Durability::None);
+        } else {
+            *last = Instant::now();
+        }
         {
             let mut table = txn.open_table(MESSAGES).map_err(db_err)?;
             f(&mut table)?;

@@ -97,45 +97,66 @@ impl AsyncWrite for Stream {
 pub enum Line {
     /// A complete line, without its line ending (CRLF or bare LF).
     Ok(Vec<u8>),
-    /// The line was longer than the limit; it was read and discarded up to its end.
+    /// The line is longer than the limit. What was read of it is discarded; the rest is still
+    /// unread, so the caller can answer at once and then call [`skip_line`].
     TooLong,
     /// The peer closed the connection.
     Eof,
 }
 
-/// Reads one line of at most `max` bytes. Longer lines are consumed and discarded without
-/// being buffered, so a client cannot make the server hold an unbounded line.
+/// Reads one line of at most `max` bytes; never buffers more than `max` + 2 bytes.
 pub async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R, max: usize) -> io::Result<Line> {
     let mut line = Vec::new();
-    let mut too_long = false;
     loop {
         let buf = reader.fill_buf().await?;
         if buf.is_empty() {
             return Ok(Line::Eof);
         }
-        let (chunk, found) = match buf.iter().position(|b| *b == b'\n') {
+        let (chunk, found) = match memchr::memchr(b'\n', buf) {
             Some(i) => (&buf[..=i], true),
             None => (buf, false),
         };
         let n = chunk.len();
-        if !too_long {
-            if line.len() + n > max + 2 {
-                too_long = true;
-                line = Vec::new();
-            } else {
-                line.extend_from_slice(chunk);
-            }
+        if line.len() + n > max + 2 {
+            let room = max + 2 - line.len();
+            reader.consume(room);
+            return Ok(Line::TooLong);
         }
+        line.extend_from_slice(chunk);
         reader.consume(n);
         if found {
-            if too_long {
-                return Ok(Line::TooLong);
-            }
             line.pop();
             if line.last() == Some(&b'\r') {
                 line.pop();
             }
             return Ok(Line::Ok(line));
+        }
+    }
+}
+
+/// Discards input up to and including the next LF. Returns false at end of stream.
+pub async fn skip_line<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    timeout: Duration,
+) -> io::Result<bool> {
+    loop {
+        let buf = tokio::time::timeout(timeout, reader.fill_buf())
+            .await
+            .map_err(|_| {
+                io::Error::new(io::ErrorKind::TimedOut, "timed out waiting for the client")
+            })??;
+        if buf.is_empty() {
+            return Ok(false);
+        }
+        match memchr::memchr(b'\n', buf) {
+            Some(i) => {
+                reader.consume(i + 1);
+                return Ok(true);
+            }
+            None => {
+                let n = buf.len();
+                reader.consume(n);
+            }
         }
     }
 }
@@ -200,6 +221,7 @@ mod tests {
             Line::Ok(b"short".to_vec())
         );
         assert_eq!(read_line(&mut r, 100).await.unwrap(), Line::TooLong);
+        assert!(skip_line(&mut r, Duration::from_secs(1)).await.unwrap());
         assert_eq!(
             read_line(&mut r, 100).await.unwrap(),
             Line::Ok(b"next".to_vec())

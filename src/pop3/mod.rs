@@ -139,7 +139,7 @@ impl Session {
                 Ok(Line::Eof) => return Ok(Next::Quit),
                 Ok(Line::TooLong) => {
                     self.error(conn, "-ERR Line too long").await?;
-                    if self.errors >= MAX_ERRORS {
+                    if self.errors >= MAX_ERRORS || !net::skip_line(conn, timeout).await? {
                         return Ok(Next::Quit);
                     }
                     continue;
@@ -248,7 +248,10 @@ impl Session {
                         let timeout = Duration::from_secs(self.state.config.pop3.timeout_secs);
                         match net::read_line_timeout(conn, MAX_LINE, timeout).await? {
                             Line::Ok(l) => String::from_utf8_lossy(&l).into_owned(),
-                            Line::TooLong => String::new(),
+                            Line::TooLong => {
+                                net::skip_line(conn, timeout).await?;
+                                String::new()
+                            }
                             Line::Eof => return Ok(Next::Quit),
                         }
                     }
@@ -264,6 +267,11 @@ impl Session {
                             .await?
                     }
                 }
+            }
+            Command::Quit => {
+                let reply = self.update().await;
+                send(conn, &reply).await?;
+                return Ok(Next::Quit);
             }
             _ if !authed => {
                 self.error(conn, "-ERR Not logged in").await?;
@@ -318,11 +326,6 @@ impl Session {
                 send(conn, &format!("+OK {n} messages ({size} octets)\r\n")).await?;
             }
             Command::Noop => send(conn, "+OK\r\n").await?,
-            Command::Quit => {
-                let reply = self.update().await;
-                send(conn, &reply).await?;
-                return Ok(Next::Quit);
-            }
         }
         Ok(Next::Continue)
     }

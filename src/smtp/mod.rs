@@ -137,6 +137,8 @@ struct Transaction {
 
 struct Chunks {
     delivery: Option<Delivery>,
+    /// Message octets received so far (the trace header is not counted).
+    received: u64,
     too_big: bool,
 }
 
@@ -211,9 +213,14 @@ impl Session {
                 Ok(Line::Ok(line)) => line,
                 Ok(Line::Eof) => return Ok(Outcome::Close),
                 Ok(Line::TooLong) => {
+                    // Answer now (the client may wait for it), then drop the rest of the line.
                     self.error("500 5.5.2 Line too long");
+                    self.flush(conn).await?;
                     if self.errors >= MAX_ERRORS {
                         return self.too_many_errors(conn).await;
+                    }
+                    if !net::skip_line(conn, self.timeout()).await? {
+                        return Ok(Outcome::Close);
                     }
                     continue;
                 }
@@ -632,6 +639,7 @@ impl Session {
             };
             self.tx.as_mut().expect("tx").chunks = Some(Chunks {
                 delivery: Some(delivery),
+                received: 0,
                 too_big: false,
             });
         }
@@ -658,14 +666,13 @@ impl Session {
             let n = buf
                 .len()
                 .min(usize::try_from(remaining).unwrap_or(usize::MAX));
+            chunks.received += n as u64;
+            if chunks.received > max {
+                chunks.too_big = true;
+                chunks.delivery = None;
+            }
             if let Some(d) = chunks.delivery.as_mut() {
-                // The trace header is not counted against the limit.
-                if d.size() + n as u64 > max.saturating_add(4096) {
-                    chunks.too_big = true;
-                    chunks.delivery = None;
-                } else {
-                    d.write(&buf[..n]);
-                }
+                d.write(&buf[..n]);
             }
             conn.consume(n);
             remaining -= n as u64;
