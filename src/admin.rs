@@ -1,5 +1,6 @@
 //! The local admin socket (`data_dir/admin.sock`, mode 0600): lets the CLI run spool
-//! maintenance (`check`, `rebuild-index`) through a running server, which holds the index.
+//! maintenance (`check`, `rebuild-index`) through a running server, which holds the index,
+//! and ask it for its certificate (`cert status`, `cert renew`).
 //! One JSON request line in, one JSON response line out.
 
 use std::io::{BufRead, BufReader, Write};
@@ -18,6 +19,10 @@ use crate::server::State;
 pub enum Request {
     Check,
     RebuildIndex,
+    /// The certificate in use (`cert status`).
+    CertStatus,
+    /// Issue an ACME certificate now (`cert renew`).
+    CertRenew,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -28,6 +33,9 @@ pub struct Response {
     pub added: usize,
     pub removed: usize,
     pub error: Option<String>,
+    /// For certificate requests: the status of the certificate in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<serde_json::Value>,
 }
 
 pub fn socket_path(data_dir: &Path) -> PathBuf {
@@ -66,6 +74,9 @@ pub async fn run(listener: UnixListener, state: Arc<State>) {
                 return;
             };
             let response = match serde_json::from_str::<Request>(&line) {
+                Ok(request @ (Request::CertStatus | Request::CertRenew)) => {
+                    cert_request(&state, request).await
+                }
                 Ok(request) => {
                     let spool = state.spool.clone();
                     tokio::task::spawn_blocking(move || execute(&spool, request))
@@ -89,6 +100,26 @@ fn failure(error: String) -> Response {
         added: 0,
         removed: 0,
         error: Some(error),
+        cert: None,
+    }
+}
+
+/// `cert status` / `cert renew` against the running server's certificate.
+async fn cert_request(state: &State, request: Request) -> Response {
+    let source = state.config.tls.source;
+    let renewed = match (request, &state.acme) {
+        (Request::CertRenew, Some(acme)) => acme.renew_now().await.map(|_| ()),
+        (Request::CertRenew, None) => Err(crate::acme::AcmeError::NotAcme(
+            crate::tls::source_name(source),
+        )),
+        _ => Ok(()),
+    };
+    let status = serde_json::to_value(state.resolver.status(source)).ok();
+    Response {
+        ok: renewed.is_ok(),
+        error: renewed.err().map(|e| e.to_string()),
+        cert: status,
+        ..failure(String::new())
     }
 }
 
@@ -102,6 +133,7 @@ pub fn execute(spool: &crate::spool::Spool, request: Request) -> Response {
             added: 0,
             removed: 0,
             error: None,
+            cert: None,
         }),
         Request::RebuildIndex => spool.reconcile().map(|r| Response {
             ok: true,
@@ -110,7 +142,11 @@ pub fn execute(spool: &crate::spool::Spool, request: Request) -> Response {
             added: r.added,
             removed: r.removed,
             error: None,
+            cert: None,
         }),
+        Request::CertStatus | Request::CertRenew => {
+            return failure("certificate requests need the running server".into())
+        }
     };
     result.unwrap_or_else(|e| failure(e.to_string()))
 }

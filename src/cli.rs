@@ -38,6 +38,17 @@ pub enum Command {
     Check(JsonFlag),
     /// Rebuild the index from the spool.
     RebuildIndex(JsonFlag),
+    /// Certificate status and ACME renewal.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertCommand {
+    /// Show the certificate in use: source, names, issuer, expiry, last renewal error.
+    Status(JsonFlag),
+    /// Get a new ACME certificate now (through the running server, or directly).
+    Renew(JsonFlag),
 }
 
 #[derive(Args, Debug)]
@@ -87,6 +98,8 @@ pub fn run(config: &Config, command: Command) -> Result<i32> {
         Command::Mailbox(cmd) => mailbox(config, cmd),
         Command::Check(flag) => maintenance(config, Request::Check, flag.json),
         Command::RebuildIndex(flag) => maintenance(config, Request::RebuildIndex, flag.json),
+        Command::Cert(CertCommand::Status(flag)) => crate::acme::cli(config, false, flag.json),
+        Command::Cert(CertCommand::Renew(flag)) => crate::acme::cli(config, true, flag.json),
     }
 }
 
@@ -260,6 +273,7 @@ fn maintenance(config: &Config, request: Request, json: bool) -> Result<i32> {
                 "Index rebuilt: {} messages ({} entries added, {} removed).",
                 response.messages, response.added, response.removed
             ),
+            Request::CertStatus | Request::CertRenew => {}
         }
     }
     Ok(if response.ok { 0 } else { 1 })

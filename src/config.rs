@@ -113,6 +113,12 @@ impl Default for Pop3Config {
 pub struct ImapConfig {
     pub listen: Vec<SocketAddr>,
     pub listen_tls: Vec<SocketAddr>,
+    pub max_connections: usize,
+    pub max_sessions_per_mailbox: usize,
+    /// Autologout after this long without a command (RFC 3501 asks for at least 30 min).
+    pub idle_timeout_secs: u64,
+    /// Longest command (and literal) accepted, in octets.
+    pub max_command_size: u32,
 }
 
 impl Default for ImapConfig {
@@ -120,6 +126,10 @@ impl Default for ImapConfig {
         ImapConfig {
             listen: vec![loopback(1143)],
             listen_tls: vec![loopback(1993)],
+            max_connections: 200,
+            max_sessions_per_mailbox: 20,
+            idle_timeout_secs: 1800,
+            max_command_size: 65536,
         }
     }
 }
@@ -314,7 +324,16 @@ impl Config {
                 "[tls] source = \"files\" needs cert_file and key_file".into(),
             ));
         }
-        if self.smtp.max_connections == 0 || self.pop3.max_connections == 0 {
+        if !matches!(self.acme.challenge.as_str(), "http-01" | "tls-alpn-01") {
+            return Err(ConfigError::Invalid(format!(
+                "[acme] challenge {:?} must be \"http-01\" or \"tls-alpn-01\"",
+                self.acme.challenge
+            )));
+        }
+        if self.smtp.max_connections == 0
+            || self.pop3.max_connections == 0
+            || self.imap.max_connections == 0
+        {
             return Err(ConfigError::Invalid(
                 "max_connections must be at least 1".into(),
             ));

@@ -11,10 +11,26 @@ use std::time::{Duration, Instant};
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use crate::mailbox::MailboxId;
-use crate::spool::MessageMeta;
+use crate::spool::{Flags, MessageMeta};
 
-/// (mailbox id, uid) -> (size, received unix time, envelope length)
-const MESSAGES: TableDefinition<(&str, u32), (u64, i64, u32)> = TableDefinition::new("messages");
+/// (mailbox id, uid) -> (size, received unix time, envelope length, flags)
+const MESSAGES: TableDefinition<(&str, u32), Value> = TableDefinition::new("messages-v2");
+
+type Value = (u64, i64, u32, u8);
+
+fn value(m: &MessageMeta) -> Value {
+    (m.size, m.received, m.envelope_len, m.flags.0)
+}
+
+fn meta(uid: u32, (size, received, envelope_len, flags): Value) -> MessageMeta {
+    MessageMeta {
+        uid,
+        size,
+        received,
+        envelope_len,
+        flags: Flags(flags),
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -75,7 +91,7 @@ impl Index {
         self.write(|table| {
             for (id, m) in entries {
                 table
-                    .insert((id.as_str(), m.uid), (m.size, m.received, m.envelope_len))
+                    .insert((id.as_str(), m.uid), value(m))
                     .map_err(db_err)?;
             }
             Ok(())
@@ -101,13 +117,7 @@ impl Index {
         let mut out = Vec::new();
         for item in range {
             let (k, v) = item.map_err(db_err)?;
-            let (size, received, envelope_len) = v.value();
-            out.push(MessageMeta {
-                uid: k.value().1,
-                size,
-                received,
-                envelope_len,
-            });
+            out.push(meta(k.value().1, v.value()));
         }
         Ok(out)
     }
@@ -142,18 +152,15 @@ impl Index {
                 let (k, v) = item.map_err(db_err)?;
                 existing.push((k.value().1, v.value()));
             }
-            let wanted: std::collections::HashMap<u32, (u64, i64, u32)> = messages
-                .iter()
-                .map(|m| (m.uid, (m.size, m.received, m.envelope_len)))
-                .collect();
+            let wanted: std::collections::HashMap<u32, Value> =
+                messages.iter().map(|m| (m.uid, value(m))).collect();
             for (uid, v) in &existing {
                 if wanted.get(uid) != Some(v) {
                     table.remove((id, *uid)).map_err(db_err)?;
                     removed += 1;
                 }
             }
-            let have: std::collections::HashMap<u32, (u64, i64, u32)> =
-                existing.into_iter().collect();
+            let have: std::collections::HashMap<u32, Value> = existing.into_iter().collect();
             for (uid, v) in &wanted {
                 if have.get(uid) != Some(v) {
                     table.insert((id, *uid), *v).map_err(db_err)?;
@@ -163,6 +170,14 @@ impl Index {
             Ok(())
         })?;
         Ok((added, removed))
+    }
+
+    /// One message by UID.
+    pub fn get(&self, id: &MailboxId, uid: u32) -> Result<Option<MessageMeta>, IndexError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(MESSAGES).map_err(db_err)?;
+        let found = table.get((id.as_str(), uid)).map_err(db_err)?;
+        Ok(found.map(|v| meta(uid, v.value())))
     }
 
     pub fn len(&self) -> Result<u64, IndexError> {
@@ -180,7 +195,7 @@ impl Index {
 
     fn write(
         &self,
-        f: impl FnOnce(&mut redb::Table<(&str, u32), (u64, i64, u32)>) -> Result<(), IndexError>,
+        f: impl FnOnce(&mut redb::Table<(&str, u32), Value>) -> Result<(), IndexError>,
     ) -> Result<(), IndexError> {
         let mut txn = self.db.begin_write().map_err(db_err)?;
         let mut last = self.last_durable.lock().unwrap();

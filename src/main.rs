@@ -1,12 +1,14 @@
 //! journalgate: a journal-report gateway. Receives journal reports over SMTP into per-mailbox,
 //! encrypted spools and lets archiving servers collect them over POP3.
 
+mod acme;
 mod admin;
 mod auth;
 mod cli;
 mod config;
 mod crypto;
 mod fsutil;
+mod imap;
 mod index;
 mod mailbox;
 mod net;

@@ -11,7 +11,6 @@ use std::time::Duration;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
 
 /// A client connection, plain or TLS.
 pub enum Stream {
@@ -37,7 +36,11 @@ impl Stream {
     }
 
     /// Performs the server side of a TLS handshake on a plain stream.
-    pub async fn upgrade(self, acceptor: &TlsAcceptor, timeout: Duration) -> io::Result<Stream> {
+    pub async fn upgrade(
+        self,
+        acceptor: &crate::tls::Acceptor,
+        timeout: Duration,
+    ) -> io::Result<Stream> {
         match self {
             Stream::Plain(tcp) => {
                 let tls = tokio::time::timeout(timeout, acceptor.accept(tcp))

@@ -6,11 +6,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{watch, Semaphore};
-use tokio_rustls::TlsAcceptor;
 
+use crate::acme;
 use crate::admin;
 use crate::auth::Authenticator;
 use crate::config::{Config, TlsSource};
+use crate::imap;
 use crate::mailbox::MailboxId;
 use crate::net;
 use crate::pop3;
@@ -26,11 +27,16 @@ pub struct State {
     pub config: Config,
     pub spool: Arc<Spool>,
     pub auth: Arc<Authenticator>,
-    pub tls: TlsAcceptor,
+    pub tls: tls::Acceptor,
     pub resolver: Arc<CertResolver>,
+    /// The ACME client, for `source = "acme"`.
+    pub acme: Option<Arc<acme::Manager>>,
     pub shutdown: watch::Receiver<bool>,
     pub smtp_limit: net::Limit,
     pub pop3_limit: net::Limit,
+    pub imap_limit: net::Limit,
+    /// Open IMAP sessions per mailbox.
+    pub imap_sessions: imap::SessionCounts,
     /// Mailboxes with an open POP3 session (RFC 1939 exclusive access).
     pub pop3_locks: Mutex<HashSet<MailboxId>>,
 }
@@ -51,15 +57,19 @@ pub enum ServeError {
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let spool = Spool::open(&config.data_dir)?;
     let resolver = CertResolver::new(tls::load_certificate(&config)?);
-    let acceptor = TlsAcceptor::from(tls::server_config(resolver.clone()));
+    let acceptor = tls::Acceptor::new(resolver.clone());
+    let acme = acme::Manager::new(&config, resolver.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = Arc::new(State {
         auth: Authenticator::new(spool.mailboxes().clone(), config.auth.clone()),
         smtp_limit: Arc::new(Semaphore::new(config.smtp.max_connections)),
         pop3_limit: Arc::new(Semaphore::new(config.pop3.max_connections)),
+        imap_limit: Arc::new(Semaphore::new(config.imap.max_connections)),
+        imap_sessions: Default::default(),
         spool: spool.clone(),
         tls: acceptor,
         resolver,
+        acme,
         shutdown: shutdown_rx,
         pop3_locks: Mutex::new(HashSet::new()),
         config,
@@ -72,6 +82,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         (&c.smtp.listen_tls, true, "smtps"),
         (&c.pop3.listen, false, "pop3"),
         (&c.pop3.listen_tls, true, "pop3s"),
+        (&c.imap.listen, false, "imap"),
+        (&c.imap.listen_tls, true, "imaps"),
     ] {
         for listener in net::bind_all(addrs).await? {
             bound.push((listener, tls, proto));
@@ -91,6 +103,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         let state = state.clone();
         tasks.push(match proto {
             "smtp" | "smtps" => tokio::spawn(smtp::run(listener, tls, state)),
+            "imap" | "imaps" => tokio::spawn(imap::run(listener, tls, state)),
             _ => tokio::spawn(pop3::run(listener, tls, state)),
         });
     }
@@ -101,6 +114,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             state.resolver.clone(),
             Duration::from_secs(10),
         )));
+    }
+    if let Some(acme) = &state.acme {
+        tasks.push(tokio::spawn(acme.clone().run()));
     }
     println!("journalgate ready: {}", summary.join(", "));
     println!("  data dir: {}", state.config.data_dir.display());
@@ -118,9 +134,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     // Sessions hold connection permits; wait until they are all back.
     let all_smtp = state.config.smtp.max_connections as u32;
     let all_pop3 = state.config.pop3.max_connections as u32;
+    let all_imap = state.config.imap.max_connections as u32;
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
         let _a = state.smtp_limit.acquire_many(all_smtp).await;
         let _b = state.pop3_limit.acquire_many(all_pop3).await;
+        let _c = state.imap_limit.acquire_many(all_imap).await;
     })
     .await;
     if drained.is_err() {

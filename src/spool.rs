@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
 
 use crate::crypto::{self, CryptoError, Identity, Recipient};
 use crate::fsutil;
@@ -64,6 +64,65 @@ impl From<io::Error> for SpoolError {
     }
 }
 
+/// IMAP system flags of a message, kept in its file name (maildir letters) so that they
+/// survive an index rebuild.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct Flags(pub u8);
+
+impl Flags {
+    pub const ANSWERED: Flags = Flags(1);
+    pub const DELETED: Flags = Flags(2);
+    pub const DRAFT: Flags = Flags(4);
+    pub const FLAGGED: Flags = Flags(8);
+    pub const SEEN: Flags = Flags(16);
+    /// (flag, maildir letter, IMAP name), in maildir letter order.
+    const TABLE: [(Flags, char, &'static str); 5] = [
+        (Flags::DRAFT, 'D', "\\Draft"),
+        (Flags::FLAGGED, 'F', "\\Flagged"),
+        (Flags::ANSWERED, 'R', "\\Answered"),
+        (Flags::SEEN, 'S', "\\Seen"),
+        (Flags::DELETED, 'T', "\\Deleted"),
+    ];
+
+    pub fn contains(self, other: Flags) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    pub fn with(self, other: Flags) -> Flags {
+        Flags(self.0 | other.0)
+    }
+
+    pub fn without(self, other: Flags) -> Flags {
+        Flags(self.0 & !other.0)
+    }
+
+    /// Maildir letters, e.g. `FS`.
+    pub fn letters(self) -> String {
+        Self::TABLE
+            .iter()
+            .filter(|(f, _, _)| self.contains(*f))
+            .map(|(_, c, _)| *c)
+            .collect()
+    }
+
+    fn from_letters(s: &str) -> Option<Flags> {
+        let mut flags = Flags(0);
+        for c in s.chars() {
+            let (f, _, _) = Self::TABLE.iter().find(|(_, l, _)| *l == c)?;
+            flags = flags.with(*f);
+        }
+        (flags.letters() == s).then_some(flags)
+    }
+
+    /// IMAP flag names, e.g. `["\\Flagged", "\\Seen"]`.
+    pub fn names(self) -> impl Iterator<Item = &'static str> {
+        Self::TABLE
+            .into_iter()
+            .filter(move |(f, _, _)| self.contains(*f))
+            .map(|(_, _, n)| n)
+    }
+}
+
 /// What the index and the file name record of a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MessageMeta {
@@ -74,12 +133,18 @@ pub struct MessageMeta {
     pub received: i64,
     /// Length of the envelope line that precedes the message inside the sealed file.
     pub envelope_len: u32,
+    pub flags: Flags,
 }
 
 impl MessageMeta {
+    /// `<uid>.<received>.<size>.<envelope length>[.<flag letters>].age`
     pub fn file_name(&self) -> String {
+        let flags = match self.flags.letters() {
+            l if l.is_empty() => String::new(),
+            l => format!(".{l}"),
+        };
         format!(
-            "{}.{}.{}.{}.age",
+            "{}.{}.{}.{}{flags}.age",
             self.uid, self.received, self.size, self.envelope_len
         )
     }
@@ -92,6 +157,10 @@ impl MessageMeta {
             received: parts.next()?.parse().ok()?,
             size: parts.next()?.parse().ok()?,
             envelope_len: parts.next()?.parse().ok()?,
+            flags: match parts.next() {
+                Some(letters) => Flags::from_letters(letters).filter(|f| f.0 != 0)?,
+                None => Flags::default(),
+            },
         };
         (parts.next().is_none() && meta.file_name() == name).then_some(meta)
     }
@@ -126,6 +195,12 @@ pub struct Spool {
     index: Arc<Index>,
     commits: Mutex<Option<mpsc::Sender<CommitJob>>>,
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// "Mailbox X changed" (new mail, expunge, flags), for IDLE and NOOP.
+    changes: broadcast::Sender<MailboxId>,
+    /// Serialises flag renames and expunges, which both rename/unlink by current name.
+    edits: Mutex<()>,
+    /// UID allocation state, shared with the committer.
+    uids: Arc<Mutex<HashMap<MailboxId, UidState>>>,
 }
 
 struct CommitJob {
@@ -150,6 +225,7 @@ impl Spool {
         mailboxes.clean_leftovers()?;
         let index = Arc::new(Index::open(&data_dir.join("index.redb"))?);
         let (tx, rx) = mpsc::channel();
+        let (changes, _) = broadcast::channel(1024);
         let spool = Arc::new(Spool {
             data_dir: data_dir.to_owned(),
             tmp_dir,
@@ -157,6 +233,9 @@ impl Spool {
             index: index.clone(),
             commits: Mutex::new(Some(tx)),
             committer: Mutex::new(None),
+            changes: changes.clone(),
+            edits: Mutex::new(()),
+            uids: Arc::new(Mutex::new(HashMap::new())),
         });
         let report = spool.reconcile()?;
         if report.added + report.removed > 0 {
@@ -169,7 +248,8 @@ impl Spool {
         let committer = Committer {
             mailboxes,
             index,
-            uids: HashMap::new(),
+            changes,
+            uids: spool.uids.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("spool-commit".into())
@@ -184,6 +264,57 @@ impl Spool {
 
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// The UID the next message delivered to this mailbox will get (IMAP UIDNEXT).
+    pub fn uid_next(&self, id: &MailboxId) -> Result<u32, SpoolError> {
+        let mut uids = self.uids.lock().unwrap();
+        if !uids.contains_key(id) {
+            let state = load_uid_state(&self.mailboxes, id)?;
+            uids.insert(id.clone(), state);
+        }
+        Ok(uids[id].next)
+    }
+
+    /// Subscribes to "mailbox X changed" notifications.
+    pub fn subscribe(&self) -> broadcast::Receiver<MailboxId> {
+        self.changes.subscribe()
+    }
+
+    /// Sets the flags of messages (by UID); returns the messages as they are now. Messages
+    /// that no longer exist are skipped. The rename is not fsync'd: a flag change lost in a
+    /// crash is harmless, and the next change of the folder makes it durable.
+    pub fn set_flags(
+        &self,
+        id: &MailboxId,
+        changes: &[(u32, Flags)],
+    ) -> Result<Vec<MessageMeta>, SpoolError> {
+        let _guard = self.edits.lock().unwrap();
+        let dir = self.mailboxes.msg_dir(id);
+        let mut updated = Vec::new();
+        for (uid, flags) in changes {
+            let Some(meta) = self.index.get(id, *uid)? else {
+                continue;
+            };
+            if meta.flags == *flags {
+                updated.push(meta);
+                continue;
+            }
+            let new = MessageMeta {
+                flags: *flags,
+                ..meta
+            };
+            match fs::rename(dir.join(meta.file_name()), dir.join(new.file_name())) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            }
+            updated.push(new);
+        }
+        self.index
+            .insert(&updated.iter().map(|m| (id.clone(), *m)).collect::<Vec<_>>())?;
+        let _ = self.changes.send(id.clone());
+        Ok(updated)
     }
 
     /// Brings the index in line with the files of every mailbox.
@@ -239,6 +370,11 @@ impl Spool {
         meta: &MessageMeta,
         identity: &Identity,
     ) -> Result<impl Read + Send + use<>, SpoolError> {
+        // Flags may have been renamed since the caller listed the message.
+        let meta = self
+            .index
+            .get(id, meta.uid)?
+            .ok_or(SpoolError::NoSuchMessage)?;
         let path = self.mailboxes.msg_dir(id).join(meta.file_name());
         let file = File::open(&path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => SpoolError::NoSuchMessage,
@@ -261,6 +397,7 @@ impl Spool {
         if uids.is_empty() {
             return Ok(());
         }
+        let _guard = self.edits.lock().unwrap();
         let dir = self.mailboxes.msg_dir(id);
         let wanted: HashSet<u32> = uids.iter().copied().collect();
         for meta in self.index.list(id)? {
@@ -274,6 +411,7 @@ impl Spool {
         }
         fsutil::sync_dir(&dir)?;
         self.index.remove(id, uids)?;
+        let _ = self.changes.send(id.clone());
         Ok(())
     }
 
@@ -601,6 +739,7 @@ impl Delivery {
                     size,
                     received,
                     envelope_len: envelope_len as u32,
+                    flags: Flags::default(),
                 },
                 reply,
             };
@@ -630,7 +769,8 @@ impl Drop for Delivery {
 struct Committer {
     mailboxes: Mailboxes,
     index: Arc<Index>,
-    uids: HashMap<MailboxId, UidState>,
+    changes: broadcast::Sender<MailboxId>,
+    uids: Arc<Mutex<HashMap<MailboxId, UidState>>>,
 }
 
 struct UidState {
@@ -669,6 +809,7 @@ impl Committer {
                 if let Err(e) = self.index.insert(&entries) {
                     tracing::warn!(error = %e, "index update failed; it is rebuilt at next start");
                 }
+                let _ = self.changes.send(mailbox.clone());
             }
             for (job, meta) in jobs {
                 let result = match &synced {
@@ -690,11 +831,12 @@ impl Committer {
     }
 
     fn allocate_uid(&mut self, id: &MailboxId) -> Result<u32, SpoolError> {
-        if !self.uids.contains_key(id) {
+        let mut uids = self.uids.lock().unwrap();
+        if !uids.contains_key(id) {
             let state = load_uid_state(&self.mailboxes, id)?;
-            self.uids.insert(id.clone(), state);
+            uids.insert(id.clone(), state);
         }
-        let state = self.uids.get_mut(id).expect("just inserted");
+        let state = uids.get_mut(id).expect("just inserted");
         if state.next >= state.reserved {
             let reserved = state.next.checked_add(UID_BLOCK).ok_or_else(|| {
                 SpoolError::Io(io::Error::other("UID space of this mailbox is exhausted"))
@@ -749,9 +891,19 @@ mod tests {
             size: 20480,
             received: 1_700_000_000,
             envelope_len: 120,
+            flags: Flags::default(),
         };
         assert_eq!(m.file_name(), "7.1700000000.20480.120.age");
         assert_eq!(MessageMeta::parse_file_name(&m.file_name()), Some(m));
+        let f = MessageMeta {
+            flags: Flags::SEEN.with(Flags::DELETED),
+            ..m
+        };
+        assert_eq!(f.file_name(), "7.1700000000.20480.120.ST.age");
+        assert_eq!(MessageMeta::parse_file_name(&f.file_name()), Some(f));
+        assert_eq!(MessageMeta::parse_file_name("7.1.2.3.TS.age"), None);
+        assert_eq!(MessageMeta::parse_file_name("7.1.2.3.X.age"), None);
+        assert_eq!(MessageMeta::parse_file_name("7.1.2.3..age"), None);
         for bad in [
             "7.1.2.age",
             "0.1.2.3.age",

@@ -1,10 +1,19 @@
 //! TLS for every listener: one rustls configuration whose certificate resolver can be swapped
 //! at runtime (renewal without restart). Sources: a self-signed certificate made by rcgen and
-//! kept in the data dir, or PEM files.
+//! kept in the data dir, PEM files, or ACME (see `crate::acme`; until the first ACME certificate
+//! arrives the self-signed one is served).
+//!
+//! TLS-ALPN-01 (RFC 8737) is answered here too: [`Acceptor`] reads the ClientHello first and, when
+//! it offers only the `acme-tls/1` protocol, completes the handshake with a configuration that
+//! negotiates `acme-tls/1` and presents the challenge certificate registered for the SNI name.
+//! Every other client gets the normal configuration, which sets no ALPN protocols, so clients
+//! offering ALPN (or none) are never refused.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -12,6 +21,10 @@ use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::LazyConfigAcceptor;
 
 use crate::config::{Config, TlsSource};
 use crate::fsutil;
@@ -31,15 +44,22 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("cannot generate the self-signed certificate: {0}")]
     Generate(#[from] rcgen::Error),
-    #[error("the ACME certificate source is not available in this version")]
-    AcmeUnsupported,
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
 }
 
-/// The certificate every listener presents; `set` swaps it for new handshakes.
+/// The ALPN protocol of TLS-ALPN-01 validation connections (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// The certificate every listener presents; `set` swaps it for new handshakes. Also holds the
+/// TLS-ALPN-01 challenge certificates (by lower-case SNI name) and what `cert status` and a
+/// future /metrics read: the current certificate's expiry and the last renewal error.
 pub struct CertResolver {
     current: ArcSwap<CertifiedKey>,
+    challenges: Mutex<HashMap<String, Arc<CertifiedKey>>>,
+    /// notAfter of the current leaf certificate, seconds since the epoch (i64::MAX if unknown).
+    not_after: AtomicI64,
+    last_error: Mutex<Option<String>>,
 }
 
 impl fmt::Debug for CertResolver {
@@ -50,19 +70,119 @@ impl fmt::Debug for CertResolver {
 
 impl CertResolver {
     pub fn new(key: CertifiedKey) -> Arc<CertResolver> {
+        let not_after = leaf_not_after(&key);
         Arc::new(CertResolver {
             current: ArcSwap::from_pointee(key),
+            challenges: Mutex::new(HashMap::new()),
+            not_after: AtomicI64::new(not_after),
+            last_error: Mutex::new(None),
         })
     }
 
     pub fn set(&self, key: CertifiedKey) {
+        self.not_after
+            .store(leaf_not_after(&key), Ordering::Relaxed);
         self.current.store(Arc::new(key));
+    }
+
+    /// The certificate new handshakes get.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.current.load_full()
+    }
+
+    /// Whole days until the current certificate expires (negative once expired): the expiry
+    /// metric.
+    pub fn days_left(&self) -> i64 {
+        days_until(self.not_after.load(Ordering::Relaxed))
+    }
+
+    pub fn set_last_error(&self, error: Option<String>) {
+        *lock(&self.last_error) = error;
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        lock(&self.last_error).clone()
+    }
+
+    /// Registers the TLS-ALPN-01 certificate for `domain` (served only to `acme-tls/1` hellos).
+    pub fn add_challenge(&self, domain: &str, key: CertifiedKey) {
+        lock(&self.challenges).insert(domain.to_ascii_lowercase(), Arc::new(key));
+    }
+
+    pub fn remove_challenge(&self, domain: &str) {
+        lock(&self.challenges).remove(&domain.to_ascii_lowercase());
+    }
+
+    /// What `journalgate cert status` prints for the certificate in use.
+    pub fn status(&self, source: TlsSource) -> CertStatus {
+        CertStatus::describe(source, &self.current(), self.last_error())
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// True when the ClientHello offers the TLS-ALPN-01 protocol.
+fn wants_acme_challenge(hello: &ClientHello<'_>) -> bool {
+    hello
+        .alpn()
+        .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN))
+}
+
 impl ResolvesServerCert for CertResolver {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if wants_acme_challenge(&hello) {
+            let name = hello.server_name()?.to_ascii_lowercase();
+            return lock(&self.challenges).get(&name).cloned();
+        }
         Some(self.current.load_full())
+    }
+}
+
+/// Accepts TLS connections for every listener (implicit TLS and STARTTLS/STLS upgrades) and
+/// routes TLS-ALPN-01 validation handshakes to the challenge configuration.
+#[derive(Clone)]
+pub struct Acceptor {
+    normal: Arc<ServerConfig>,
+    challenge: Arc<ServerConfig>,
+}
+
+impl fmt::Debug for Acceptor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Acceptor")
+    }
+}
+
+impl Acceptor {
+    pub fn new(resolver: Arc<CertResolver>) -> Acceptor {
+        let normal = server_config(resolver.clone());
+        let mut challenge = (*normal).clone();
+        challenge.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
+        Acceptor {
+            normal,
+            challenge: Arc::new(challenge),
+        }
+    }
+
+    /// Performs the server side of a handshake. A TLS-ALPN-01 validation connection is
+    /// completed (that is the validation) and then reported as an error, so that no protocol
+    /// session runs on it.
+    pub async fn accept<IO>(&self, io: IO) -> std::io::Result<TlsStream<IO>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await?;
+        if !wants_acme_challenge(&start.client_hello()) {
+            return start.into_stream(self.normal.clone()).await;
+        }
+        let mut stream = start.into_stream(self.challenge.clone()).await?;
+        tracing::info!("answered an ACME tls-alpn-01 validation handshake");
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "ACME tls-alpn-01 validation connection",
+        ))
     }
 }
 
@@ -88,8 +208,127 @@ pub fn load_certificate(config: &Config) -> Result<CertifiedKey, TlsError> {
             let key = config.tls.key_file.as_deref().expect("validated");
             from_pem_files(cert, key)
         }
-        TlsSource::Acme => Err(TlsError::AcmeUnsupported),
+        // The stored ACME certificate if it is still usable, else the self-signed one until
+        // the first issuance (the listeners never wait for the CA).
+        TlsSource::Acme => match crate::acme::load_stored(config) {
+            Some(key) => Ok(key),
+            None => self_signed(&config.data_dir.join("tls"), &config.hostname),
+        },
     }
+}
+
+/// What `journalgate cert status` reports about the certificate in use.
+#[derive(Debug, Clone, Serialize)]
+pub struct CertStatus {
+    /// The configured source: self-signed, files or acme.
+    pub source: &'static str,
+    /// True while a self-signed certificate is served (for acme: before the first issuance).
+    pub self_signed: bool,
+    pub names: Vec<String>,
+    pub subject: String,
+    pub issuer: String,
+    /// RFC 3339.
+    pub not_before: String,
+    /// RFC 3339.
+    pub not_after: String,
+    pub days_left: i64,
+    pub last_error: Option<String>,
+}
+
+impl CertStatus {
+    pub fn describe(source: TlsSource, key: &CertifiedKey, last_error: Option<String>) -> Self {
+        let info = key
+            .end_entity_cert()
+            .ok()
+            .and_then(|c| cert_info(c))
+            .unwrap_or_default();
+        CertStatus {
+            source: source_name(source),
+            self_signed: !info.subject.is_empty() && info.subject == info.issuer,
+            names: info.names,
+            subject: info.subject,
+            issuer: info.issuer,
+            not_before: rfc3339(info.not_before),
+            not_after: rfc3339(info.not_after),
+            days_left: days_until(info.not_after),
+            last_error,
+        }
+    }
+}
+
+/// The configuration name of a certificate source.
+pub fn source_name(source: TlsSource) -> &'static str {
+    match source {
+        TlsSource::SelfSigned => "self-signed",
+        TlsSource::Files => "files",
+        TlsSource::Acme => "acme",
+    }
+}
+
+/// The parts of an X.509 certificate that renewal and status need.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertInfo {
+    /// DNS names and IP addresses of the subjectAltName extension.
+    pub names: Vec<String>,
+    pub subject: String,
+    pub issuer: String,
+    /// Seconds since the epoch.
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+/// Parses a DER certificate; None if it is not one.
+pub fn cert_info(der: &[u8]) -> Option<CertInfo> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let names = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|name| match name {
+                GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+                GeneralName::IPAddress(ip) => match ip.len() {
+                    4 => <[u8; 4]>::try_from(*ip)
+                        .ok()
+                        .map(|a| std::net::IpAddr::from(a).to_string()),
+                    16 => <[u8; 16]>::try_from(*ip)
+                        .ok()
+                        .map(|a| std::net::IpAddr::from(a).to_string()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect(),
+        _ => vec![],
+    };
+    Some(CertInfo {
+        names,
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+        not_before: cert.validity().not_before.timestamp(),
+        not_after: cert.validity().not_after.timestamp(),
+    })
+}
+
+fn leaf_not_after(key: &CertifiedKey) -> i64 {
+    key.end_entity_cert()
+        .ok()
+        .and_then(|c| cert_info(c))
+        .map_or(0, |info| info.not_after)
+}
+
+/// Whole days from now until `unix_secs` (rounded down; negative in the past).
+pub fn days_until(unix_secs: i64) -> i64 {
+    unix_secs
+        .saturating_sub(chrono::Utc::now().timestamp())
+        .div_euclid(86_400)
+}
+
+fn rfc3339(unix_secs: i64) -> String {
+    chrono::DateTime::from_timestamp(unix_secs, 0)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
 }
 
 /// Loads a certificate chain and private key from PEM files.
@@ -99,7 +338,7 @@ pub fn from_pem_files(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey,
     certified_key(&cert_pem, &key_pem, cert_path, key_path)
 }
 
-fn certified_key(
+pub(crate) fn certified_key(
     cert_pem: &[u8],
     key_pem: &[u8],
     cert_path: &Path,
@@ -175,11 +414,13 @@ pub async fn watch_files(config: Config, resolver: Arc<CertResolver>, every: std
         match from_pem_files(&cert, &key) {
             Ok(new) => {
                 resolver.set(new);
+                resolver.set_last_error(None);
                 seen = now;
                 tracing::info!(cert = %cert.display(), "certificate files changed; new certificate in use");
             }
             Err(e) => {
-                tracing::warn!(error = %e, "certificate files changed but do not load; keeping the current certificate")
+                tracing::warn!(error = %e, "certificate files changed but do not load; keeping the current certificate");
+                resolver.set_last_error(Some(e.to_string()));
             }
         }
     }

@@ -1,0 +1,627 @@
+#!/usr/bin/env bash
+# journalgate benchmark: SMTP ingest (durable) and POP3 download+delete, against
+# Postfix + Dovecot (Debian packages, LMTP into Maildir, fsync on) and against the
+# Postfix smtp-source -> smtp-sink ceiling, all in one run, on loopback only.
+#
+#   bench/run.sh            full run: 10,000 x 20 KB at C=1, 8, 32; 200 x 5 MB at C=4
+#   bench/run.sh --quick    sanity run: 1,000 x 20 KB; 20 x 5 MB
+#
+# Development switches: --skip-journalgate, --skip-mta, --skip-ceiling,
+# --no-install, --keep (keep the temp dir).
+#
+# Prints a markdown table and writes it to bench/results-<date>[-quick].md.
+# Everything runs in a private temp dir with private ports; the system's own
+# Postfix / Dovecot configuration is never read or changed. Each case has a
+# time limit; all processes and temp dirs are removed on exit.
+set -euo pipefail
+
+QUICK=0 SKIP_JG=0 SKIP_MTA=0 SKIP_CEIL=0 INSTALL=1 KEEP=0
+for a in "$@"; do
+  case "$a" in
+    --quick) QUICK=1 ;;
+    --skip-journalgate) SKIP_JG=1 ;;
+    --skip-mta) SKIP_MTA=1 ;;
+    --skip-ceiling) SKIP_CEIL=1 ;;
+    --no-install) INSTALL=0 ;;
+    --keep) KEEP=1 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $a" >&2; exit 2 ;;
+  esac
+done
+
+if [ "$QUICK" = 1 ]; then
+  N=1000 BIGN=20 CASE_TIMEOUT=120
+else
+  N=10000 BIGN=200 CASE_TIMEOUT=240
+fi
+SMALL=20000          # 20 KB
+BIG=5000000          # 5 MB
+CONCS="1 8 32"
+BIGC=4
+RUN_START=$(date +%s)
+RUN_BUDGET=${BENCH_BUDGET_SECS:-1200}   # hard stop for the whole run (20 min)
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+JG="$CARGO_TARGET_DIR/release/journalgate"
+LG="$CARGO_TARGET_DIR/release/examples/loadgen"
+
+WORK=$(mktemp -d /tmp/jg-bench.XXXXXX)
+chmod 755 "$WORK"            # postfix / dovecot users must traverse it
+mkdir -p "$WORK/res"
+CMDS="$WORK/commands.txt"
+: >"$CMDS"
+
+BG_PIDS=()
+JG_PID="" PF_DIR="" DC_PIDFILE="" SINK_PID=""
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+cleanup() {
+  local rc=$?
+  set +e
+  for p in "${BG_PIDS[@]}"; do kill "$p" 2>/dev/null; done
+  [ -n "$SINK_PID" ] && kill "$SINK_PID" 2>/dev/null
+  if [ -n "$JG_PID" ] && kill -0 "$JG_PID" 2>/dev/null; then
+    kill -TERM "$JG_PID"; for _ in $(seq 50); do kill -0 "$JG_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$JG_PID" 2>/dev/null
+  fi
+  if [ -n "$PF_DIR" ] && [ -f "$PF_DIR/queue/pid/master.pid" ]; then
+    postfix -c "$PF_DIR/etc" abort >/dev/null 2>&1 </dev/null
+    local mp; mp=$(tr -dc 0-9 <"$PF_DIR/queue/pid/master.pid")
+    [ -n "$mp" ] && { sleep 0.5; pkill -KILL -P "$mp" 2>/dev/null; kill -KILL "$mp" 2>/dev/null; }
+  fi
+  if [ -n "$DC_PIDFILE" ] && [ -f "$DC_PIDFILE" ]; then
+    local dp; dp=$(tr -dc 0-9 <"$DC_PIDFILE")
+    if [ -n "$dp" ]; then
+      kill -TERM "$dp" 2>/dev/null
+      for _ in $(seq 30); do kill -0 "$dp" 2>/dev/null || break; sleep 0.1; done
+      pkill -KILL -P "$dp" 2>/dev/null; kill -KILL "$dp" 2>/dev/null
+    fi
+  fi
+  if [ "$KEEP" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT TERM
+
+# Run a command, appending it to the command log first.
+run_logged() {
+  printf '%s\n' "$*" >>"$CMDS"
+  "$@"
+}
+
+time_left() { echo $(( RUN_BUDGET - ($(date +%s) - RUN_START) )); }
+check_budget() {
+  if [ "$(time_left)" -le 0 ]; then
+    log "run budget of ${RUN_BUDGET}s exhausted; skipping: $*"
+    return 1
+  fi
+}
+
+free_port() {
+  local p
+  for _ in $(seq 200); do
+    p=$(( 20000 + RANDOM % 30000 ))
+    if ! ss -Htln "sport = :$p" 2>/dev/null | grep -q . ; then
+      if ! grep -qx "$p" "$WORK/ports" 2>/dev/null; then echo "$p" >>"$WORK/ports"; echo "$p"; return; fi
+    fi
+  done
+  echo "no free port" >&2; return 1
+}
+
+# jget FILE KEY -> scalar JSON value (numbers / booleans / strings without quotes)
+jget() {
+  [ -f "$1" ] || return 0
+  sed -n "s/.*\"$2\":\"\\{0,1\\}\\([^,\"}]*\\).*/\\1/p" "$1" 2>/dev/null | head -1 || true
+}
+fmt1() { awk -v x="${1:-0}" 'BEGIN{ if (x == "") x = 0; printf "%.1f", x }'; }
+fmt0() { awk -v x="${1:-0}" 'BEGIN{ if (x == "") x = 0; printf "%.0f", x }'; }
+
+# Memory sampler: every 0.25 s, the sum of Rss and Pss (kB) of the given root
+# processes and their direct children. Runs until killed.
+mem_sampler() {
+  set +e
+  local out=$1; shift
+  while :; do
+    local pids="$*"
+    for r in "$@"; do pids="$pids $(ps -o pid= --ppid "$r" 2>/dev/null | tr '\n' ' ')"; done
+    for p in $pids; do cat "/proc/$p/smaps_rollup" 2>/dev/null; done |
+      awk '/^Rss:/{r+=$2} /^Pss:/{p+=$2} END{printf "%d %d\n", r, p}' >>"$out"
+    sleep 0.25
+  done
+}
+start_sampler() { # name roots...
+  local name=$1; shift
+  : >"$WORK/res/$name.mem"
+  mem_sampler "$WORK/res/$name.mem" "$@" &
+  SAMPLER_PID=$!
+  BG_PIDS+=("$SAMPLER_PID")
+}
+stop_sampler() { # name -> prints peak Rss and peak Pss in MB
+  kill "$SAMPLER_PID" 2>/dev/null; wait "$SAMPLER_PID" 2>/dev/null || true
+  awk '{ if ($1>r) r=$1; if ($2>p) p=$2 } END{ printf "%.1f %.1f\n", r/1024, p/1024 }' "$WORK/res/$1.mem" >"$WORK/res/$1.peak"
+}
+hwm_mb() { # pids... -> sum of VmHWM in MB (live processes only)
+  { for p in "$@"; do grep -s '^VmHWM:' "/proc/$p/status" || true; done; } | awk '{s+=$2} END{printf "%.1f", s/1024}'
+}
+settle() { sync; sleep 2; }
+
+# ------------------------------------------------------------------ setup
+log "work dir $WORK"
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+if awk -v l="${LOAD_START%% *}" 'BEGIN{ exit !(l > 1.0) }'; then
+  log "warning: load average is $LOAD_START; other work on this machine will disturb the figures"
+fi
+HW_CPU=$(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)
+HW_MEM=$(awk '/^MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)
+HW_FS=$(df -PT "$WORK" | awk 'NR==2{print $2" on "$1}')
+HW_LINE="$(nproc) cores (${HW_CPU:-unknown CPU}), $HW_MEM RAM, temp dir on $HW_FS, kernel $(uname -r)"
+log "hardware: $HW_LINE"
+
+if [ "$INSTALL" = 1 ] && [ "$SKIP_MTA$SKIP_CEIL" != 11 ]; then
+  if ! command -v postfix >/dev/null || ! command -v dovecot >/dev/null || [ ! -x /usr/sbin/smtp-sink ] \
+     || [ ! -x /usr/lib/dovecot/lmtp ] || [ ! -x /usr/lib/dovecot/pop3 ]; then
+    log "installing postfix + dovecot (Debian packages)"
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    # keep the packages' own services from being started by the install
+    POLICY_CREATED=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; POLICY_CREATED=1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get -o DPkg::Lock::Timeout=300 update -q >/dev/null
+    apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends \
+      postfix dovecot-core dovecot-lmtpd dovecot-pop3d >"$WORK/apt.log" 2>&1 || { tail -20 "$WORK/apt.log"; exit 1; }
+    [ "$POLICY_CREATED" = 1 ] && rm -f /usr/sbin/policy-rc.d
+  fi
+fi
+
+log "building (release)"
+run_logged cargo build --release --example loadgen
+JG_BUILD=ok
+if [ "$SKIP_JG" = 0 ]; then
+  if ! run_logged cargo build --release --bin journalgate >"$WORK/jg-build.log" 2>&1; then
+    JG_BUILD=failed
+    log "journalgate does not build; its half is skipped:"; tail -20 "$WORK/jg-build.log" >&2
+  fi
+fi
+
+# ------------------------------------------------------------------ smtp case helper
+# smtp_case NAME ADDR TO COUNT SIZE CONC [MAILDIR]
+smtp_case() {
+  local name=$1 addr=$2 to=$3 count=$4 size=$5 conc=$6 maildir=${7:-}
+  local extra=()
+  [ -n "$maildir" ] && extra=(--wait-maildir "$maildir")
+  log "case $name: $count x $size B, concurrency $conc -> $addr"
+  run_logged timeout $((CASE_TIMEOUT + 120)) "$LG" smtp --addr "$addr" --to "$to" --count "$count" \
+    --size "$size" --concurrency "$conc" --timeout "$CASE_TIMEOUT" "${extra[@]}" \
+    >"$WORK/res/$name.json" 2>"$WORK/res/$name.err" || true
+  cat "$WORK/res/$name.json" >&2
+}
+pop3_case() { # NAME ADDR USER PASS
+  local name=$1 addr=$2 user=$3 pass=$4
+  log "case $name: POP3 RETR+DELE all messages of $user via $addr (implicit TLS)"
+  printf '%s\n' "timeout $CASE_TIMEOUT $LG pop3 --addr $addr --tls --user $user --pass '***' --batch 100 --delete" >>"$CMDS"
+  timeout "$CASE_TIMEOUT" "$LG" pop3 --addr "$addr" --tls --user "$user" --pass "$pass" --batch 100 --delete \
+    >"$WORK/res/$name.json" 2>"$WORK/res/$name.err" || true
+  cat "$WORK/res/$name.json" >&2
+}
+
+# ------------------------------------------------------------------ a. journalgate
+JG_HWM="" JG_SKIPPED_WHY=""
+if [ "$SKIP_JG" = 1 ]; then JG_SKIPPED_WHY="skipped (--skip-journalgate)";
+elif [ "$JG_BUILD" != ok ]; then JG_SKIPPED_WHY="build failed";
+fi
+if [ -z "$JG_SKIPPED_WHY" ]; then
+  JGD="$WORK/journalgate"; mkdir -p "$JGD/data"
+  JG_SMTP=$(free_port) JG_POP=$(free_port) JG_POPS=$(free_port)
+  cat >"$JGD/journalgate.toml" <<EOF
+hostname = "jg.bench.test"
+data_dir = "$JGD/data"
+[smtp]
+listen = ["127.0.0.1:$JG_SMTP"]
+listen_tls = []
+[pop3]
+listen = ["127.0.0.1:$JG_POP"]
+listen_tls = ["127.0.0.1:$JG_POPS"]
+[imap]
+listen = []
+listen_tls = []
+[tls]
+source = "self-signed"
+[console]
+listen = ""
+[spool]
+min_free_bytes = 0
+[auth]
+failure_delay_ms = 200
+[log]
+format = "text"
+EOF
+  cp "$JGD/journalgate.toml" "$WORK/res/journalgate.toml"
+  log "starting journalgate (smtp $JG_SMTP, pop3s $JG_POPS)"
+  printf '%s\n' "$JG --config $JGD/journalgate.toml serve" >>"$CMDS"
+  "$JG" --config "$JGD/journalgate.toml" serve >"$JGD/stdout" 2>"$JGD/stderr" </dev/null &
+  JG_PID=$!
+  for _ in $(seq 300); do
+    grep -q 'journalgate ready' "$JGD/stdout" 2>/dev/null && break
+    kill -0 "$JG_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  if ! grep -q 'journalgate ready' "$JGD/stdout" 2>/dev/null; then
+    log "journalgate did not become ready:"; tail -20 "$JGD/stderr" >&2
+    JG_SKIPPED_WHY="did not start"
+  fi
+fi
+
+declare -A JG_MBX_ADDR JG_MBX_ID JG_MBX_PASS
+jg_mailbox() { # NAME -> sets JG_MBX_* [NAME]
+  local out
+  out=$(run_logged "$JG" --config "$JGD/journalgate.toml" mailbox create --name "bench-$1" --json </dev/null) || true
+  JG_MBX_ID[$1]=$(printf '%s' "$out" | sed -n 's/.*"id":"\([^"]*\)".*/\1/p')
+  JG_MBX_ADDR[$1]=$(printf '%s' "$out" | sed -n 's/.*"address":"\([^"]*\)".*/\1/p')
+  JG_MBX_PASS[$1]=$(printf '%s' "$out" | sed -n 's/.*"password":"\([^"]*\)".*/\1/p')
+  [ -n "${JG_MBX_ADDR[$1]}" ] || { log "mailbox create failed: $out"; return 1; }
+}
+
+if [ -z "$JG_SKIPPED_WHY" ]; then
+  jg_mailbox warm
+  smtp_case jg-warm "127.0.0.1:$JG_SMTP" "${JG_MBX_ADDR[warm]}" 20 "$SMALL" 2
+  for c in $CONCS; do
+    check_budget "journalgate C=$c" || break
+    jg_mailbox "c$c"
+    settle
+    start_sampler "jg-smtp-c$c" "$JG_PID"
+    smtp_case "jg-smtp-c$c" "127.0.0.1:$JG_SMTP" "${JG_MBX_ADDR[c$c]}" "$N" "$SMALL" "$c"
+    stop_sampler "jg-smtp-c$c"
+  done
+  if check_budget "journalgate 5 MB"; then
+    jg_mailbox big
+    settle
+    start_sampler jg-smtp-big "$JG_PID"
+    smtp_case jg-smtp-big "127.0.0.1:$JG_SMTP" "${JG_MBX_ADDR[big]}" "$BIGN" "$BIG" "$BIGC"
+    stop_sampler jg-smtp-big
+  fi
+  for mb in c32 big; do
+    [ -n "${JG_MBX_ID[$mb]:-}" ] || continue
+    check_budget "journalgate POP3 $mb" || break
+    settle
+    start_sampler "jg-pop3-$mb" "$JG_PID"
+    pop3_case "jg-pop3-$mb" "127.0.0.1:$JG_POPS" "${JG_MBX_ID[$mb]}" "${JG_MBX_PASS[$mb]}"
+    stop_sampler "jg-pop3-$mb"
+  done
+  JG_HWM=$(hwm_mb "$JG_PID")
+  JG_ERRLINES=$(grep -ciE 'error|panic' "$JGD/stderr" || true)
+  grep -iE 'error|panic' "$JGD/stderr" | head -20 >"$WORK/res/jg-errors.txt" || true
+  log "journalgate VmHWM ${JG_HWM} MB; error/panic log lines: $JG_ERRLINES"
+  kill -TERM "$JG_PID" 2>/dev/null; wait "$JG_PID" 2>/dev/null || true; JG_PID=""
+fi
+
+# ------------------------------------------------------------------ b. Postfix + Dovecot
+PD_HWM="" PD_SKIPPED_WHY=""
+[ "$SKIP_MTA" = 1 ] && PD_SKIPPED_WHY="skipped (--skip-mta)"
+if [ -z "$PD_SKIPPED_WHY" ]; then
+  check_budget "Postfix + Dovecot" || PD_SKIPPED_WHY="run budget exhausted"
+fi
+if [ -z "$PD_SKIPPED_WHY" ]; then
+  PF_SMTP=$(free_port) DC_POPS=$(free_port)
+  PF_DIR="$WORK/postfix"; DC="$WORK/dovecot"
+  mkdir -p "$PF_DIR/etc" "$PF_DIR/queue" "$PF_DIR/data" "$DC/run" "$DC/state" "$DC/home"
+  chown postfix:postfix "$PF_DIR/data"
+  chown nobody:nogroup "$DC/home"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \
+    -days 2 -keyout "$DC/key.pem" -out "$DC/cert.pem" 2>/dev/null
+  cat >"$PF_DIR/etc/main.cf" <<EOF
+# private benchmark instance: own config, queue and data directories
+compatibility_level = 3.6
+config_directory = $PF_DIR/etc
+queue_directory = $PF_DIR/queue
+data_directory = $PF_DIR/data
+meta_directory = /etc/postfix
+maillog_file = $PF_DIR/maillog
+maillog_file_prefixes = $WORK
+myhostname = mta.bench.test
+mydomain = bench.test
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+alias_maps =
+alias_database =
+local_recipient_maps =
+biff = no
+smtpd_banner = \$myhostname ESMTP
+virtual_mailbox_domains = bench.test
+virtual_mailbox_maps = static:OK
+virtual_transport = lmtp:unix:$DC/run/lmtp
+EOF
+  cat >"$PF_DIR/etc/master.cf" <<EOF
+127.0.0.1:$PF_SMTP inet n - n - - smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+lmtp      unix  -       -       n       -       -       lmtp
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+EOF
+  cat >"$DC/dovecot.conf" <<EOF
+# private benchmark instance (dovecot -c this file): nothing from /etc/dovecot is read
+instance_name = jgbench
+base_dir = $DC/run
+state_dir = $DC/state
+log_path = $DC/dovecot.log
+protocols = pop3 lmtp
+listen = 127.0.0.1
+ssl = required
+ssl_cert = <$DC/cert.pem
+ssl_key = <$DC/key.pem
+ssl_dh = </usr/share/dovecot/dh.pem
+disable_plaintext_auth = yes
+auth_mechanisms = plain
+auth_username_format = %Ln
+mail_location = maildir:~/Maildir
+mail_fsync = always
+passdb {
+  driver = static
+  args = password=benchpass
+}
+userdb {
+  driver = static
+  args = uid=nobody gid=nogroup home=$DC/home/%n allow_all_users=yes
+}
+service pop3-login {
+  inet_listener pop3 {
+    port = 0
+  }
+  inet_listener pop3s {
+    address = 127.0.0.1
+    port = $DC_POPS
+    ssl = yes
+  }
+}
+service imap-login {
+  inet_listener imap {
+    port = 0
+  }
+  inet_listener imaps {
+    port = 0
+  }
+}
+service lmtp {
+  unix_listener lmtp {
+    mode = 0666
+  }
+}
+EOF
+  cp "$PF_DIR/etc/main.cf" "$WORK/res/postfix-main.cf"; cp "$PF_DIR/etc/master.cf" "$WORK/res/postfix-master.cf"
+  cp "$DC/dovecot.conf" "$WORK/res/dovecot.conf"
+  DC_PIDFILE="$DC/run/master.pid"
+  log "starting dovecot (pop3s $DC_POPS) and postfix (smtp $PF_SMTP)"
+  run_logged dovecot -c "$DC/dovecot.conf" >"$DC/start.log" 2>&1 </dev/null || { cat "$DC/start.log" >&2; PD_SKIPPED_WHY="dovecot did not start"; }
+  if [ -z "$PD_SKIPPED_WHY" ]; then
+    run_logged postfix -c "$PF_DIR/etc" start >"$PF_DIR/start.log" 2>&1 </dev/null || { cat "$PF_DIR/start.log" "$PF_DIR/maillog" >&2; PD_SKIPPED_WHY="postfix did not start"; }
+  fi
+  for _ in $(seq 100); do
+    [ -f "$PF_DIR/queue/pid/master.pid" ] && [ -f "$DC_PIDFILE" ] && [ -S "$DC/run/lmtp" ] \
+      && ss -Htln "sport = :$PF_SMTP" | grep -q . && break
+    sleep 0.1
+  done
+  PF_MASTER=$(tr -dc 0-9 <"$PF_DIR/queue/pid/master.pid" 2>/dev/null || true)
+  DC_MASTER=$(tr -dc 0-9 <"$DC_PIDFILE" 2>/dev/null || true)
+  if [ -z "$PD_SKIPPED_WHY" ] && { [ -z "$PF_MASTER" ] || [ -z "$DC_MASTER" ]; }; then
+    PD_SKIPPED_WHY="postfix/dovecot did not start"
+  fi
+fi
+if [ -z "$PD_SKIPPED_WHY" ]; then
+  smtp_case pd-warm "127.0.0.1:$PF_SMTP" warm@bench.test 20 "$SMALL" 2 "$DC/home/warm/Maildir"
+  if [ "$(jget "$WORK/res/pd-warm.json" delivered)" != 20 ]; then
+    log "Postfix -> Dovecot delivery does not work:"; tail -20 "$PF_DIR/maillog" "$DC/dovecot.log" >&2
+    PD_SKIPPED_WHY="delivery failed"
+  fi
+fi
+if [ -z "$PD_SKIPPED_WHY" ]; then
+  for c in $CONCS; do
+    check_budget "Postfix+Dovecot C=$c" || break
+    settle
+    start_sampler "pd-smtp-c$c" "$PF_MASTER" "$DC_MASTER"
+    smtp_case "pd-smtp-c$c" "127.0.0.1:$PF_SMTP" "c$c@bench.test" "$N" "$SMALL" "$c" "$DC/home/c$c/Maildir"
+    stop_sampler "pd-smtp-c$c"
+  done
+  if check_budget "Postfix+Dovecot 5 MB"; then
+    settle
+    start_sampler pd-smtp-big "$PF_MASTER" "$DC_MASTER"
+    smtp_case pd-smtp-big "127.0.0.1:$PF_SMTP" "big@bench.test" "$BIGN" "$BIG" "$BIGC" "$DC/home/big/Maildir"
+    stop_sampler pd-smtp-big
+  fi
+  for mb in c32 big; do
+    check_budget "Dovecot POP3 $mb" || break
+    settle
+    start_sampler "pd-pop3-$mb" "$PF_MASTER" "$DC_MASTER"
+    pop3_case "pd-pop3-$mb" "127.0.0.1:$DC_POPS" "$mb" benchpass
+    stop_sampler "pd-pop3-$mb"
+  done
+  # best effort: VmHWM of the processes still alive (short-lived ones are gone)
+  PD_HWM=$(hwm_mb "$PF_MASTER" "$DC_MASTER" $(ps -o pid= --ppid "$PF_MASTER") $(ps -o pid= --ppid "$DC_MASTER"))
+  log "postfix+dovecot: sum of VmHWM of live processes ${PD_HWM} MB"
+  grep -E 'status=(deferred|bounced)|warning|fatal|panic' "$PF_DIR/maillog" | head -10 >"$WORK/res/pd-errors.txt" || true
+  grep -E 'Error|Fatal|Panic' "$DC/dovecot.log" | head -10 >>"$WORK/res/pd-errors.txt" || true
+fi
+if [ -n "$PF_DIR" ] && [ -f "$PF_DIR/queue/pid/master.pid" ]; then
+  postfix -c "$PF_DIR/etc" stop >/dev/null 2>&1 </dev/null || true
+fi
+if [ -n "$DC_PIDFILE" ] && [ -f "$DC_PIDFILE" ]; then
+  kill -TERM "$(tr -dc 0-9 <"$DC_PIDFILE")" 2>/dev/null || true
+fi
+
+# ------------------------------------------------------------------ c. smtp-source -> smtp-sink ceiling
+CEIL_SKIPPED_WHY=""
+[ "$SKIP_CEIL" = 1 ] && CEIL_SKIPPED_WHY="skipped (--skip-ceiling)"
+[ -z "$CEIL_SKIPPED_WHY" ] && [ ! -x /usr/sbin/smtp-sink ] && CEIL_SKIPPED_WHY="smtp-sink not installed"
+if [ -z "$CEIL_SKIPPED_WHY" ]; then
+  SINK_PORT=$(free_port)
+  printf '%s\n' "/usr/sbin/smtp-sink -u nobody 127.0.0.1:$SINK_PORT 256 &" >>"$CMDS"
+  /usr/sbin/smtp-sink -u nobody "127.0.0.1:$SINK_PORT" 256 >"$WORK/sink.log" 2>&1 </dev/null &
+  SINK_PID=$!
+  for _ in $(seq 50); do ss -Htln "sport = :$SINK_PORT" | grep -q . && break; sleep 0.1; done
+  for c in 1 32; do
+    check_budget "smtp-source C=$c" || break
+    # -l is the body length; smtp-source adds ~200 bytes of headers
+    log "case ceil-source-c$c: smtp-source -> smtp-sink, $N x $SMALL B, $c sessions"
+    printf '%s\n' "timeout $CASE_TIMEOUT /usr/sbin/smtp-source -d -s $c -m $N -l $SMALL -f loadgen@bench.test -t sink@bench.test 127.0.0.1:$SINK_PORT" >>"$CMDS"
+    t0=$(date +%s.%N)
+    if timeout "$CASE_TIMEOUT" /usr/sbin/smtp-source -d -s "$c" -m "$N" -l "$SMALL" -f loadgen@bench.test \
+         -t sink@bench.test "127.0.0.1:$SINK_PORT" >"$WORK/res/ceil-source-c$c.err" 2>&1 </dev/null; then ok=$N; else ok=0; fi
+    t1=$(date +%s.%N)
+    awk -v n="$ok" -v s="$SMALL" -v t0="$t0" -v t1="$t1" -v c="$c" 'BEGIN{ d=t1-t0;
+      printf "{\"messages\":%d,\"seconds\":%.3f,\"msgs_per_s\":%.3f,\"mb_per_s\":%.3f,\"failures\":%d,\"concurrency\":%d}\n",
+        n, d, n/d, n*s/1e6/d, '"$N"'-n, c }' >"$WORK/res/ceil-source-c$c.json"
+    cat "$WORK/res/ceil-source-c$c.json" >&2
+    smtp_case "ceil-loadgen-c$c" "127.0.0.1:$SINK_PORT" sink@bench.test "$N" "$SMALL" "$c"
+  done
+  kill "$SINK_PID" 2>/dev/null; wait "$SINK_PID" 2>/dev/null || true; SINK_PID=""
+fi
+
+# ------------------------------------------------------------------ d. report
+R="$WORK/res"
+human_n() { awk -v n="$1" 'BEGIN{ s=sprintf("%d", n); o=""; while (length(s) > 3) { o="," substr(s, length(s)-2) o; s=substr(s, 1, length(s)-3) } print s o }'; }
+SZ_S="20 KB" SZ_B="5 MB"
+row() { # system case conc file rate_key mb_key peakfile note
+  local sys=$1 cs=$2 conc=$3 f=$4 rk=$5 mk=$6 peak=$7 note=${8:-}
+  if [ ! -s "$f" ]; then
+    printf '| %s | %s | %s | – | – | – | – | – | – | – | – | %s |\n' "$sys" "$cs" "$conc" "not run${note:+; $note}"
+    return
+  fi
+  local msgs fail secs rate mbs rss="–" pss="–" lat="–"
+  msgs=$(jget "$f" messages); fail=$(jget "$f" failures)
+  if [ "$rk" = delivered_msgs_per_s ]; then msgs=$(jget "$f" delivered); secs=$(jget "$f" delivered_seconds); else secs=$(jget "$f" seconds); fi
+  rate=$(jget "$f" "$rk"); mbs=$(jget "$f" "$mk")
+  if [ -n "$peak" ] && [ -s "$peak" ]; then rss=$(awk '{print $1}' "$peak"); pss=$(awk '{print $2}' "$peak"); fi
+  [ -n "$(jget "$f" latency_ms_p50)" ] && lat="$(jget "$f" latency_ms_p50) / $(jget "$f" latency_ms_p99)"
+  printf '| %s | %s | %s | %s | %s | %s | **%s** | %s | %s | %s | %s | %s |\n' "$sys" "$cs" "$conc" "$(human_n "${msgs:-0}")" "${fail:-?}" \
+    "$(fmt1 "$secs")" "$(human_n "$(fmt0 "$rate")")" "$(fmt1 "$mbs")" "$lat" "$rss" "$pss" "$note"
+}
+
+TABLE="$WORK/table.md"
+{
+  echo "| System | Case | Conc. | Messages | Failures | Seconds | msg/s | MB/s | p50 / p99 ms | Peak RSS MB | Peak PSS MB | Note |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+  for c in $CONCS; do
+    row journalgate "SMTP ingest $(human_n $N) × $SZ_S" "$c" "$R/jg-smtp-c$c.json" msgs_per_s mb_per_s "$R/jg-smtp-c$c.peak" "${JG_SKIPPED_WHY:-durable 250}"
+  done
+  row journalgate "SMTP ingest $(human_n $BIGN) × $SZ_B" "$BIGC" "$R/jg-smtp-big.json" msgs_per_s mb_per_s "$R/jg-smtp-big.peak" "${JG_SKIPPED_WHY:-durable 250}"
+  row journalgate "POP3 RETR+DELE $SZ_S (pop3s)" 1 "$R/jg-pop3-c32.json" msgs_per_s mb_per_s "$R/jg-pop3-c32.peak" "${JG_SKIPPED_WHY}"
+  row journalgate "POP3 RETR+DELE $SZ_B (pop3s)" 1 "$R/jg-pop3-big.json" msgs_per_s mb_per_s "$R/jg-pop3-big.peak" "${JG_SKIPPED_WHY}"
+  for c in $CONCS; do
+    acc=""; [ -s "$R/pd-smtp-c$c.json" ] && acc="delivered to Maildir; accepted $(fmt0 "$(jget "$R/pd-smtp-c$c.json" msgs_per_s)") msg/s"
+    row "Postfix + Dovecot" "SMTP → LMTP → Maildir $(human_n $N) × $SZ_S" "$c" "$R/pd-smtp-c$c.json" delivered_msgs_per_s delivered_mb_per_s "$R/pd-smtp-c$c.peak" "${acc:-$PD_SKIPPED_WHY}"
+  done
+  acc=""; [ -s "$R/pd-smtp-big.json" ] && acc="delivered to Maildir; accepted $(fmt0 "$(jget "$R/pd-smtp-big.json" msgs_per_s)") msg/s"
+  row "Postfix + Dovecot" "SMTP → LMTP → Maildir $(human_n $BIGN) × $SZ_B" "$BIGC" "$R/pd-smtp-big.json" delivered_msgs_per_s delivered_mb_per_s "$R/pd-smtp-big.peak" "${acc:-$PD_SKIPPED_WHY}"
+  row "Postfix + Dovecot" "POP3 RETR+DELE $SZ_S (pop3s)" 1 "$R/pd-pop3-c32.json" msgs_per_s mb_per_s "$R/pd-pop3-c32.peak" "Dovecot ${PD_SKIPPED_WHY}"
+  row "Postfix + Dovecot" "POP3 RETR+DELE $SZ_B (pop3s)" 1 "$R/pd-pop3-big.json" msgs_per_s mb_per_s "$R/pd-pop3-big.peak" "Dovecot ${PD_SKIPPED_WHY}"
+  for c in 1 32; do
+    row "smtp-source → smtp-sink" "ceiling, no disk, $(human_n $N) × $SZ_S body" "$c" "$R/ceil-source-c$c.json" msgs_per_s mb_per_s "" "$CEIL_SKIPPED_WHY"
+  done
+  for c in 1 32; do
+    row "loadgen → smtp-sink" "client ceiling, $(human_n $N) × $SZ_S" "$c" "$R/ceil-loadgen-c$c.json" msgs_per_s mb_per_s "" "$CEIL_SKIPPED_WHY"
+  done
+} >"$TABLE"
+
+# targets
+TARGETS="$WORK/targets.md"
+{
+  jg1=$(jget "$R/jg-smtp-c1.json" msgs_per_s); pd1=$(jget "$R/pd-smtp-c1.json" delivered_msgs_per_s)
+  jg32=$(jget "$R/jg-smtp-c32.json" msgs_per_s)
+  jgf=0; for f in "$R"/jg-smtp-*.json; do [ -s "$f" ] && jgf=$(( jgf + $(jget "$f" failures) )); done
+  if [ -n "$jg1" ] && [ -n "$pd1" ]; then
+    awk -v a="$jg1" -v b="$pd1" 'BEGIN{ r = (b > 0) ? a/b : 0; printf "- C=1 ingest vs Postfix + Dovecot delivered: %.0f / %.0f msg/s = **%.2f×** (target ≥ 2.5×): **%s**\n", a, b, r, (r >= 2.5) ? "met" : "MISSED" }'
+  else echo "- C=1 ingest vs Postfix + Dovecot: not measured"; fi
+  if [ -n "$jg32" ]; then
+    awk -v a="$jg32" 'BEGIN{ printf "- C=32 durable ingest: **%.0f msg/s** (target ≥ 1,500): **%s**\n", a, (a >= 1500) ? "met" : "MISSED" }'
+  else echo "- C=32 durable ingest: not measured"; fi
+  if [ -n "$JG_HWM" ]; then
+    awk -v a="$JG_HWM" 'BEGIN{ printf "- journalgate peak RSS (VmHWM over the whole run, SMTP + POP3): **%.1f MB** (target < 100 MB): **%s**\n", a, (a < 100) ? "met" : "MISSED" }'
+  else echo "- journalgate peak RSS: not measured"; fi
+  if [ -n "$JG_HWM" ]; then echo "- journalgate SMTP failures (non-250) over all cases: $jgf"; fi
+  if [ -n "$PD_HWM" ]; then echo "- Postfix + Dovecot: sum of VmHWM of the processes alive at the end: ${PD_HWM} MB (short-lived smtpd/lmtp/cleanup processes that exited are not in it; see the sampled columns)"; fi
+} >"$TARGETS"
+
+DATE=$(date +%F)
+SUFFIX="" QNOTE="" QARG=""
+if [ "$QUICK" = 1 ]; then SUFFIX="-quick" QNOTE=" (--quick)" QARG=" --quick"; fi
+OUT="$ROOT/bench/results-$DATE$SUFFIX.md"
+{
+  echo "# journalgate benchmark results, $(date -u +'%F %H:%M UTC')$QNOTE"
+  echo
+  echo "Hardware: $HW_LINE"
+  echo
+  echo "Versions: journalgate $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '(no commit)'), $(postconf -h mail_version 2>/dev/null | sed 's/^/Postfix /'), Dovecot $(dovecot --version 2>/dev/null | cut -d' ' -f1), $(rustc --version 2>/dev/null)"
+  echo
+  echo "Command: \`bench/run.sh$QARG\`"
+  echo
+  cat "$TABLE"
+  echo
+  echo "msg/s and MB/s (MB = 10^6 bytes) are end to end: first connection until the last 250 after DATA (journalgate: durable),"
+  echo "or for Postfix + Dovecot until the last message is in the Dovecot Maildir (fsync on). p50 / p99 is the client's"
+  echo "MAIL-to-final-250 time per transaction (for Postfix that is acceptance into its queue, not delivery)."
+  echo "Peak RSS / PSS is the highest sum over the server's processes (journalgate: one process; Postfix + Dovecot: both"
+  echo "masters and their children) sampled every 0.25 s during the case; PSS shares shared pages between processes and"
+  echo "is the fair figure for the multi-process pair."
+  echo
+  echo "Load average at start: $LOAD_START; at end: $(cut -d' ' -f1-3 /proc/loadavg)."
+  echo
+  echo "## Targets"
+  echo
+  cat "$TARGETS"
+  echo
+  if [ -s "$R/jg-errors.txt" ] || [ -s "$R/pd-errors.txt" ]; then
+    echo "## Server log excerpts (errors)"
+    echo
+    echo '```'
+    [ -s "$R/jg-errors.txt" ] && { echo "journalgate:"; cat "$R/jg-errors.txt"; }
+    [ -s "$R/pd-errors.txt" ] && { echo "postfix/dovecot:"; cat "$R/pd-errors.txt"; }
+    echo '```'
+    echo
+  fi
+  echo "## Commands"
+  echo
+  echo '```'
+  cat "$CMDS"
+  echo '```'
+  echo
+  echo "## Raw loadgen output"
+  echo
+  echo '```'
+  for f in "$R"/*.json; do printf '%s: %s\n' "$(basename "$f" .json)" "$(cat "$f")"; done
+  echo '```'
+  echo
+  echo "## Configurations"
+  for f in journalgate.toml postfix-main.cf postfix-master.cf dovecot.conf; do
+    [ -f "$R/$f" ] || continue
+    echo; echo "### $f"; echo; echo '```'; cat "$R/$f"; echo '```'
+  done
+} >"$OUT"
+
+echo
+cat "$TABLE"
+echo
+cat "$TARGETS"
+echo
+echo "Commands:"
+cat "$CMDS"
+echo
+log "results written to $OUT (total $(( $(date +%s) - RUN_START )) s)"

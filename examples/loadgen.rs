@@ -1,0 +1,826 @@
+//! Load client for the journalgate benchmark (bench/run.sh).
+//!
+//! ```text
+//! loadgen smtp --addr 127.0.0.1:2525 --to ADDR --count N --size BYTES --concurrency C
+//!              [--starttls] [--from ADDR] [--wait-maildir DIR]
+//! loadgen pop3 --addr 127.0.0.1:1995 --tls|--stls --user U --pass P [--batch 100] [--delete]
+//! ```
+//!
+//! Each run prints exactly one JSON line on stdout. MB = 10^6 bytes.
+//!
+//! SMTP: C connections; each sends EHLO (and STARTTLS when asked, accepting any
+//! certificate), then MAIL/RCPT/DATA transactions on the same connection
+//! (MAIL+RCPT+DATA pipelined when the server offers PIPELINING) until N messages
+//! in total have been sent. Only a 250 reply to the end of DATA counts as a
+//! success. Every message is a valid RFC 5322 message of exactly `--size` bytes,
+//! CRLF lines of at most 78 octets, with a unique Message-ID.
+//!
+//! With `--wait-maildir DIR` the client then polls `DIR/new` + `DIR/cur` until
+//! every accepted message has been delivered there and also reports the
+//! delivered rate (time from the first connection to the last delivery).
+//!
+//! POP3: logs in (implicit TLS or STLS, USER/PASS), STAT, then pipelines
+//! `RETR i` (and `DELE i` with `--delete`) in batches, parses the multi-line
+//! answers with dot-unstuffing, and QUITs (the deletions are committed by the
+//! server at QUIT, which is inside the measured time).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+#[derive(Parser)]
+#[command(name = "loadgen", about = "SMTP / POP3 load client for bench/run.sh")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Send N messages over C concurrent SMTP connections.
+    Smtp(SmtpArgs),
+    /// Download (and delete) every message of one POP3 mailbox.
+    Pop3(Pop3Args),
+}
+
+#[derive(Args, Clone)]
+struct SmtpArgs {
+    #[arg(long, default_value = "127.0.0.1:2525")]
+    addr: String,
+    /// Envelope and header recipient.
+    #[arg(long)]
+    to: String,
+    /// Envelope and header sender.
+    #[arg(long, default_value = "loadgen@bench.test")]
+    from: String,
+    #[arg(long, default_value_t = 1000)]
+    count: usize,
+    /// Size of each message in bytes (headers + body, before dot-stuffing).
+    #[arg(long, default_value_t = 20_000)]
+    size: usize,
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// Upgrade each connection with STARTTLS (any certificate accepted).
+    #[arg(long)]
+    starttls: bool,
+    /// Name sent in EHLO.
+    #[arg(long, default_value = "loadgen.bench.test")]
+    helo: String,
+    /// TLS server name (SNI) used for STARTTLS.
+    #[arg(long, default_value = "localhost")]
+    sni: String,
+    /// Timeout for each network read/write, seconds.
+    #[arg(long, default_value_t = 120)]
+    io_timeout: u64,
+    /// Give up the whole run after this many seconds (unsent messages count as failures).
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    /// After sending, wait until the accepted messages appear in this Maildir (new/ + cur/).
+    #[arg(long)]
+    wait_maildir: Option<std::path::PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct Pop3Args {
+    #[arg(long, default_value = "127.0.0.1:1995")]
+    addr: String,
+    /// Implicit TLS (pop3s).
+    #[arg(long, conflicts_with = "stls")]
+    tls: bool,
+    /// Plain connection upgraded with STLS.
+    #[arg(long)]
+    stls: bool,
+    #[arg(long)]
+    user: String,
+    #[arg(long)]
+    pass: String,
+    /// Number of RETR (and DELE) commands pipelined per round trip.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// DELE every message (committed at QUIT).
+    #[arg(long)]
+    delete: bool,
+    #[arg(long, default_value = "localhost")]
+    sni: String,
+    #[arg(long, default_value_t = 120)]
+    io_timeout: u64,
+}
+
+// ---------------------------------------------------------------- TLS
+
+#[derive(Debug)]
+struct AcceptAnything(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnything {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn tls_connector() -> tokio_rustls::TlsConnector {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnything(provider)))
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+// ---------------------------------------------------------------- connection
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A stream with its own read buffer, read line by line.
+struct Conn {
+    s: Option<Stream>,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    io_timeout: Duration,
+}
+
+fn err(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::Other, msg.into())
+}
+
+impl Conn {
+    async fn connect(addr: &str, io_timeout: Duration) -> io::Result<Conn> {
+        let tcp = tokio::time::timeout(io_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| err("connect timeout"))??;
+        tcp.set_nodelay(true)?;
+        Ok(Conn {
+            s: Some(Stream::Plain(tcp)),
+            buf: vec![0; 256 * 1024],
+            start: 0,
+            end: 0,
+            io_timeout,
+        })
+    }
+
+    async fn tls(&mut self, sni: &str) -> io::Result<()> {
+        if self.start != self.end {
+            return Err(err("unexpected data before TLS handshake"));
+        }
+        let tcp = match self.s.take() {
+            Some(Stream::Plain(t)) => t,
+            _ => return Err(err("already TLS")),
+        };
+        let name =
+            ServerName::try_from(sni.to_string()).map_err(|e| err(format!("bad SNI: {e}")))?;
+        let tls = tokio::time::timeout(self.io_timeout, tls_connector().connect(name, tcp))
+            .await
+            .map_err(|_| err("TLS handshake timeout"))??;
+        self.s = Some(Stream::Tls(Box::new(tls)));
+        Ok(())
+    }
+
+    async fn fill(&mut self) -> io::Result<()> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.end == self.buf.len() {
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            } else {
+                let n = self.buf.len();
+                self.buf.resize(n * 2, 0);
+            }
+        }
+        let s = self.s.as_mut().expect("stream");
+        let n = tokio::time::timeout(self.io_timeout, s.read(&mut self.buf[self.end..]))
+            .await
+            .map_err(|_| err("read timeout"))??;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed by server",
+            ));
+        }
+        self.end += n;
+        Ok(())
+    }
+
+    /// Appends one line (including its LF) to `out`.
+    async fn read_line(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
+        loop {
+            let avail = &self.buf[self.start..self.end];
+            if let Some(i) = avail.iter().position(|&b| b == b'\n') {
+                out.extend_from_slice(&avail[..=i]);
+                self.start += i + 1;
+                return Ok(());
+            }
+            if out.len() + avail.len() > 64 * 1024 * 1024 {
+                return Err(err("line too long"));
+            }
+            out.extend_from_slice(avail);
+            self.start = self.end;
+            self.fill().await?;
+        }
+    }
+
+    async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        let s = self.s.as_mut().expect("stream");
+        tokio::time::timeout(self.io_timeout, async {
+            s.write_all(data).await?;
+            s.flush().await
+        })
+        .await
+        .map_err(|_| err("write timeout"))?
+    }
+
+    async fn write_parts(&mut self, parts: &[&[u8]]) -> io::Result<()> {
+        let s = self.s.as_mut().expect("stream");
+        tokio::time::timeout(self.io_timeout, async {
+            for p in parts {
+                s.write_all(p).await?;
+            }
+            s.flush().await
+        })
+        .await
+        .map_err(|_| err("write timeout"))?
+    }
+
+    /// Reads one (possibly multi-line) SMTP reply: (code, all lines).
+    async fn smtp_reply(&mut self) -> io::Result<(u16, String)> {
+        let mut text = String::new();
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            self.read_line(&mut line).await?;
+            let l = String::from_utf8_lossy(&line);
+            let l = l.trim_end();
+            if l.len() < 3 {
+                return Err(err(format!("bad SMTP reply line {l:?}")));
+            }
+            let code: u16 = l[..3]
+                .parse()
+                .map_err(|_| err(format!("bad SMTP reply line {l:?}")))?;
+            text.push_str(l);
+            text.push('\n');
+            if l.as_bytes().get(3) != Some(&b'-') {
+                return Ok((code, text));
+            }
+        }
+    }
+
+    async fn pop3_status(&mut self) -> io::Result<String> {
+        let mut line = Vec::new();
+        self.read_line(&mut line).await?;
+        let l = String::from_utf8_lossy(&line).trim_end().to_string();
+        if l.starts_with("+OK") {
+            Ok(l)
+        } else {
+            Err(err(format!("POP3 error: {l}")))
+        }
+    }
+}
+
+// ---------------------------------------------------------------- SMTP
+
+struct Template {
+    /// Header block up to and including the Message-ID digits placeholder position.
+    head: Vec<u8>,
+    idx_pos: usize,
+    /// Body, ending with CRLF, followed by the ".\r\n" terminator.
+    body: Vec<u8>,
+}
+
+const IDX_DIGITS: usize = 10;
+
+fn build_template(a: &SmtpArgs) -> Template {
+    let run: u64 = rand::random();
+    let date = chrono::Utc::now().to_rfc2822();
+    let mut head = format!(
+        "From: Load Generator <{}>\r\nTo: <{}>\r\nSubject: loadgen benchmark message\r\nDate: {}\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\nMessage-ID: <lg-{:016x}-",
+        a.from, a.to, date, run
+    );
+    let idx_pos = head.len();
+    head.push_str(&"0".repeat(IDX_DIGITS));
+    head.push_str("@loadgen.bench.test>\r\n\r\n");
+    let head = head.into_bytes();
+
+    // Body: pseudo-random printable text, lines of 76 chars + CRLF (78 octets).
+    // The alphabet has no '.', so no line needs dot-stuffing.
+    const ALPHA: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 +-/=";
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ run;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        ALPHA[(x % ALPHA.len() as u64) as usize]
+    };
+    let mut remaining = a.size.saturating_sub(head.len()).max(2);
+    let mut body = Vec::with_capacity(remaining + 3);
+    let mut line = |n: usize, body: &mut Vec<u8>| {
+        for i in 0..n {
+            let c = next();
+            // no line starting with a space, no trailing space
+            body.push(if c == b' ' && (i == 0 || i + 1 == n) {
+                b'x'
+            } else {
+                c
+            });
+        }
+        body.extend_from_slice(b"\r\n");
+    };
+    while remaining > 0 {
+        if remaining >= 78 + 78 || remaining == 78 {
+            line(76, &mut body);
+            remaining -= 78;
+        } else if remaining > 78 {
+            // 79..=155 left: split into two lines so that both are >= 2 octets and <= 78
+            let first = remaining / 2;
+            line(first - 2, &mut body);
+            remaining -= first;
+        } else {
+            line(remaining - 2, &mut body);
+            remaining = 0;
+        }
+    }
+    body.extend_from_slice(b".\r\n");
+    Template {
+        head,
+        idx_pos,
+        body,
+    }
+}
+
+#[derive(Default)]
+struct SmtpStats {
+    ok: AtomicUsize,
+    bytes: AtomicU64,
+    errors: Mutex<Vec<String>>,
+    latencies_us: Mutex<Vec<u64>>,
+    reconnects: AtomicUsize,
+}
+
+impl SmtpStats {
+    fn note_error(&self, e: String) {
+        let mut v = self.errors.lock().unwrap();
+        if v.len() < 10 {
+            v.push(e);
+        }
+    }
+}
+
+async fn smtp_session(
+    a: &SmtpArgs,
+    t: &Template,
+    next: &AtomicUsize,
+    stats: &SmtpStats,
+    lat: &mut Vec<u64>,
+) -> io::Result<()> {
+    let to = Duration::from_secs(a.io_timeout);
+    let mut c = Conn::connect(&a.addr, to).await?;
+    let (code, text) = c.smtp_reply().await?;
+    if code != 220 {
+        return Err(err(format!("greeting: {}", text.trim())));
+    }
+    let ehlo = format!("EHLO {}\r\n", a.helo);
+    c.write_all(ehlo.as_bytes()).await?;
+    let (mut code, mut text) = c.smtp_reply().await?;
+    if code != 250 {
+        return Err(err(format!("EHLO: {}", text.trim())));
+    }
+    if a.starttls {
+        c.write_all(b"STARTTLS\r\n").await?;
+        let (scode, stext) = c.smtp_reply().await?;
+        if scode != 220 {
+            return Err(err(format!("STARTTLS: {}", stext.trim())));
+        }
+        c.tls(&a.sni).await?;
+        c.write_all(ehlo.as_bytes()).await?;
+        (code, text) = c.smtp_reply().await?;
+        if code != 250 {
+            return Err(err(format!("EHLO after TLS: {}", text.trim())));
+        }
+    }
+    let upper = text.to_ascii_uppercase();
+    let pipelining = upper.contains("PIPELINING");
+    let size_ext = upper.contains("250-SIZE") || upper.contains("250 SIZE");
+    let mail = if size_ext {
+        format!("MAIL FROM:<{}> SIZE={}\r\n", a.from, a.size)
+    } else {
+        format!("MAIL FROM:<{}>\r\n", a.from)
+    };
+    let rcpt = format!("RCPT TO:<{}>\r\n", a.to);
+    let mut head = t.head.clone();
+    loop {
+        let idx = next.fetch_add(1, Ordering::Relaxed);
+        if idx >= a.count {
+            break;
+        }
+        let digits = format!("{:0width$}", idx, width = IDX_DIGITS);
+        head[t.idx_pos..t.idx_pos + IDX_DIGITS].copy_from_slice(digits.as_bytes());
+        let t0 = Instant::now();
+        let (mc, rc, dc, dtext);
+        if pipelining {
+            let cmds = format!("{mail}{rcpt}DATA\r\n");
+            c.write_all(cmds.as_bytes()).await?;
+            mc = c.smtp_reply().await?;
+            rc = c.smtp_reply().await?;
+            let d = c.smtp_reply().await?;
+            dc = d.0;
+            dtext = d.1;
+        } else {
+            c.write_all(mail.as_bytes()).await?;
+            mc = c.smtp_reply().await?;
+            if mc.0 != 250 {
+                stats.note_error(format!("MAIL: {}", mc.1.trim()));
+                c.write_all(b"RSET\r\n").await?;
+                c.smtp_reply().await?;
+                continue;
+            }
+            c.write_all(rcpt.as_bytes()).await?;
+            rc = c.smtp_reply().await?;
+            if rc.0 / 100 != 2 {
+                stats.note_error(format!("RCPT: {}", rc.1.trim()));
+                c.write_all(b"RSET\r\n").await?;
+                c.smtp_reply().await?;
+                continue;
+            }
+            c.write_all(b"DATA\r\n").await?;
+            let d = c.smtp_reply().await?;
+            dc = d.0;
+            dtext = d.1;
+        }
+        if dc != 354 {
+            stats.note_error(format!(
+                "MAIL {} / RCPT {} / DATA {}",
+                mc.1.trim(),
+                rc.1.trim(),
+                dtext.trim()
+            ));
+            c.write_all(b"RSET\r\n").await?;
+            c.smtp_reply().await?;
+            continue;
+        }
+        if mc.0 != 250 || rc.0 / 100 != 2 {
+            // DATA was accepted although MAIL or RCPT failed: end it empty.
+            c.write_all(b".\r\n").await?;
+            c.smtp_reply().await?;
+            stats.note_error(format!("MAIL {} / RCPT {}", mc.1.trim(), rc.1.trim()));
+            continue;
+        }
+        c.write_parts(&[&head, &t.body]).await?;
+        let (code, text) = c.smtp_reply().await?;
+        if code == 250 {
+            stats.ok.fetch_add(1, Ordering::Relaxed);
+            stats.bytes.fetch_add(a.size as u64, Ordering::Relaxed);
+            lat.push(t0.elapsed().as_micros() as u64);
+        } else {
+            stats.note_error(format!("end of DATA: {}", text.trim()));
+        }
+    }
+    let _ = c.write_all(b"QUIT\r\n").await;
+    let _ = c.smtp_reply().await;
+    Ok(())
+}
+
+fn count_maildir(dir: &std::path::Path) -> usize {
+    ["new", "cur"]
+        .iter()
+        .map(|d| {
+            std::fs::read_dir(dir.join(d))
+                .map(|r| r.count())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+fn pct(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+fn r3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+async fn run_smtp(a: SmtpArgs) -> i32 {
+    let t = Arc::new(build_template(&a));
+    let a = Arc::new(a);
+    let next = Arc::new(AtomicUsize::new(0));
+    let stats = Arc::new(SmtpStats::default());
+    let baseline = a.wait_maildir.as_deref().map(count_maildir).unwrap_or(0);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(a.timeout);
+    let mut tasks = Vec::new();
+    for _ in 0..a.concurrency.max(1) {
+        let (a, t, next, stats) = (a.clone(), t.clone(), next.clone(), stats.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut failures_in_a_row = 0;
+            while next.load(Ordering::Relaxed) < a.count && Instant::now() < deadline {
+                match smtp_session(&a, &t, &next, &stats, &mut lat).await {
+                    Ok(()) => failures_in_a_row = 0,
+                    Err(e) => {
+                        stats.note_error(format!("session: {e}"));
+                        stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                        failures_in_a_row += 1;
+                        if failures_in_a_row >= 5 {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+            stats.latencies_us.lock().unwrap().extend(lat);
+        }));
+    }
+    let all = futures_join(tasks);
+    let timed_out = tokio::time::timeout_at(deadline.into(), all).await.is_err();
+    let secs = start.elapsed().as_secs_f64();
+    let ok = stats.ok.load(Ordering::Relaxed);
+    let bytes = stats.bytes.load(Ordering::Relaxed);
+    let mut lat = std::mem::take(&mut *stats.latencies_us.lock().unwrap());
+    lat.sort_unstable();
+    let mut out = json!({
+        "mode": "smtp",
+        "addr": a.addr,
+        "starttls": a.starttls,
+        "concurrency": a.concurrency,
+        "size": a.size,
+        "count": a.count,
+        "messages": ok,
+        "bytes": bytes,
+        "seconds": r3(secs),
+        "msgs_per_s": r3(ok as f64 / secs),
+        "mb_per_s": r3(bytes as f64 / 1e6 / secs),
+        "failures": a.count - ok,
+        "timed_out": timed_out,
+        "reconnects": stats.reconnects.load(Ordering::Relaxed),
+        "latency_ms_p50": r3(pct(&lat, 0.50)),
+        "latency_ms_p99": r3(pct(&lat, 0.99)),
+        "latency_ms_max": r3(pct(&lat, 1.0)),
+        "errors": *stats.errors.lock().unwrap(),
+    });
+    if let Some(dir) = a.wait_maildir.as_deref() {
+        // Delivered rate: from the start of sending until the last accepted
+        // message is in the Maildir.
+        let want = baseline + ok;
+        let mut have = count_maildir(dir);
+        let wait_deadline = Instant::now().max(deadline) + Duration::from_secs(60);
+        while have < want && Instant::now() < wait_deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            have = count_maildir(dir);
+        }
+        let dsecs = start.elapsed().as_secs_f64();
+        let delivered = have.saturating_sub(baseline).min(ok);
+        let dbytes = delivered as u64 * a.size as u64;
+        out["delivered"] = json!(delivered);
+        out["delivered_seconds"] = json!(r3(dsecs));
+        out["delivered_msgs_per_s"] = json!(r3(delivered as f64 / dsecs));
+        out["delivered_mb_per_s"] = json!(r3(dbytes as f64 / 1e6 / dsecs));
+        out["delivery_timed_out"] = json!(have < want);
+    }
+    println!("{out}");
+    if ok == a.count {
+        0
+    } else {
+        1
+    }
+}
+
+async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+// ---------------------------------------------------------------- POP3
+
+async fn run_pop3(a: Pop3Args) -> i32 {
+    let start = Instant::now();
+    match pop3(&a).await {
+        Ok((n, bytes, verified)) => {
+            let secs = start.elapsed().as_secs_f64();
+            println!(
+                "{}",
+                json!({
+                    "mode": "pop3",
+                    "addr": a.addr,
+                    "tls": if a.tls { "implicit" } else if a.stls { "stls" } else { "none" },
+                    "delete": a.delete,
+                    "batch": a.batch,
+                    "messages": n,
+                    "bytes": bytes,
+                    "verified": verified,
+                    "seconds": r3(secs),
+                    "msgs_per_s": r3(n as f64 / secs),
+                    "mb_per_s": r3(bytes as f64 / 1e6 / secs),
+                    "failures": 0,
+                })
+            );
+            0
+        }
+        Err(e) => {
+            let secs = start.elapsed().as_secs_f64();
+            println!(
+                "{}",
+                json!({"mode": "pop3", "addr": a.addr, "messages": 0, "bytes": 0, "seconds": r3(secs),
+                       "msgs_per_s": 0.0, "mb_per_s": 0.0, "failures": 1, "error": e.to_string()})
+            );
+            1
+        }
+    }
+}
+
+/// Returns (messages retrieved, octets retrieved after unstuffing, messages that
+/// carried a loadgen Message-ID).
+async fn pop3(a: &Pop3Args) -> io::Result<(usize, u64, usize)> {
+    let mut c = Conn::connect(&a.addr, Duration::from_secs(a.io_timeout)).await?;
+    if a.tls {
+        c.tls(&a.sni).await?;
+    }
+    c.pop3_status().await?;
+    if a.stls {
+        c.write_all(b"STLS\r\n").await?;
+        c.pop3_status().await?;
+        c.tls(&a.sni).await?;
+    }
+    c.write_all(format!("USER {}\r\n", a.user).as_bytes())
+        .await?;
+    c.pop3_status().await?;
+    c.write_all(format!("PASS {}\r\n", a.pass).as_bytes())
+        .await?;
+    c.pop3_status().await?;
+    c.write_all(b"STAT\r\n").await?;
+    let stat = c.pop3_status().await?;
+    let n: usize = stat
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| err(format!("bad STAT answer: {stat}")))?;
+    let mut bytes = 0u64;
+    let mut verified = 0usize;
+    let mut line = Vec::with_capacity(1024);
+    let mut msg_head = Vec::with_capacity(4096);
+    let batch = a.batch.max(1);
+    let mut i = 1;
+    while i <= n {
+        let end = (i + batch - 1).min(n);
+        let mut cmds = String::new();
+        for k in i..=end {
+            cmds.push_str(&format!("RETR {k}\r\n"));
+            if a.delete {
+                cmds.push_str(&format!("DELE {k}\r\n"));
+            }
+        }
+        c.write_all(cmds.as_bytes()).await?;
+        for k in i..=end {
+            let st = c
+                .pop3_status()
+                .await
+                .map_err(|e| err(format!("RETR {k}: {e}")))?;
+            let _ = st;
+            msg_head.clear();
+            loop {
+                line.clear();
+                c.read_line(&mut line).await?;
+                if line == b".\r\n" || line == b".\n" {
+                    break;
+                }
+                let data = if line.first() == Some(&b'.') {
+                    &line[1..]
+                } else {
+                    &line[..]
+                };
+                bytes += data.len() as u64;
+                if msg_head.len() < 4096 {
+                    msg_head.extend_from_slice(data);
+                }
+            }
+            const PAT: &[u8] = b"\nMessage-ID: <lg-";
+            if msg_head
+                .windows(PAT.len())
+                .any(|w| w.eq_ignore_ascii_case(PAT))
+            {
+                verified += 1;
+            }
+            if a.delete {
+                c.pop3_status()
+                    .await
+                    .map_err(|e| err(format!("DELE {k}: {e}")))?;
+            }
+        }
+        i = end + 1;
+    }
+    c.write_all(b"QUIT\r\n").await?;
+    c.pop3_status().await?;
+    Ok((n, bytes, verified))
+}
+
+// ---------------------------------------------------------------- main
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let code = rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Smtp(a) => run_smtp(a).await,
+            Cmd::Pop3(a) => run_pop3(a).await,
+        }
+    });
+    std::process::exit(code);
+}

@@ -1,0 +1,196 @@
+//! The selected mailbox as one session sees it: message sequence numbers, UIDs and flags,
+//! and the updates (EXISTS, EXPUNGE, FETCH FLAGS) it owes the client when the mailbox changes.
+
+use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
+
+use crate::mailbox::MailboxId;
+use crate::spool::MessageMeta;
+
+use super::wire::flag_list;
+
+pub struct View {
+    pub mailbox: MailboxId,
+    pub read_only: bool,
+    /// Messages in sequence order (ascending UID).
+    pub messages: Vec<MessageMeta>,
+}
+
+/// A sequence set resolved to sorted, merged inclusive ranges.
+pub struct Ranges(Vec<(u32, u32)>);
+
+impl Ranges {
+    /// Resolves `*` to `largest` (RFC 3501 §6.4.8: `n:*` includes the largest even if n is larger).
+    pub fn new(set: &SequenceSet, largest: u32) -> Ranges {
+        let value = |s: &SeqOrUid| match s {
+            SeqOrUid::Value(v) => v.get(),
+            SeqOrUid::Asterisk => largest,
+        };
+        let mut ranges: Vec<(u32, u32)> = set
+            .0
+            .as_ref()
+            .iter()
+            .map(|seq| match seq {
+                Sequence::Single(s) => (value(s), value(s)),
+                Sequence::Range(a, b) => {
+                    let (a, b) = (value(a), value(b));
+                    (a.min(b), a.max(b))
+                }
+            })
+            .collect();
+        ranges.sort_unstable();
+        let mut merged: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
+        for (a, b) in ranges {
+            match merged.last_mut() {
+                Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        Ranges(merged)
+    }
+
+    pub fn contains(&self, n: u32) -> bool {
+        let i = self.0.partition_point(|(_, b)| *b < n);
+        self.0.get(i).is_some_and(|(a, _)| *a <= n)
+    }
+}
+
+impl View {
+    pub fn exists(&self) -> u32 {
+        self.messages.len() as u32
+    }
+
+    pub fn uidnext_at_least(&self) -> u32 {
+        self.messages.last().map(|m| m.uid + 1).unwrap_or(1)
+    }
+
+    /// Indexes (0-based) of the messages a sequence set selects, ascending.
+    pub fn select(&self, set: &SequenceSet, uid: bool) -> Vec<usize> {
+        if uid {
+            let largest = self.messages.last().map(|m| m.uid).unwrap_or(0);
+            let ranges = Ranges::new(set, largest);
+            (0..self.messages.len())
+                .filter(|i| ranges.contains(self.messages[*i].uid))
+                .collect()
+        } else {
+            let ranges = Ranges::new(set, self.exists());
+            (0..self.messages.len())
+                .filter(|i| ranges.contains(*i as u32 + 1))
+                .collect()
+        }
+    }
+
+    /// True when a message sequence set names a message that does not exist (a BAD in RFC 3501).
+    pub fn out_of_range(&self, set: &SequenceSet) -> bool {
+        set.0.as_ref().iter().any(|seq| {
+            let check = |s: &SeqOrUid| match s {
+                SeqOrUid::Value(v) => v.get() > self.exists(),
+                SeqOrUid::Asterisk => self.exists() == 0,
+            };
+            match seq {
+                Sequence::Single(s) => check(s),
+                Sequence::Range(a, b) => check(a) && check(b),
+            }
+        })
+    }
+
+    /// Brings the view up to date with `current` (the mailbox now) and writes the untagged
+    /// responses. Expunges are applied only when `allow_expunge` (not during FETCH, STORE,
+    /// SEARCH); new messages are always announced, never with `* 0 EXISTS`.
+    pub fn sync(&mut self, current: &[MessageMeta], allow_expunge: bool, out: &mut Vec<u8>) {
+        if allow_expunge {
+            for i in (0..self.messages.len()).rev() {
+                let uid = self.messages[i].uid;
+                if current.binary_search_by_key(&uid, |m| m.uid).is_err() {
+                    out.extend_from_slice(format!("* {} EXPUNGE\r\n", i + 1).as_bytes());
+                    self.messages.remove(i);
+                }
+            }
+        }
+        // Flag changes of messages we still show.
+        for (i, m) in self.messages.iter_mut().enumerate() {
+            if let Ok(k) = current.binary_search_by_key(&m.uid, |c| c.uid) {
+                if current[k].flags != m.flags {
+                    m.flags = current[k].flags;
+                    out.extend_from_slice(
+                        format!(
+                            "* {} FETCH (UID {} FLAGS {})\r\n",
+                            i + 1,
+                            m.uid,
+                            flag_list(m.flags)
+                        )
+                        .as_bytes(),
+                    );
+                }
+            }
+        }
+        // New messages (UIDs above the highest we show).
+        let highest = self.messages.last().map(|m| m.uid).unwrap_or(0);
+        let before = self.messages.len();
+        self.messages
+            .extend(current.iter().filter(|m| m.uid > highest).copied());
+        if self.messages.len() > before {
+            out.extend_from_slice(format!("* {} EXISTS\r\n", self.messages.len()).as_bytes());
+        }
+    }
+}
+
+/// Parses `1:3,5` style sets for tests.
+#[cfg(test)]
+fn set(s: &str) -> SequenceSet {
+    SequenceSet::try_from(s).unwrap()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::Flags;
+
+    fn meta(uid: u32) -> MessageMeta {
+        MessageMeta {
+            uid,
+            size: 1,
+            received: 0,
+            envelope_len: 1,
+            flags: Flags::default(),
+        }
+    }
+
+    fn view(uids: &[u32]) -> View {
+        View {
+            mailbox: MailboxId::parse("mbx-0123456789abcdef0123456789abcdef").unwrap(),
+            read_only: false,
+            messages: uids.iter().map(|u| meta(*u)).collect(),
+        }
+    }
+
+    #[test]
+    fn sequence_sets() {
+        let v = view(&[3, 5, 9, 10]);
+        assert_eq!(v.select(&set("2:*"), false), vec![1, 2, 3]);
+        assert_eq!(v.select(&set("*"), false), vec![3]);
+        assert_eq!(v.select(&set("4:6"), true), vec![1]);
+        assert_eq!(v.select(&set("100:*"), true), vec![3]);
+        assert_eq!(v.select(&set("1:4294967295"), false), vec![0, 1, 2, 3]);
+        assert!(v.out_of_range(&set("5")));
+        assert!(!v.out_of_range(&set("4:7")));
+    }
+
+    #[test]
+    fn sync_reports_expunge_flags_and_exists() {
+        let mut v = view(&[1, 2, 3]);
+        let mut current = vec![meta(1), meta(3), meta(4)];
+        current[1].flags = Flags::SEEN;
+        let mut out = Vec::new();
+        v.sync(&current, true, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "* 2 EXPUNGE\r\n* 2 FETCH (UID 3 FLAGS (\\Seen))\r\n* 3 EXISTS\r\n"
+        );
+        let mut out = Vec::new();
+        v.sync(&[], true, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "* 3 EXPUNGE\r\n* 2 EXPUNGE\r\n* 1 EXPUNGE\r\n"
+        );
+    }
+}

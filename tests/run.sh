@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The test command of journalgate. Works on a fresh Debian 12 machine as root
+# (CI runs it with CI=true and no stdin) and from any working directory.
+#
+#   tests/run.sh                 # everything: fmt, clippy, build, cargo test, e2e suite
+#   JG_SKIP_BUILD=1 tests/run.sh -k pop3   # skip the cargo steps; extra args go to pytest
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+log() { printf '\n==> %s\n' "$*"; }
+
+# ---------------------------------------------------------------- system packages
+APT_PACKAGES=(swaks libnet-ssleay-perl curl fetchmail getmail6 ca-certificates openssl age pebble)
+have_all=1
+for cmd in swaks curl fetchmail getmail openssl age pebble pebble-challtestsrv; do
+  command -v "$cmd" >/dev/null 2>&1 || have_all=0
+done
+[ -e /etc/ssl/certs/ca-certificates.crt ] || have_all=0
+# swaks --tls needs Net::SSLeay, which is only a Recommends of the swaks package
+perl -MNet::SSLeay -e1 >/dev/null 2>&1 || have_all=0
+if [ "$have_all" = 0 ]; then
+  log "installing system packages: ${APT_PACKAGES[*]}"
+  SUDO=()
+  if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "need root (or sudo) to install ${APT_PACKAGES[*]}" >&2; exit 1; }
+    SUDO=(sudo -n)
+  fi
+  "${SUDO[@]}" apt-get -o DPkg::Lock::Timeout=300 update </dev/null
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y \
+    --no-install-recommends "${APT_PACKAGES[@]}" </dev/null
+fi
+
+# ---------------------------------------------------------------- python packages
+log "python test dependencies"
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+  -r tests/requirements.txt </dev/null
+
+# ---------------------------------------------------------------- rust
+if [ "${JG_SKIP_BUILD:-0}" != 1 ]; then
+  if ! command -v cargo >/dev/null 2>&1; then
+    if [ -x "$HOME/.cargo/bin/cargo" ]; then
+      export PATH="$HOME/.cargo/bin:$PATH"
+    else
+      log "installing the Rust toolchain with rustup"
+      curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs \
+        | sh -s -- -y --profile minimal --component rustfmt,clippy </dev/null
+      export PATH="$HOME/.cargo/bin:$PATH"
+    fi
+  fi
+  if command -v rustup >/dev/null 2>&1; then
+    cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt </dev/null
+    cargo clippy --version >/dev/null 2>&1 || rustup component add clippy </dev/null
+  fi
+  log "cargo fmt --check"
+  cargo fmt --all -- --check
+  log "cargo clippy"
+  cargo clippy --release --all-targets -- -D warnings
+  log "cargo build --release"
+  cargo build --release
+  log "cargo test --release"
+  cargo test --release
+else
+  log "JG_SKIP_BUILD=1: skipping fmt, clippy, build and cargo test"
+fi
+
+[ -x target/release/journalgate ] || { echo "target/release/journalgate missing (build first)" >&2; exit 1; }
+
+# ---------------------------------------------------------------- end-to-end suite
+log "end-to-end tests (pytest, 2 workers)"
+exec python3 -m pytest -q tests/e2e -n 2 --timeout 300 -p no:cacheprovider -rfEs "$@" </dev/null
