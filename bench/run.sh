@@ -34,6 +34,8 @@ if [ "$QUICK" = 1 ]; then
 else
   N=10000 BIGN=200 CASE_TIMEOUT=240
 fi
+# runs of the C=1 pair and of journalgate at C=32 (median reported); 1 with --quick
+if [ "$QUICK" = 1 ]; then REPS=${BENCH_REPS:-1}; else REPS=${BENCH_REPS:-3}; fi
 SMALL=20000          # 20 KB
 BIG=5000000          # 5 MB
 CONCS="1 8 32"
@@ -195,6 +197,7 @@ smtp_case() {
   local extra=()
   [ -n "$maildir" ] && extra=(--wait-maildir "$maildir")
   log "case $name: $count x $size B, concurrency $conc -> $addr"
+  echo "$name: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$WORK/res/loadavg.txt"
   run_logged timeout $((CASE_TIMEOUT + 120)) "$LG" smtp --addr "$addr" --to "$to" --count "$count" \
     --size "$size" --concurrency "$conc" --timeout "$CASE_TIMEOUT" "${extra[@]}" \
     >"$WORK/res/$name.json" 2>"$WORK/res/$name.err" || true
@@ -203,6 +206,7 @@ smtp_case() {
 pop3_case() { # NAME ADDR USER PASS
   local name=$1 addr=$2 user=$3 pass=$4
   log "case $name: POP3 RETR+DELE all messages of $user via $addr (implicit TLS)"
+  echo "$name: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$WORK/res/loadavg.txt"
   printf '%s\n' "timeout $CASE_TIMEOUT $LG pop3 --addr $addr --tls --user $user --pass '***' --batch 100 --delete" >>"$CMDS"
   timeout "$CASE_TIMEOUT" "$LG" pop3 --addr "$addr" --tls --user "$user" --pass "$pass" --batch 100 --delete \
     >"$WORK/res/$name.json" 2>"$WORK/res/$name.err" || true
@@ -265,39 +269,6 @@ jg_mailbox() { # NAME -> sets JG_MBX_* [NAME]
   JG_MBX_PASS[$1]=$(printf '%s' "$out" | sed -n 's/.*"password":"\([^"]*\)".*/\1/p')
   [ -n "${JG_MBX_ADDR[$1]}" ] || { log "mailbox create failed: $out"; return 1; }
 }
-
-if [ -z "$JG_SKIPPED_WHY" ]; then
-  jg_mailbox warm
-  smtp_case jg-warm "127.0.0.1:$JG_SMTP" "${JG_MBX_ADDR[warm]}" 20 "$SMALL" 2
-  for c in $CONCS; do
-    check_budget "journalgate C=$c" || break
-    jg_mailbox "c$c"
-    settle
-    start_sampler "jg-smtp-c$c" "$JG_PID"
-    smtp_case "jg-smtp-c$c" "127.0.0.1:$JG_SMTP" "${JG_MBX_ADDR[c$c]}" "$N" "$SMALL" "$c"
-    stop_sampler "jg-smtp-c$c"
-  done
-  if check_budget "journalgate 5 MB"; then
-    jg_mailbox big
-    settle
-    start_sampler jg-smtp-big "$JG_PID"
-    smtp_case jg-smtp-big "127.0.0.1:$JG_SMTP" "${JG_MBX_ADDR[big]}" "$BIGN" "$BIG" "$BIGC"
-    stop_sampler jg-smtp-big
-  fi
-  for mb in c32 big; do
-    [ -n "${JG_MBX_ID[$mb]:-}" ] || continue
-    check_budget "journalgate POP3 $mb" || break
-    settle
-    start_sampler "jg-pop3-$mb" "$JG_PID"
-    pop3_case "jg-pop3-$mb" "127.0.0.1:$JG_POPS" "${JG_MBX_ID[$mb]}" "${JG_MBX_PASS[$mb]}"
-    stop_sampler "jg-pop3-$mb"
-  done
-  JG_HWM=$(hwm_mb "$JG_PID")
-  JG_ERRLINES=$(grep -ciE 'error|panic' "$JGD/stderr" || true)
-  grep -iE 'error|panic' "$JGD/stderr" | head -20 >"$WORK/res/jg-errors.txt" || true
-  log "journalgate VmHWM ${JG_HWM} MB; error/panic log lines: $JG_ERRLINES"
-  kill -TERM "$JG_PID" 2>/dev/null; wait "$JG_PID" 2>/dev/null || true; JG_PID=""
-fi
 
 # ------------------------------------------------------------------ b. Postfix + Dovecot
 PD_HWM="" PD_SKIPPED_WHY=""
@@ -426,6 +397,11 @@ EOF
     PD_SKIPPED_WHY="postfix/dovecot did not start"
   fi
 fi
+# ------------------------------------------------------------------ warm-up
+if [ -z "$JG_SKIPPED_WHY" ]; then
+  jg_mailbox warm
+  smtp_case jg-warm "127.0.0.1:$JG_SMTP" "${JG_MBX_ADDR[warm]}" 20 "$SMALL" 2
+fi
 if [ -z "$PD_SKIPPED_WHY" ]; then
   smtp_case pd-warm "127.0.0.1:$PF_SMTP" warm@bench.test 20 "$SMALL" 2 "$DC/home/warm/Maildir"
   if [ "$(jget "$WORK/res/pd-warm.json" delivered)" != 20 ]; then
@@ -433,33 +409,120 @@ if [ -z "$PD_SKIPPED_WHY" ]; then
     PD_SKIPPED_WHY="delivery failed"
   fi
 fi
-if [ -z "$PD_SKIPPED_WHY" ]; then
-  for c in $CONCS; do
-    check_budget "Postfix+Dovecot C=$c" || break
-    settle
-    start_sampler "pd-smtp-c$c" "$PF_MASTER" "$DC_MASTER"
-    smtp_case "pd-smtp-c$c" "127.0.0.1:$PF_SMTP" "c$c@bench.test" "$N" "$SMALL" "$c" "$DC/home/c$c/Maildir"
-    stop_sampler "pd-smtp-c$c"
+
+# ------------------------------------------------------------------ the cases, interleaved
+# Each case runs on journalgate and then on Postfix + Dovecot, back to back, so that
+# both see the same machine conditions. Fresh mailbox / Maildir user per case.
+jg_on() { [ -z "$JG_SKIPPED_WHY" ]; }
+declare -A PD_USER
+# pick_median BASE KEY: of BASE-r*.json, copy the run with the median KEY to BASE.json
+# (and its .peak), and list all the runs' values in BASE.reps.
+pick_median() {
+  local base=$1 key=$2 f v list=() n mid chosen
+  for f in "$WORK/res/$base"-r*.json; do
+    [ -s "$f" ] || continue
+    v=$(jget "$f" "$key"); list+=("${v:-0} $f")
   done
-  if check_budget "Postfix+Dovecot 5 MB"; then
-    settle
-    start_sampler pd-smtp-big "$PF_MASTER" "$DC_MASTER"
-    smtp_case pd-smtp-big "127.0.0.1:$PF_SMTP" "big@bench.test" "$BIGN" "$BIG" "$BIGC" "$DC/home/big/Maildir"
-    stop_sampler pd-smtp-big
+  n=${#list[@]}
+  [ "$n" -gt 0 ] || return 0
+  chosen=$(printf '%s\n' "${list[@]}" | sort -n | awk -v m=$(( (n + 1) / 2 )) 'NR==m{print $2}')
+  cp "$chosen" "$WORK/res/$base.json"
+  [ -f "${chosen%.json}.peak" ] && cp "${chosen%.json}.peak" "$WORK/res/$base.peak"
+  if [ "$n" -gt 1 ]; then
+    printf '%s\n' "${list[@]}" | awk '{printf "%s%.0f", (NR>1 ? " / " : ""), $1}' >"$WORK/res/$base.reps"
   fi
-  for mb in c32 big; do
-    check_budget "Dovecot POP3 $mb" || break
+}
+pd_on() { [ -z "$PD_SKIPPED_WHY" ]; }
+for c in $CONCS; do
+  # The target-deciding cases are repeated and their median reported: the C=1 pair
+  # (journalgate vs Postfix + Dovecot, interleaved) and journalgate at C=32.
+  jreps=1 preps=1
+  [ "$c" = 1 ] && { jreps=$REPS; preps=$REPS; }
+  [ "$c" = 32 ] && jreps=$REPS
+  for r in $(seq 1 "$(( jreps > preps ? jreps : preps ))"); do
+    if [ "$r" -le "$jreps" ] && jg_on && check_budget "journalgate C=$c #$r"; then
+      jg_mailbox "c$c"
+      settle
+      start_sampler "jg-smtp-c$c-r$r" "$JG_PID"
+      smtp_case "jg-smtp-c$c-r$r" "127.0.0.1:$JG_SMTP" "${JG_MBX_ADDR[c$c]}" "$N" "$SMALL" "$c"
+      stop_sampler "jg-smtp-c$c-r$r"
+    fi
+    if [ "$r" -le "$preps" ] && pd_on && check_budget "Postfix+Dovecot C=$c #$r"; then
+      settle
+      start_sampler "pd-smtp-c$c-r$r" "$PF_MASTER" "$DC_MASTER"
+      smtp_case "pd-smtp-c$c-r$r" "127.0.0.1:$PF_SMTP" "c${c}r$r@bench.test" "$N" "$SMALL" "$c" "$DC/home/c${c}r$r/Maildir"
+      stop_sampler "pd-smtp-c$c-r$r"
+      PD_USER[c$c]="c${c}r$r"
+    fi
+  done
+  pick_median "jg-smtp-c$c" msgs_per_s
+  pick_median "pd-smtp-c$c" delivered_msgs_per_s
+done
+if jg_on && check_budget "journalgate 5 MB"; then
+  jg_mailbox big
+  settle
+  start_sampler jg-smtp-big "$JG_PID"
+  smtp_case jg-smtp-big "127.0.0.1:$JG_SMTP" "${JG_MBX_ADDR[big]}" "$BIGN" "$BIG" "$BIGC"
+  stop_sampler jg-smtp-big
+fi
+if pd_on && check_budget "Postfix+Dovecot 5 MB"; then
+  settle
+  start_sampler pd-smtp-big "$PF_MASTER" "$DC_MASTER"
+  smtp_case pd-smtp-big "127.0.0.1:$PF_SMTP" "big@bench.test" "$BIGN" "$BIG" "$BIGC" "$DC/home/big/Maildir"
+  stop_sampler pd-smtp-big
+fi
+for mb in c32 big; do
+  if jg_on && [ -n "${JG_MBX_ID[$mb]:-}" ] && check_budget "journalgate POP3 $mb"; then
+    settle
+    start_sampler "jg-pop3-$mb" "$JG_PID"
+    pop3_case "jg-pop3-$mb" "127.0.0.1:$JG_POPS" "${JG_MBX_ID[$mb]}" "${JG_MBX_PASS[$mb]}"
+    stop_sampler "jg-pop3-$mb"
+  fi
+  if pd_on && [ -s "$WORK/res/pd-smtp-$mb.json" ] && check_budget "Dovecot POP3 $mb"; then
     settle
     start_sampler "pd-pop3-$mb" "$PF_MASTER" "$DC_MASTER"
-    pop3_case "pd-pop3-$mb" "127.0.0.1:$DC_POPS" "$mb" benchpass
+    pop3_case "pd-pop3-$mb" "127.0.0.1:$DC_POPS" "${PD_USER[$mb]:-$mb}" benchpass
     stop_sampler "pd-pop3-$mb"
-  done
+  fi
+done
+
+# ------------------------------------------------------------------ peaks, login burst, stop
+if pd_on; then
   # best effort: VmHWM of the processes still alive (short-lived ones are gone)
   PD_HWM=$(hwm_mb "$PF_MASTER" "$DC_MASTER" $(ps -o pid= --ppid "$PF_MASTER") $(ps -o pid= --ppid "$DC_MASTER"))
   log "postfix+dovecot: sum of VmHWM of live processes ${PD_HWM} MB"
   grep -E 'status=(deferred|bounced)|warning|fatal|panic' "$PF_DIR/maillog" | head -10 >"$WORK/res/pd-errors.txt" || true
   grep -E 'Error|Fatal|Panic' "$DC/dovecot.log" | head -10 >>"$WORK/res/pd-errors.txt" || true
 fi
+if jg_on; then
+  JG_HWM=$(hwm_mb "$JG_PID")
+  # Login burst: 8 POP3 logins at once (each unwraps the mailbox key with scrypt).
+  # Run after the peak of the job above was taken, so it does not change that figure.
+  if check_budget "journalgate login burst"; then
+    log "case jg-login-burst: 8 concurrent POP3 logins"
+    burst_pids=()
+    for i in 1 2 3 4 5 6 7 8; do jg_mailbox "burst$i"; done
+    printf '%s\n' "8 x $LG pop3 --addr 127.0.0.1:$JG_POPS --tls --user <mailbox i> --pass '***'   (concurrently)" >>"$CMDS"
+    t0=$(date +%s.%N)
+    for i in 1 2 3 4 5 6 7 8; do
+      "$LG" pop3 --addr "127.0.0.1:$JG_POPS" --tls --user "${JG_MBX_ID[burst$i]}" --pass "${JG_MBX_PASS[burst$i]}" \
+        >"$WORK/res/burst$i.out" 2>&1 &
+      burst_pids+=($!)
+    done
+    for p in "${burst_pids[@]}"; do wait "$p" || true; done
+    t1=$(date +%s.%N)
+    burst_ok=$(cat "$WORK"/res/burst*.out | grep -c '"failures":0' || true)
+    JG_HWM_BURST=$(hwm_mb "$JG_PID")
+    awk -v ok="$burst_ok" -v t0="$t0" -v t1="$t1" -v h="$JG_HWM_BURST" 'BEGIN{ printf "{\"logins\":8,\"ok\":%d,\"seconds\":%.3f,\"vmhwm_mb\":%s}\n", ok, t1-t0, h }' \
+      >"$WORK/res/jg-login-burst.json"
+    cat "$WORK/res/jg-login-burst.json" >&2
+  fi
+  JG_ERRLINES=$(grep -ciE 'error|panic' "$JGD/stderr" || true)
+  grep -iE 'error|panic' "$JGD/stderr" | head -20 >"$WORK/res/jg-errors.txt" || true
+  log "journalgate VmHWM ${JG_HWM} MB; error/panic log lines: $JG_ERRLINES"
+  kill -TERM "$JG_PID" 2>/dev/null; wait "$JG_PID" 2>/dev/null || true; JG_PID=""
+fi
+
 if [ -n "$PF_DIR" ] && [ -f "$PF_DIR/queue/pid/master.pid" ]; then
   postfix -c "$PF_DIR/etc" stop >/dev/null 2>&1 </dev/null || true
 fi
@@ -511,6 +574,7 @@ row() { # system case conc file rate_key mb_key peakfile note
   rate=$(jget "$f" "$rk"); mbs=$(jget "$f" "$mk")
   if [ -n "$peak" ] && [ -s "$peak" ]; then rss=$(awk '{print $1}' "$peak"); pss=$(awk '{print $2}' "$peak"); fi
   [ -n "$(jget "$f" latency_ms_p50)" ] && lat="$(jget "$f" latency_ms_p50) / $(jget "$f" latency_ms_p99)"
+  [ -s "${f%.json}.reps" ] && note="median of $(awk -F' / ' '{print NF}' "${f%.json}.reps"): $(cat "${f%.json}.reps") msg/s${note:+; $note}"
   printf '| %s | %s | %s | %s | %s | %s | **%s** | %s | %s | %s | %s | %s |\n' "$sys" "$cs" "$conc" "$(human_n "${msgs:-0}")" "${fail:-?}" \
     "$(fmt1 "$secs")" "$(human_n "$(fmt0 "$rate")")" "$(fmt1 "$mbs")" "$lat" "$rss" "$pss" "$note"
 }
@@ -557,6 +621,10 @@ TARGETS="$WORK/targets.md"
     awk -v a="$JG_HWM" 'BEGIN{ printf "- journalgate peak RSS (VmHWM over the whole run, SMTP + POP3): **%.1f MB** (target < 100 MB): **%s**\n", a, (a < 100) ? "met" : "MISSED" }'
   else echo "- journalgate peak RSS: not measured"; fi
   if [ -n "$JG_HWM" ]; then echo "- journalgate SMTP failures (non-250) over all cases: $jgf"; fi
+  if [ -s "$R/jg-login-burst.json" ]; then
+    awk -v h="$(jget "$R/jg-login-burst.json" vmhwm_mb)" -v ok="$(jget "$R/jg-login-burst.json" ok)" -v t="$(jget "$R/jg-login-burst.json" seconds)" \
+      'BEGIN{ printf "- journalgate VmHWM after 8 concurrent POP3 logins (run after the job; %d/8 ok in %.2f s): **%.1f MB** (target < 100 MB): **%s**\n", ok, t, h, (h < 100) ? "met" : "MISSED" }'
+  fi
   if [ -n "$PD_HWM" ]; then echo "- Postfix + Dovecot: sum of VmHWM of the processes alive at the end: ${PD_HWM} MB (short-lived smtpd/lmtp/cleanup processes that exited are not in it; see the sampled columns)"; fi
 } >"$TARGETS"
 
@@ -597,6 +665,12 @@ OUT="$ROOT/bench/results-$DATE$SUFFIX.md"
     echo '```'
     echo
   fi
+  echo "## Load average (1, 5, 15 min) at the start of each case"
+  echo
+  echo '```'
+  cat "$R/loadavg.txt" 2>/dev/null || true
+  echo '```'
+  echo
   echo "## Commands"
   echo
   echo '```'

@@ -114,7 +114,11 @@ pub enum AcmeError {
     #[error("no challenge method succeeded: {0}")]
     NoMethod(String),
     #[error("the issued certificate is unusable: {0}")]
-    Certificate(#[from] TlsError),
+    Unusable(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("no certificate yet ({0}); `journalgate serve` makes one at its first start")]
+    NoCertificate(String),
     #[error("cannot make a key or certificate request: {0}")]
     Rcgen(#[from] rcgen::Error),
     #[error("i/o error: {0}")]
@@ -311,11 +315,12 @@ impl Manager {
         }
     }
 
-    /// `journalgate cert renew`: issues a new certificate now and swaps it in.
+    /// `journalgate cert renew`: issues a new certificate now and swaps it in. On success the
+    /// renewal task reschedules for the new certificate; on failure it keeps its own backoff.
     pub async fn renew_now(&self) -> Result<CertStatus, AcmeError> {
-        let result = self.renew(true).await;
+        self.renew(true).await?;
         self.wake.notify_one();
-        result.map(|()| self.resolver.status(TlsSource::Acme))
+        Ok(self.resolver.status(TlsSource::Acme))
     }
 
     /// Issues (with quick retries) and installs a certificate; `force` renews even if the
@@ -361,11 +366,14 @@ impl Manager {
             }
         }
         let id = CertificateIdentifier::try_from(leaf).ok()?;
-        let account = tokio::time::timeout(CONNECT_TIMEOUT * 2, self.account())
+        let fetch = async {
+            let account = self.account().await.ok()?;
+            account.renewal_info(&id).await.ok()
+        };
+        // None also when the CA has no renewalInfo (Pebble 2.4 in Debian has none).
+        let (info, _) = tokio::time::timeout(CONNECT_TIMEOUT * 2, fetch)
             .await
-            .ok()?
-            .ok()?;
-        let (info, _) = account.renewal_info(&id).await.ok()?;
+            .ok()??;
         let start = info.suggested_window.start.unix_timestamp();
         let end = info.suggested_window.end.unix_timestamp();
         let at = if end > start {
@@ -699,7 +707,8 @@ async fn finalize(order: &mut Order, domains: &[String]) -> Result<Issued, AcmeE
     let chain = retry_bad_nonce!(order.poll_certificate(&policy))?;
     let pem = format!("{}{}", key.serialize_pem(), chain);
     let path = PathBuf::from("(issued certificate)");
-    let certified = tls::certified_key(pem.as_bytes(), pem.as_bytes(), &path, &path)?;
+    let certified = tls::certified_key(pem.as_bytes(), pem.as_bytes(), &path, &path)
+        .map_err(|e| AcmeError::Unusable(e.to_string()))?;
     Ok(Issued {
         pem,
         key: certified,
@@ -1081,6 +1090,7 @@ fn offline_status(config: &Config) -> Result<CertStatus, AcmeError> {
     let self_signed = || {
         let dir = config.data_dir.join("tls");
         tls::from_pem_files(&dir.join("self-signed.crt"), &dir.join("self-signed.key"))
+            .map_err(|e| AcmeError::NoCertificate(e.to_string()))
     };
     let key = match config.tls.source {
         TlsSource::Acme => match load_stored(config) {

@@ -24,6 +24,7 @@ pub enum AuthError {
 }
 
 /// A successful login: the mailbox and its unwrapped secret key.
+#[derive(Clone)]
 pub struct Session {
     pub record: MailboxRecord,
     pub identity: Identity,

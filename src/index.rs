@@ -180,7 +180,7 @@ impl Index {
         Ok(found.map(|v| meta(uid, v.value())))
     }
 
-    pub fn len(&self) -> Result<u64, IndexError> {
+    pub fn message_count(&self) -> Result<u64, IndexError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let table = txn.open_table(MESSAGES).map_err(db_err)?;
         table.len().map_err(db_err)

@@ -1,27 +1,10 @@
-//! journalgate: a journal-report gateway. Receives journal reports over SMTP into per-mailbox,
-//! encrypted spools and lets archiving servers collect them over POP3.
-
-mod acme;
-mod admin;
-mod auth;
-mod cli;
-mod config;
-mod crypto;
-mod fsutil;
-mod imap;
-mod index;
-mod mailbox;
-mod net;
-mod pop3;
-mod server;
-mod smtp;
-mod spool;
-mod tls;
+//! The `journalgate` binary: command line, logging, and the tokio runtime for `serve`.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
+use journalgate::{cli, config, server};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {

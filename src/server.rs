@@ -53,27 +53,36 @@ pub enum ServeError {
     Admin(std::io::Error),
 }
 
+impl State {
+    /// Opens the spool and the certificate and builds the shared state. The sender stops
+    /// every session when `true` is sent.
+    pub fn open(config: Config) -> Result<(Arc<State>, watch::Sender<bool>), ServeError> {
+        let spool = Spool::open(&config.data_dir)?;
+        let resolver = CertResolver::new(tls::load_certificate(&config)?);
+        let acceptor = tls::Acceptor::new(resolver.clone());
+        let acme = acme::Manager::new(&config, resolver.clone());
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let state = Arc::new(State {
+            auth: Authenticator::new(spool.mailboxes().clone(), config.auth.clone()),
+            smtp_limit: Arc::new(Semaphore::new(config.smtp.max_connections)),
+            pop3_limit: Arc::new(Semaphore::new(config.pop3.max_connections)),
+            imap_limit: Arc::new(Semaphore::new(config.imap.max_connections)),
+            imap_sessions: Default::default(),
+            spool: spool.clone(),
+            tls: acceptor,
+            resolver,
+            acme,
+            shutdown: shutdown_rx,
+            pop3_locks: Mutex::new(HashSet::new()),
+            config,
+        });
+        Ok((state, shutdown_tx))
+    }
+}
+
 /// Runs the gateway until SIGTERM or SIGINT.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
-    let spool = Spool::open(&config.data_dir)?;
-    let resolver = CertResolver::new(tls::load_certificate(&config)?);
-    let acceptor = tls::Acceptor::new(resolver.clone());
-    let acme = acme::Manager::new(&config, resolver.clone());
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let state = Arc::new(State {
-        auth: Authenticator::new(spool.mailboxes().clone(), config.auth.clone()),
-        smtp_limit: Arc::new(Semaphore::new(config.smtp.max_connections)),
-        pop3_limit: Arc::new(Semaphore::new(config.pop3.max_connections)),
-        imap_limit: Arc::new(Semaphore::new(config.imap.max_connections)),
-        imap_sessions: Default::default(),
-        spool: spool.clone(),
-        tls: acceptor,
-        resolver,
-        acme,
-        shutdown: shutdown_rx,
-        pop3_locks: Mutex::new(HashSet::new()),
-        config,
-    });
+    let (state, shutdown_tx) = State::open(config)?;
 
     let mut bound = Vec::new();
     let c = &state.config;

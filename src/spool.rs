@@ -417,7 +417,7 @@ impl Spool {
 
     /// Number of messages in the index.
     pub fn indexed_messages(&self) -> Result<u64, SpoolError> {
-        Ok(self.index.len()?)
+        Ok(self.index.message_count()?)
     }
 
     /// Verifies every mailbox and message file without any key: names, age headers, lengths,

@@ -10,9 +10,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 log() { printf '\n==> %s\n' "$*"; }
 
 # ---------------------------------------------------------------- system packages
-APT_PACKAGES=(swaks libnet-ssleay-perl curl fetchmail getmail6 ca-certificates openssl age pebble)
+APT_PACKAGES=(swaks libnet-ssleay-perl curl fetchmail getmail6 ca-certificates openssl age pebble isync offlineimap3 neomutt tmux)
 have_all=1
-for cmd in swaks curl fetchmail getmail openssl age pebble pebble-challtestsrv; do
+for cmd in swaks curl fetchmail getmail openssl age pebble pebble-challtestsrv mbsync offlineimap neomutt tmux; do
   command -v "$cmd" >/dev/null 2>&1 || have_all=0
 done
 [ -e /etc/ssl/certs/ca-certificates.crt ] || have_all=0

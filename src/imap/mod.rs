@@ -6,7 +6,7 @@
 //! mailbox, `INBOX`, read and delete. Logins are refused before TLS.
 
 mod fetch;
-mod mime;
+pub mod mime;
 mod search;
 mod view;
 mod wire;
@@ -87,12 +87,27 @@ pub async fn run(listener: TcpListener, implicit_tls: bool, state: Arc<State>) {
                     }
                 };
             }
-            let mut session = Session::new(peer, state);
-            if let Err(e) = session.handle(stream).await {
+            if let Err(e) = serve_connection(stream, peer, state, None).await {
                 tracing::debug!(client = %peer, error = %e, "imap session ended");
             }
         });
     }
+}
+
+/// Runs one IMAP session on an accepted (and, for implicit TLS, handshaken) stream.
+/// With `preauth`, the session starts logged in (RFC 3501 `PREAUTH` greeting); tests and
+/// the fuzz target use that to reach the selected state without a password hash per run.
+pub async fn serve_connection(
+    stream: Stream,
+    peer: SocketAddr,
+    state: Arc<State>,
+    preauth: Option<Login>,
+) -> std::io::Result<()> {
+    let mut session = Session::new(peer, state);
+    if let Some(login) = preauth {
+        session.open_login(login);
+    }
+    session.handle(stream).await
 }
 
 /// Per-mailbox session counts, for `max_sessions_per_mailbox`.
@@ -139,6 +154,8 @@ struct Session {
     idling: Option<Tag<'static>>,
     /// imap-next outputs to drop (its greeting, statuses replaced by our own lines).
     suppress: usize,
+    /// Last bytes of the previous read, for [`Session::oversized_literal`].
+    tail: Vec<u8>,
 }
 
 impl Session {
@@ -156,6 +173,7 @@ impl Session {
             auth_tag: None,
             idling: None,
             suppress: 0,
+            tail: Vec::new(),
         }
     }
 
@@ -164,7 +182,8 @@ impl Session {
         let max = self.state.config.imap.max_command_size.max(1024);
         options.crlf_relaxed = true;
         options.max_literal_size = max;
-        options.max_command_size = max.saturating_mul(2);
+        // `max` octets of command (literals included) plus the CRLF.
+        options.max_command_size = max.saturating_add(2);
         let greeting =
             imap_codec::imap_types::response::Greeting::ok(None, "journalgate IMAP ready")
                 .expect("valid greeting");
@@ -207,7 +226,12 @@ impl Session {
         let mut server = self.new_server();
         self.suppress = 1;
         let greeting = format!(
-            "* OK [CAPABILITY {}] journalgate IMAP ready",
+            "* {} [CAPABILITY {}] journalgate IMAP ready",
+            if self.login.is_some() {
+                "PREAUTH"
+            } else {
+                "OK"
+            },
             self.capabilities()
         );
         self.line(greeting);
@@ -239,6 +263,13 @@ impl Session {
                             return Ok(());
                         }
                     };
+                    if self.oversized_literal(&buf[..n]) {
+                        // A non-synchronising literal over the limit: the client is already
+                        // sending it, so the only safe answer is to end the session (RFC 7888 §4).
+                        self.line("* BYE [TOOBIG] Literal exceeds the maximum command size");
+                        self.flush(&mut stream).await?;
+                        return Ok(());
+                    }
                     server.enqueue_input(&buf[..n]);
                 }
                 Err(Interrupt::Error(e)) => {
@@ -355,6 +386,18 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Looks for a `{N+}` literal announcement larger than the limit in new input (with the
+    /// tail of the previous read, so an announcement split across reads is seen too).
+    fn oversized_literal(&mut self, input: &[u8]) -> bool {
+        let max = u64::from(self.state.config.imap.max_command_size.max(1024));
+        let mut window = std::mem::take(&mut self.tail);
+        window.extend_from_slice(input);
+        let found = find_literal_plus(&window).any(|n| n > max);
+        let keep = window.len().saturating_sub(24);
+        self.tail = window.split_off(keep);
+        found
     }
 
     /// Answers input imap-codec could not parse. Returns a command when the input was a
@@ -490,14 +533,19 @@ impl Session {
             }
             *n += 1;
         }
+        tracing::info!(client = %self.peer, mailbox = %id, "imap login");
+        self.open_login(login);
+        format!("OK [CAPABILITY {}] Logged in", self.capabilities())
+    }
+
+    /// Enters the authenticated state (the session count was already taken).
+    fn open_login(&mut self, login: Login) {
         let guard = CountGuard {
             state: self.state.clone(),
-            id: id.clone(),
+            id: login.record.id.clone(),
         };
-        tracing::info!(client = %self.peer, mailbox = %id, "imap login");
         self.changes = Some(self.state.spool.subscribe());
         self.login = Some((login, guard));
-        format!("OK [CAPABILITY {}] Logged in", self.capabilities())
     }
 
     fn mailbox_id(&self) -> Option<MailboxId> {
@@ -674,10 +722,12 @@ impl Session {
                     let c: &str = c.as_ref();
                     c.eq_ignore_ascii_case("UTF-8") || c.eq_ignore_ascii_case("US-ASCII")
                 });
+                let key = SearchKey::And(criteria);
                 if !charset_ok {
                     self.tagged(&tag, "NO [BADCHARSET (UTF-8 US-ASCII)] Unsupported charset");
+                } else if !search::strings_are_utf8(&key) {
+                    self.bad(&tag, "Search string is not valid UTF-8");
                 } else {
-                    let key = SearchKey::And(criteria);
                     self.search(&tag, key, uid).await;
                 }
             }
@@ -1175,6 +1225,22 @@ fn wildcard_match(pattern: &[u8], name: &[u8]) -> bool {
     }
 }
 
+/// Sizes announced by `{N+}` CRLF non-synchronising literals in `bytes`.
+fn find_literal_plus(bytes: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    memchr::memchr_iter(b'{', bytes).filter_map(move |start| {
+        let rest = &bytes[start + 1..];
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        let after = &rest[digits..];
+        let ok = digits > 0 && (after.starts_with(b"+}\r\n") || after.starts_with(b"+}\n"));
+        ok.then(|| {
+            std::str::from_utf8(&rest[..digits])
+                .ok()
+                .and_then(|d| d.parse::<u64>().ok())
+                .unwrap_or(u64::MAX)
+        })
+    })
+}
+
 /// The tag at the start of an unparsable line, if it looks like one.
 fn tag_of(bytes: &[u8]) -> Option<String> {
     let first = bytes.split(|b| *b == b' ').next()?;
@@ -1243,6 +1309,15 @@ mod tests {
         let c = rewrite_list_extended(b"a2 LIST \"\" \"*\" RETURN (SPECIAL-USE)\r\n").unwrap();
         assert!(matches!(c.body, CommandBody::List { .. }));
         assert!(rewrite_list_extended(b"a3 FETCH 1 x\r\n").is_none());
+    }
+
+    #[test]
+    fn oversized_literals_are_seen() {
+        let sizes: Vec<u64> =
+            find_literal_plus(b"a SEARCH TEXT {4294967295+}\r\nx {12}\r\n {7+}\n").collect();
+        assert_eq!(sizes, vec![4294967295, 7]);
+        let huge: Vec<u64> = find_literal_plus(b"{99999999999999999999999+}\r\n").collect();
+        assert_eq!(huge, vec![u64::MAX]);
     }
 
     #[test]

@@ -40,6 +40,21 @@ pub fn needs_content(key: &SearchKey<'_>) -> bool {
     }
 }
 
+/// True when every string argument is valid UTF-8 (the charsets accepted are UTF-8 and
+/// its subset US-ASCII).
+pub fn strings_are_utf8(key: &SearchKey<'_>) -> bool {
+    use SearchKey::*;
+    let ok = |s: &[u8]| std::str::from_utf8(s).is_ok();
+    match key {
+        And(keys) => keys.as_ref().iter().all(strings_are_utf8),
+        Not(k) => strings_are_utf8(k),
+        Or(a, b) => strings_are_utf8(a) && strings_are_utf8(b),
+        Bcc(s) | Body(s) | Cc(s) | From(s) | Subject(s) | Text(s) | To(s) => ok(s.as_ref()),
+        Header(n, v) => ok(n.as_ref()) && ok(v.as_ref()),
+        _ => true,
+    }
+}
+
 pub fn matches(key: &SearchKey<'_>, c: &Candidate<'_>, bounds: &Bounds) -> bool {
     use SearchKey::*;
     let flags = c.meta.flags;

@@ -54,13 +54,20 @@ def imap_overrides(overrides: dict | None = None, imap: dict | None = None):
 @pytest.fixture
 def make_igw(make_gw):
     def factory(overrides: dict | None = None, start=True, data_dir=None, imap=None) -> Gateway:
-        ov, p, ps = imap_overrides(overrides, imap)
-        g = make_gw(ov, start=False, data_dir=data_dir)
-        g.imap_port, g.imaps_port = p, ps
-        g.ports["imap"], g.ports["imaps"] = p, ps
-        if start:
-            g.start()
-        return g
+        for attempt in range(3):
+            ov, p, ps = imap_overrides(overrides, imap)
+            g = make_gw(ov, start=False, data_dir=data_dir)
+            g.imap_port, g.imaps_port = p, ps
+            g.ports["imap"], g.ports["imaps"] = p, ps
+            if not start:
+                return g
+            try:
+                return g.start()
+            except AssertionError as e:
+                # a free port taken by another process between probing and binding: retry
+                if "Address already in use" not in str(e) or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     return factory
 
@@ -370,6 +377,25 @@ class RawIMAP:
                     raise Continuation(r)
                 raise AssertionError(f"unexpected continuation {r!r} while waiting for {tag}")
             untagged.append(r)
+
+    def wait_tags(self, tags) -> tuple[dict[str, Resp], list[bytes]]:
+        """Wait for the tagged responses of pipelined commands, in whatever order the server
+        completes them (RFC 3501 5.5). Returns ({tag: Resp}, every untagged response)."""
+        want = set(tags)
+        done: dict[str, Resp] = {}
+        untagged: list[bytes] = []
+        while want - set(done):
+            r = self.read_response()
+            m = TAGGED_RE.match(r)
+            if m and m.group(1).decode("utf-8", "replace") in want:
+                t = m.group(1).decode()
+                assert t not in done, f"two tagged responses for {t}: {r!r}"
+                done[t] = Resp(t, m.group(2).decode(), m.group(3), [])
+            elif r.startswith(b"+"):
+                raise AssertionError(f"unexpected continuation {r!r}")
+            else:
+                untagged.append(r)
+        return done, untagged
 
     def cmd(self, line: str | bytes, tag: str | None = None) -> Resp:
         tag = tag or self.next_tag()

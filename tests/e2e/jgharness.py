@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import poplib
+import random
 import re
 import signal
 import smtplib
@@ -40,8 +41,34 @@ MBX_ID_RE = re.compile(r"^mbx-[0-9a-f]{32}$")
 # --------------------------------------------------------------------------- utils
 
 
+_rng = random.SystemRandom()
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """Bind port 0 on loopback, read the port, close."""
+    """A free loopback TCP port (bind, read, close).
+
+    Ports handed out by `bind(0)` come from the ephemeral range, which every outgoing
+    client connection of the parallel tests also draws from, so one of them can grab the
+    port before the server binds it. Prefer a random port just below that range; fall
+    back to bind(0)."""
+    low = _ephemeral_low()
+    if low > 12000:
+        for _ in range(100):
+            port = _rng.randint(max(10000, low - 12000), low - 1)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -144,6 +171,10 @@ class CliError(AssertionError):
     pass
 
 
+class _PortInUse(Exception):
+    pass
+
+
 class Gateway:
     def __init__(self, base: Path, overrides: dict | None = None, data_dir: Path | None = None):
         self.base = Path(base)
@@ -200,7 +231,38 @@ class Gateway:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def start(self, timeout=READY_TIMEOUT):
+    def _repick_ports(self):
+        """New ports for every listener in self.ports (used after EADDRINUSE)."""
+        mapping = {}
+        for name, old in list(self.ports.items()):
+            new = free_port()
+            self.ports[name] = new
+            mapping[f"127.0.0.1:{old}"] = f"127.0.0.1:{new}"
+
+        def sub(v):
+            if isinstance(v, dict):
+                return {k: sub(x) for k, x in v.items()}
+            if isinstance(v, list):
+                return [sub(x) for x in v]
+            if isinstance(v, str):
+                return mapping.get(v, v)
+            return v
+
+        self.config = sub(self.config)
+        self.config_path.write_text(to_toml(self.config))
+
+    def start(self, timeout=READY_TIMEOUT, _attempts=4):
+        """Start `serve` and wait for `journalgate ready`. If a port was taken in the
+        meantime (another process won the race), retry with fresh ports."""
+        for attempt in range(_attempts):
+            try:
+                return self._start_once(timeout)
+            except _PortInUse:
+                if attempt == _attempts - 1:
+                    raise AssertionError(f"ports kept being taken\n{self.log_tail()}") from None
+                self._repick_ports()
+
+    def _start_once(self, timeout):
         assert not self.running, "already running"
         if not BIN.exists():
             raise AssertionError(f"{BIN} missing: run cargo build --release")
@@ -213,6 +275,7 @@ class Gateway:
         marker = "\n=== start at %s ===\n" % time.strftime("%H:%M:%S")
         err.write(marker.encode())
         err.flush()
+        err_mark = self.stderr_path.stat().st_size
         self.proc = subprocess.Popen(
             [str(BIN), "--config", str(self.config_path), "serve"],
             stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, cwd=self.base,
@@ -227,6 +290,10 @@ class Gateway:
                     return self
             rc = self.proc.poll()
             if rc is not None:
+                with open(self.stderr_path, "rb") as f:
+                    f.seek(err_mark)
+                    if b"Address already in use" in f.read():
+                        raise _PortInUse()
                 raise AssertionError(
                     f"journalgate serve exited with {rc} before ready\n{self.log_tail()}")
             if time.monotonic() > deadline:

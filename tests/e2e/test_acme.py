@@ -107,7 +107,9 @@ class Pebble:
 
         def up():
             for p in self.procs:
-                assert p.poll() is None, f"pebble exited\n{self.log()}"
+                if p.poll() is not None:
+                    self.stop()
+                    raise AssertionError(f"pebble exited\n{self.log()}")
             try:
                 with urllib.request.urlopen(self.directory, context=ctx, timeout=5) as r:
                     return r.status == 200
@@ -152,8 +154,19 @@ def acme_gw(make_gw, tmp_path, request):
     listener, 'dead' for a closed port. The gateway is started after Pebble."""
     pebbles: list[Pebble] = []
 
-    def factory(challenge="http-01", pebble_http="gw", pebble_tls="gw", env=None,
-                directory=None, start=True):
+    def factory(**kw):
+        # Ports come from free_port() (bind 0, close), so another process can grab one before
+        # Pebble or the gateway binds it: start again on fresh ports when that happens.
+        for attempt in range(3):
+            try:
+                return start_pair(**kw)
+            except AssertionError as e:
+                if "address already in use" not in str(e).lower() or attempt == 2:
+                    raise
+                print(f"port taken meanwhile, retrying: {str(e)[-200:]}")
+
+    def start_pair(challenge="http-01", pebble_http="gw", pebble_tls="gw", env=None,
+                   directory=None, start=True):
         http_listen = free_port()
         dead = free_port()
         overrides = {
@@ -173,7 +186,11 @@ def acme_gw(make_gw, tmp_path, request):
         if directory is None:
             pb.start()
         if start:
-            g.start()
+            try:
+                g.start()
+            except AssertionError:
+                pb.stop()
+                raise
         return g, pb
 
     yield factory

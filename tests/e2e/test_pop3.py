@@ -291,10 +291,12 @@ def test_wrong_password_delay_grows(gw):
         dt, err = _failed_login_time(gw, mbx["id"], f"wrong-{i}")
         assert err.startswith(b"-ERR [AUTH]"), err
         times.append(dt)
-    # failure_delay_ms = 200, doubling: about 0.2, 0.4, 0.8, 1.6 s
+    # failure_delay_ms = 200, doubling: about 0.2, 0.4, 0.8, 1.6 s, plus a per-attempt
+    # cost (scrypt unwrap, machine load) that is the same for every attempt; so compare
+    # differences, not ratios: the 4th is ~1.4 s slower than the 1st
     assert times[0] >= 0.15, times
     assert times[3] >= 1.0, times
-    assert times[3] > 3 * times[0], times
+    assert times[3] - times[0] >= 0.9, times
     # a correct password still works afterwards (possibly after the delay)
     with closing(pop3_login(gw, mbx["id"], mbx["password"])) as p:
         assert p.stat()[0] == 1
@@ -347,7 +349,10 @@ def test_fetchmail_collects_and_deletes(gw, tmp_path, tls):
     )
     rc.chmod(0o600)
     env = dict(os.environ, HOME=str(home), FETCHMAILHOME=str(home))
-    p = subprocess.run([exe, "-f", str(rc), "-v", "--nodetach"], capture_output=True, text=True,
+    # own pid file: as root fetchmail defaults to /var/run/fetchmail.pid, which would make
+    # parallel runs (xdist) refuse with "another foreground fetchmail is running"
+    base_args = [exe, "-f", str(rc), "--nodetach", "--pidfile", str(home / "fetchmail.pid")]
+    p = subprocess.run([*base_args, "-v"], capture_output=True, text=True,
                        stdin=subprocess.DEVNULL, env=env, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
     data = out.read_bytes()
@@ -357,7 +362,7 @@ def test_fetchmail_collects_and_deletes(gw, tmp_path, tls):
         assert msg.replace(b"\r\n", b"\n") in data
     assert pop3_stat(gw, mbx) == (0, 0)
     # second run: nothing left (fetchmail exit code 1 = no mail)
-    p = subprocess.run([exe, "-f", str(rc), "--nodetach"], capture_output=True, text=True,
+    p = subprocess.run(base_args, capture_output=True, text=True,
                        stdin=subprocess.DEVNULL, env=env, timeout=120)
     assert p.returncode == 1, p.stdout + p.stderr
 

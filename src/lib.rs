@@ -1,0 +1,22 @@
+//! journalgate: a journal-report gateway. Receives journal reports over SMTP into per-mailbox,
+//! encrypted spools and lets archiving servers collect them over POP3 and IMAP.
+//!
+//! The binary (`src/main.rs`) is a thin shell around [`cli`] and [`server`]; the library form
+//! exists so that fuzz targets and tests can drive the protocol sessions directly.
+
+pub mod acme;
+pub mod admin;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod fsutil;
+pub mod imap;
+pub mod index;
+pub mod mailbox;
+pub mod net;
+pub mod pop3;
+pub mod server;
+pub mod smtp;
+pub mod spool;
+pub mod tls;
