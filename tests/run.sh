@@ -41,10 +41,8 @@ if [ "${JG_SKIP_BUILD:-0}" != 1 ]; then
     if [ -x "$HOME/.cargo/bin/cargo" ]; then
       export PATH="$HOME/.cargo/bin:$PATH"
     else
-      log "installing the Rust toolchain with rustup"
-      curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs \
-        | sh -s -- -y --profile minimal --component rustfmt,clippy </dev/null
-      export PATH="$HOME/.cargo/bin:$PATH"
+      echo "cargo not found: install the Rust toolchain (rustup) first" >&2
+      exit 1
     fi
   fi
   if command -v rustup >/dev/null 2>&1; then
@@ -59,6 +57,17 @@ if [ "${JG_SKIP_BUILD:-0}" != 1 ]; then
   cargo build --release
   log "cargo test --release"
   cargo test --release
+  # Fuzzing (bounded): the IMAP session state machine and the MIME structure code.
+  if [ "${JG_SKIP_FUZZ:-0}" != 1 ] && cargo +nightly --version >/dev/null 2>&1; then
+    command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked cargo-fuzz </dev/null
+    for target in imap_session message_structure; do
+      log "cargo fuzz run $target (${JG_FUZZ_SECONDS:-60} s)"
+      (cd fuzz && cargo +nightly fuzz run -s none -O "$target" -- \
+        -max_total_time="${JG_FUZZ_SECONDS:-60}" -print_final_stats=1 2>&1 | tail -n 20)
+    done
+  else
+    log "fuzzing skipped (no nightly toolchain, or JG_SKIP_FUZZ=1)"
+  fi
 else
   log "JG_SKIP_BUILD=1: skipping fmt, clippy, build and cargo test"
 fi

@@ -1656,3 +1656,39 @@ def test_kill9_during_flag_changes_and_expunge(igw):
     igw.stop()
     rc, out, err = igw.cli_raw("check")
     assert rc == 0, (out, err)
+
+
+def test_idle_many_sessions_and_bursts(igw):
+    """20 sessions IDLE on one mailbox (the default per-mailbox limit) all see a delivery;
+    a burst of 200 deliveries ends with the right EXISTS count in an IDLE session."""
+    mbx, _ = fill(igw, 1)
+    sessions = []
+    try:
+        for i in range(20):
+            c = raw_login(igw, mbx, select=True)
+            c.send(f"i{i} IDLE\r\n")
+            assert c.read_response().startswith(b"+")
+            sessions.append(c)
+        send_smtp(igw, mbx["address"], build_message(subject="to all idlers"))
+        t0 = time.monotonic()
+        for c in sessions:
+            left = max(0.1, 2.0 - (time.monotonic() - t0))
+            c.read_until(lambda r: r == b"* 2 EXISTS", timeout=left)
+        for c in sessions[1:]:
+            c.send("DONE\r\n")
+            c.close()
+        c = sessions[0]
+        with contextlib.closing(smtp_connect(igw)) as s:
+            for i in range(200):
+                s.sendmail("journal@contoso.example", [mbx["address"]],
+                           build_message(subject=f"burst {i}"))
+        seen = c.read_until(lambda r: r == b"* 202 EXISTS", timeout=3.0)
+        counts = [int(r.split()[1]) for r in seen if re.match(rb"^\* \d+ EXISTS$", r)]
+        assert counts == sorted(counts), f"EXISTS went backwards: {counts}"
+        c.send("DONE\r\n")
+        assert c.wait("i0").ok
+        assert len(uid_map(c)) == 202
+        c.cmd("LOGOUT")
+    finally:
+        for c in sessions:
+            c.close()
