@@ -48,6 +48,9 @@ fn limit_malloc_arenas() {
     // SAFETY: mallopt only tunes the allocator; it is called before any thread is started.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        // Large buffers (scrypt's 32 MiB at each login) always come from mmap and go back to
+        // the kernel when freed; glibc's adaptive threshold would otherwise keep them.
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }
 

@@ -512,6 +512,16 @@ fn addresses(out: &mut Vec<u8>, list: Option<&Address<'_>>) {
 }
 
 fn address(out: &mut Vec<u8>, name: Option<&str>, addr: Option<&str>) {
+    // A bare word such as `postmaster` (no @) is a mailbox without a domain, not a group
+    // marker, which `(NIL NIL "x" NIL)` or `("x" NIL NIL NIL)` would mean.
+    if addr.is_none_or(|a| !a.contains('@')) {
+        if let Some(local) = addr.or(name).filter(|s| !s.contains(' ')) {
+            out.extend_from_slice(b"(NIL NIL ");
+            string(out, local.as_bytes());
+            out.extend_from_slice(b" \"MISSING_DOMAIN\")");
+            return;
+        }
+    }
     let (mailbox, host) = match addr {
         Some(a) => match a.rsplit_once('@') {
             Some((m, h)) => (Some(m), Some(h)),

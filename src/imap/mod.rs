@@ -376,6 +376,10 @@ impl Session {
                         (Err(broadcast::error::RecvError::Lagged(_)), Some(_)) => true,
                         _ => false,
                     };
+                    if mine && !self.login_still_valid() {
+                        self.line("* BYE [UNAVAILABLE] The mailbox password was reset; log in again");
+                        return Ok(None);
+                    }
                     if mine {
                         self.dirty = true;
                         if idling {
@@ -588,12 +592,29 @@ impl Session {
         }
     }
 
+    /// False once the mailbox password was reset (or the mailbox deleted) after this session
+    /// logged in: the old key must not keep working.
+    fn login_still_valid(&self) -> bool {
+        let Some((login, _)) = self.login.as_ref() else {
+            return true;
+        };
+        match self.state.spool.mailboxes().load(&login.record.id) {
+            Ok(current) => current.key_generation == login.record.key_generation,
+            Err(_) => false,
+        }
+    }
+
     async fn command(
         &mut self,
         command: Command<'static>,
         stream: &mut Stream,
     ) -> std::io::Result<Flow> {
         let tag = command.tag;
+        if !self.login_still_valid() {
+            tracing::info!(client = %self.peer, "imap session ended: mailbox password reset or mailbox deleted");
+            self.line("* BYE [UNAVAILABLE] The mailbox password was reset; log in again");
+            return Ok(Flow::Logout);
+        }
         self.drain_changes();
         let authed = self.login.is_some();
         let selected = self.view.is_some();

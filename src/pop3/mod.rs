@@ -12,19 +12,29 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::auth::{AuthError, Session as Login};
 use crate::mailbox::MailboxId;
-use crate::net::{self, Conn, Line, Stream};
+use crate::net::{self, Line, Stream};
 use crate::server::State;
 use crate::spool::MessageMeta;
 use command::{Command, ParseError};
 use stuff::{DotStuffer, TopLimit};
 
 const MAX_LINE: usize = 2048;
+/// Messages up to this size are decrypted in one blocking call; larger ones are streamed.
+const SMALL_MESSAGE: u64 = 256 * 1024;
+
+/// A POP3 connection: buffered both ways. Replies are flushed when no pipelined command is
+/// waiting, so a batch of RETRs goes out in few TLS records.
+type Conn = BufReader<BufWriter<Stream>>;
+
+fn buffered(stream: Stream) -> Conn {
+    BufReader::with_capacity(64 * 1024, BufWriter::with_capacity(64 * 1024, stream))
+}
 const MAX_ERRORS: u32 = 20;
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -108,11 +118,12 @@ enum Next {
 
 impl Session {
     async fn handle(&mut self, stream: Stream) -> std::io::Result<()> {
-        let mut conn = net::buffered(stream);
+        let mut conn = buffered(stream);
         send(&mut conn, "+OK journalgate POP3 ready\r\n").await?;
         while let Next::StartTls = self.command_loop(&mut conn).await? {
-            let stream = conn.into_inner();
-            conn = net::buffered(
+            conn.get_mut().flush().await?;
+            let stream = conn.into_inner().into_inner();
+            conn = buffered(
                 stream
                     .upgrade(&self.state.tls, TLS_HANDSHAKE_TIMEOUT)
                     .await?,
@@ -129,6 +140,9 @@ impl Session {
             if *shutdown.borrow() {
                 send(conn, "-ERR [SYS/TEMP] Server shutting down\r\n").await?;
                 return Ok(Next::Quit);
+            }
+            if conn.buffer().is_empty() {
+                conn.get_mut().flush().await?;
             }
             let line = tokio::select! {
                 line = net::read_line_timeout(conn, MAX_LINE, timeout) => line,
@@ -179,7 +193,7 @@ impl Session {
     }
 
     fn tls(&self, conn: &Conn) -> bool {
-        conn.get_ref().is_tls()
+        conn.get_ref().get_ref().is_tls()
     }
 
     async fn execute(&mut self, conn: &mut Conn, cmd: Command) -> std::io::Result<Next> {
@@ -245,6 +259,7 @@ impl Session {
                     Some(r) => r,
                     None => {
                         send(conn, "+ \r\n").await?;
+                        conn.get_mut().flush().await?;
                         let timeout = Duration::from_secs(self.state.config.pop3.timeout_secs);
                         match net::read_line_timeout(conn, MAX_LINE, timeout).await? {
                             Line::Ok(l) => String::from_utf8_lossy(&l).into_owned(),
@@ -434,6 +449,36 @@ impl Session {
         let id = login.record.id.clone();
         let spool = self.state.spool.clone();
         let identity = login.identity.clone();
+        if meta.size <= SMALL_MESSAGE {
+            let data = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+                let mut reader = spool
+                    .open_message(&id, &meta, &identity)
+                    .map_err(|e| e.to_string())?;
+                let mut buf = Vec::with_capacity(meta.size as usize);
+                reader.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+                if let Some(lines) = top {
+                    let keep = TopLimit::new(lines).take(&buf);
+                    buf.truncate(keep);
+                }
+                Ok(buf)
+            })
+            .await
+            .map_err(std::io::Error::other)?;
+            return match data {
+                Ok(buf) => {
+                    let mut out = Vec::with_capacity(buf.len() + buf.len() / 32 + 64);
+                    out.extend_from_slice(format!("+OK {} octets\r\n", meta.size).as_bytes());
+                    let mut stuffer = DotStuffer::default();
+                    stuffer.feed(&buf, &mut out);
+                    stuffer.finish(&mut out);
+                    send_raw(conn, &out).await
+                }
+                Err(e) => {
+                    tracing::error!(uid = meta.uid, error = %e, "cannot read message");
+                    send(conn, "-ERR [SYS/TEMP] Message cannot be read\r\n").await
+                }
+            };
+        }
         let (tx, mut rx) = mpsc::channel::<Result<Vec<u8>, String>>(4);
         tokio::task::spawn_blocking(move || {
             let mut reader = match spool.open_message(&id, &meta, &identity) {
@@ -537,8 +582,7 @@ async fn send(conn: &mut Conn, text: &str) -> std::io::Result<()> {
     send_raw(conn, text.as_bytes()).await
 }
 
+/// Queues bytes; they are flushed before the next read that would wait.
 async fn send_raw(conn: &mut Conn, bytes: &[u8]) -> std::io::Result<()> {
-    let w = conn.get_mut();
-    w.write_all(bytes).await?;
-    w.flush().await
+    conn.get_mut().write_all(bytes).await
 }

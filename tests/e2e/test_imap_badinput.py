@@ -7,7 +7,10 @@ import contextlib
 import random
 import re
 import socket
+import ssl
 import time
+
+import pytest
 
 from imapharness import (  # noqa: F401  (igw, make_igw are fixtures)
     RawIMAP, fetch_bodies, fill, igw, make_igw, quote, raw_login, uid_map,
@@ -489,3 +492,29 @@ def test_garbage_on_many_connections_in_parallel(igw):
     finally:
         for c in conns:
             c.close()
+
+
+@pytest.mark.parametrize("size", [1000, 200_000])
+def test_literal_content_is_never_executed(igw, size):
+    """The bytes of a refused literal (APPEND is not supported; 200 KB is over the limit)
+    must never be parsed as commands: a message that contains IMAP commands would otherwise
+    delete the mailbox."""
+    mbx, _ = fill(igw, 3)
+    bodies = fetch_bodies(igw, mbx)
+    evil = b"x1 STORE 1:* +FLAGS.SILENT (\\Deleted)\r\nx2 EXPUNGE\r\nx3 LOGOUT\r\n"
+    literal = (evil * (size // len(evil) + 1))[:size]
+    with closing(raw_login(igw, mbx, select=True)) as c:
+        got = []
+        try:
+            c.send(b"a1 APPEND INBOX {%d+}\r\n" % len(literal) + literal + b"\r\n")
+            c.send(b"a2 SEARCH TEXT {%d+}\r\n" % len(literal) + literal + b"\r\n")
+            got = c.read_until(lambda r: r.startswith(b"a2 ") or r.startswith(b"* BYE"),
+                               timeout=20)
+        except (ConnectionError, OSError, ssl.SSLError):
+            # the server refused the oversized literal and closed the connection (RFC 7888
+            # allows that); whatever it answered before closing is in c.buf
+            got = [ln for ln in c.buf.split(b"\r\n") if ln]
+        executed = [r for r in got if re.match(rb"^x\d ", r)]
+        assert not executed, f"literal content ran as commands: {executed[:5]!r}"
+        assert not any(re.match(rb"^\* \d+ EXPUNGE", r) for r in got), got
+    assert_server_healthy(igw, mbx, bodies)

@@ -1692,3 +1692,76 @@ def test_idle_many_sessions_and_bursts(igw):
     finally:
         for c in sessions:
             c.close()
+
+
+def test_rebuild_index_while_session_open(igw):
+    mbx, msgs = fill(igw, 3)
+    with closing(raw_login(igw, mbx, select=True)) as c:
+        uv = c.cmd("STATUS INBOX (UIDVALIDITY)").lines("STATUS")
+        uids = uid_map(c)
+        assert c.cmd("STORE 2 +FLAGS.SILENT (\\Flagged)").ok
+        rc, out, err = igw.cli_raw("rebuild-index")
+        assert rc == 0, (out, err)
+        r = c.cmd("NOOP")
+        assert r.ok and not r.expunged(), f"spurious EXPUNGE after rebuild-index: {r!r}"
+        assert uid_map(c) == uids
+        r = c.cmd("FETCH 1:* (FLAGS BODY.PEEK[])")
+        assert [strip_received(d["BODY[]"]) for _, d in sorted(r.fetches())] == \
+            [m for _, m in msgs]
+        assert {n: flags(d) for n, d in r.fetches()}[2] == ["\\Flagged"], r
+        assert c.cmd("STATUS INBOX (UIDVALIDITY)").lines("STATUS") == uv
+        send_smtp(igw, mbx["address"], build_message(subject="after live rebuild"))
+        wait_exists(c, 4)
+        c.cmd("LOGOUT")
+
+
+@pytest.mark.parametrize("action", ["delete", "reset-password"])
+def test_mailbox_cli_changes_under_open_session(igw, action):
+    """The admin deletes the mailbox or resets its password while a client has it selected:
+    the session learns (EXPUNGEs, or BYE) or goes on with the messages it had, never serves
+    another message's data, and the server stays up."""
+    mbx, msgs = fill(igw, 2)
+    other, other_msgs = fill(igw, 1)
+    with closing(raw_login(igw, mbx, select=True)) as c:
+        if action == "delete":
+            igw.cli("mailbox", "suspend", mbx["id"])
+            igw.cli("mailbox", "delete", mbx["id"])
+        else:
+            igw.cli("mailbox", "reset-password", mbx["id"])
+        try:
+            r = c.cmd("NOOP")
+            if r.ok:
+                r = c.cmd("FETCH 1:* (BODY.PEEK[])")
+                for _, d in r.fetches():
+                    body = d.get("BODY[]")
+                    assert body is None or strip_received(body) in [m for _, m in msgs], r
+        except ConnectionError:
+            pass  # the server closed the session: acceptable
+    _, r = _failed_login(igw, mbx["id"], mbx["password"])
+    assert r.status == "NO", r
+    assert [strip_received(b) for b in fetch_bodies(igw, other).values()] == \
+        [m for _, m in other_msgs]
+
+
+def test_reset_password_revokes_open_sessions(igw):
+    """After `mailbox reset-password` (e.g. the old password leaked), a session that logged in
+    with the old password must not be able to delete mail sealed to the new key: it is closed,
+    or the new mail stays out of its reach."""
+    mbx, _ = fill(igw, 1)
+    old = raw_login(igw, mbx, select=True)
+    with closing(old):
+        new_pw = igw.cli("mailbox", "reset-password", mbx["id"])["password"]
+        fresh = build_message(subject="sealed to the new key")
+        send_smtp(igw, mbx["address"], fresh)
+        time.sleep(0.3)
+        outcome = []
+        try:
+            for line in ("NOOP", "STORE 1:* +FLAGS.SILENT (\\Deleted)", "EXPUNGE",
+                         "UID STORE 1:* +FLAGS.SILENT (\\Deleted)", "UID EXPUNGE 1:*", "CLOSE"):
+                r = old.cmd(line)
+                outcome.append(f"{line} -> {r.status} {r.text[:60]!r} {r.untagged[:3]!r}")
+        except ConnectionError:
+            outcome.append("closed")
+    left = [strip_received(b) for b in fetch_bodies(igw, dict(mbx, password=new_pw)).values()]
+    assert left == [fresh], ("a session with the old password deleted new mail:\n"
+                             + "\n".join(outcome))
