@@ -4,6 +4,9 @@
 //! loadgen smtp --addr 127.0.0.1:2525 --to ADDR --count N --size BYTES --concurrency C
 //!              [--starttls] [--from ADDR] [--wait-maildir DIR]
 //! loadgen pop3 --addr 127.0.0.1:1995 --tls|--stls --user U --pass P [--batch 100] [--delete]
+//! loadgen imap --addr 127.0.0.1:1993 --tls --user U --pass P [--batch 500] [--delete]
+//! loadgen imap-select --addr 127.0.0.1:1993 --tls --user U --pass P [--repeat 5]
+//! loadgen maildir --dir DIR --to ADDR --count N --size BYTES
 //! ```
 //!
 //! Each run prints exactly one JSON line on stdout. MB = 10^6 bytes.
@@ -23,6 +26,22 @@
 //! `RETR i` (and `DELE i` with `--delete`) in batches, parses the multi-line
 //! answers with dot-unstuffing, and QUITs (the deletions are committed by the
 //! server at QUIT, which is inside the measured time).
+//!
+//! IMAP (`imap`): the job of an archiving client. Logs in (implicit TLS, LOGIN
+//! with quoted arguments), SELECT INBOX, UID SEARCH ALL, then for each batch of
+//! `--batch` UIDs: `UID FETCH <set> (UID BODY.PEEK[])` (literals parsed by their
+//! announced size; every message must contain a loadgen Message-ID), and with
+//! `--delete` `UID STORE <set> +FLAGS.SILENT (\Deleted)` + `UID EXPUNGE <set>`
+//! (both sent at once) for the UIDs whose body arrived; LOGOUT. Everything from
+//! the TCP connect to the LOGOUT answer is inside the measured time.
+//!
+//! IMAP (`imap-select`): logs in once, then runs SELECT INBOX `--repeat` times
+//! (UNSELECT, or CLOSE when the server lacks UNSELECT, in between) and reports
+//! the first and the median of the later SELECT latencies and the EXISTS count.
+//!
+//! Maildir (`maildir`): writes N messages built exactly like the SMTP mode's
+//! into `DIR/new` with unique Maildir names (no fsync), for filling a Dovecot
+//! Maildir without a delivery agent.
 
 use std::io;
 use std::pin::Pin;
@@ -41,7 +60,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 #[derive(Parser)]
-#[command(name = "loadgen", about = "SMTP / POP3 load client for bench/run.sh")]
+#[command(
+    name = "loadgen",
+    about = "SMTP / POP3 / IMAP load client for bench/run.sh and bench/imap.sh"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -53,6 +75,12 @@ enum Cmd {
     Smtp(SmtpArgs),
     /// Download (and delete) every message of one POP3 mailbox.
     Pop3(Pop3Args),
+    /// Archive (UID FETCH BODY.PEEK[], and delete) every message of one IMAP INBOX.
+    Imap(ImapArgs),
+    /// SELECT latency of one IMAP INBOX.
+    ImapSelect(ImapSelectArgs),
+    /// Write N generated messages into a Maildir's new/ folder.
+    Maildir(MaildirArgs),
 }
 
 #[derive(Args, Clone)]
@@ -75,6 +103,9 @@ struct SmtpArgs {
     /// Upgrade each connection with STARTTLS (any certificate accepted).
     #[arg(long)]
     starttls: bool,
+    /// Speak LMTP (LHLO instead of EHLO) to an LMTP server on a TCP port.
+    #[arg(long, conflicts_with = "starttls")]
+    lmtp: bool,
     /// Name sent in EHLO.
     #[arg(long, default_value = "loadgen.bench.test")]
     helo: String,
@@ -116,6 +147,67 @@ struct Pop3Args {
     sni: String,
     #[arg(long, default_value_t = 120)]
     io_timeout: u64,
+}
+
+#[derive(Args, Clone)]
+struct ImapArgs {
+    #[arg(long, default_value = "127.0.0.1:1993")]
+    addr: String,
+    /// Implicit TLS (imaps); without it the connection stays plain.
+    #[arg(long)]
+    tls: bool,
+    #[arg(long)]
+    user: String,
+    #[arg(long)]
+    pass: String,
+    /// Number of UIDs per UID FETCH (and per UID STORE / UID EXPUNGE).
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    /// Flag each fetched batch \Deleted and UID EXPUNGE it.
+    #[arg(long)]
+    delete: bool,
+    #[arg(long, default_value = "localhost")]
+    sni: String,
+    #[arg(long, default_value_t = 120)]
+    io_timeout: u64,
+}
+
+#[derive(Args, Clone)]
+struct ImapSelectArgs {
+    #[arg(long, default_value = "127.0.0.1:1993")]
+    addr: String,
+    /// Implicit TLS (imaps); without it the connection stays plain.
+    #[arg(long)]
+    tls: bool,
+    #[arg(long)]
+    user: String,
+    #[arg(long)]
+    pass: String,
+    /// Number of SELECTs (the first one is reported separately).
+    #[arg(long, default_value_t = 5)]
+    repeat: usize,
+    #[arg(long, default_value = "localhost")]
+    sni: String,
+    #[arg(long, default_value_t = 600)]
+    io_timeout: u64,
+}
+
+#[derive(Args, Clone)]
+struct MaildirArgs {
+    /// Maildir root; new/, cur/ and tmp/ are created when missing.
+    #[arg(long)]
+    dir: std::path::PathBuf,
+    /// Header recipient.
+    #[arg(long)]
+    to: String,
+    /// Header sender.
+    #[arg(long, default_value = "loadgen@bench.test")]
+    from: String,
+    #[arg(long, default_value_t = 1000)]
+    count: usize,
+    /// Size of each message in bytes.
+    #[arg(long, default_value_t = 20_000)]
+    size: usize,
 }
 
 // ---------------------------------------------------------------- TLS
@@ -381,12 +473,12 @@ struct Template {
 
 const IDX_DIGITS: usize = 10;
 
-fn build_template(a: &SmtpArgs) -> Template {
+fn build_template(from: &str, to: &str, size: usize) -> Template {
     let run: u64 = rand::random();
     let date = chrono::Utc::now().to_rfc2822();
     let mut head = format!(
         "From: Load Generator <{}>\r\nTo: <{}>\r\nSubject: loadgen benchmark message\r\nDate: {}\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\nMessage-ID: <lg-{:016x}-",
-        a.from, a.to, date, run
+        from, to, date, run
     );
     let idx_pos = head.len();
     head.push_str(&"0".repeat(IDX_DIGITS));
@@ -403,7 +495,7 @@ fn build_template(a: &SmtpArgs) -> Template {
         x ^= x << 17;
         ALPHA[(x % ALPHA.len() as u64) as usize]
     };
-    let mut remaining = a.size.saturating_sub(head.len()).max(2);
+    let mut remaining = size.saturating_sub(head.len()).max(2);
     let mut body = Vec::with_capacity(remaining + 3);
     let mut line = |n: usize, body: &mut Vec<u8>| {
         for i in 0..n {
@@ -470,11 +562,12 @@ async fn smtp_session(
     if code != 220 {
         return Err(err(format!("greeting: {}", text.trim())));
     }
-    let ehlo = format!("EHLO {}\r\n", a.helo);
+    let hello = if a.lmtp { "LHLO" } else { "EHLO" };
+    let ehlo = format!("{hello} {}\r\n", a.helo);
     c.write_all(ehlo.as_bytes()).await?;
     let (mut code, mut text) = c.smtp_reply().await?;
     if code != 250 {
-        return Err(err(format!("EHLO: {}", text.trim())));
+        return Err(err(format!("{hello}: {}", text.trim())));
     }
     if a.starttls {
         c.write_all(b"STARTTLS\r\n").await?;
@@ -595,7 +688,7 @@ fn r3(x: f64) -> f64 {
 }
 
 async fn run_smtp(a: SmtpArgs) -> i32 {
-    let t = Arc::new(build_template(&a));
+    let t = Arc::new(build_template(&a.from, &a.to, a.size));
     let a = Arc::new(a);
     let next = Arc::new(AtomicUsize::new(0));
     let stats = Arc::new(SmtpStats::default());
@@ -636,6 +729,7 @@ async fn run_smtp(a: SmtpArgs) -> i32 {
         "mode": "smtp",
         "addr": a.addr,
         "starttls": a.starttls,
+        "lmtp": a.lmtp,
         "concurrency": a.concurrency,
         "size": a.size,
         "count": a.count,
@@ -808,6 +902,527 @@ async fn pop3(a: &Pop3Args) -> io::Result<(usize, u64, usize)> {
     Ok((n, bytes, verified))
 }
 
+// ---------------------------------------------------------------- IMAP
+
+/// The size of a literal announced at the end of a response line (`{N}` or
+/// `{N+}` followed by CRLF), if any.
+fn literal_len(line: &[u8]) -> Option<usize> {
+    let l = line
+        .strip_suffix(b"\r\n")
+        .or_else(|| line.strip_suffix(b"\n"))?;
+    let l = l.strip_suffix(b"}")?;
+    let open = l.iter().rposition(|&b| b == b'{')?;
+    let digits = &l[open + 1..];
+    let digits = digits.strip_suffix(b"+").unwrap_or(digits);
+    if digits.is_empty() || digits.len() > 12 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// One IMAP server response: `parts[i]` is the protocol text before literal
+/// `lits[i]`; the last part is the rest of the response (ending with CRLF).
+#[derive(Default)]
+struct ImapResp {
+    parts: Vec<Vec<u8>>,
+    lits: Vec<Vec<u8>>,
+}
+
+impl ImapResp {
+    fn first(&self) -> &[u8] {
+        self.parts.first().map(|p| p.as_slice()).unwrap_or(b"")
+    }
+}
+
+/// IMAP quoted string.
+fn imap_quote(s: &str) -> String {
+    let mut q = String::with_capacity(s.len() + 2);
+    q.push('"');
+    for ch in s.chars() {
+        if ch == '"' || ch == '\\' {
+            q.push('\\');
+        }
+        q.push(ch);
+    }
+    q.push('"');
+    q
+}
+
+fn find_ci(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len())
+        .position(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// The number after `word ` in `text` (e.g. `UID 17`), case-insensitive, at a
+/// token boundary.
+fn number_after(text: &[u8], word: &[u8]) -> Option<u64> {
+    let mut from = 0;
+    while let Some(i) = find_ci(&text[from..], word) {
+        let at = from + i;
+        let before_ok = at == 0 || matches!(text[at - 1], b' ' | b'(');
+        let rest = &text[at + word.len()..];
+        if before_ok && rest.first() == Some(&b' ') {
+            let digits: Vec<u8> = rest[1..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .copied()
+                .collect();
+            if !digits.is_empty() {
+                return std::str::from_utf8(&digits).ok()?.parse().ok();
+            }
+        }
+        from = at + word.len();
+    }
+    None
+}
+
+/// Compact IMAP sequence set for sorted UIDs: `1:500` or `3,5:9`.
+fn uid_set(uids: &[u32]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < uids.len() {
+        let mut j = i;
+        while j + 1 < uids.len() && uids[j + 1] == uids[j] + 1 {
+            j += 1;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if i == j {
+            out.push_str(&uids[i].to_string());
+        } else {
+            out.push_str(&format!("{}:{}", uids[i], uids[j]));
+        }
+        i = j + 1;
+    }
+    out
+}
+
+struct Imap {
+    c: Conn,
+    next_tag: u32,
+}
+
+impl Imap {
+    async fn connect(addr: &str, tls: bool, sni: &str, io_timeout: Duration) -> io::Result<Imap> {
+        let mut c = Conn::connect(addr, io_timeout).await?;
+        if tls {
+            c.tls(sni).await?;
+        }
+        let mut im = Imap { c, next_tag: 1 };
+        let mut g = ImapResp::default();
+        im.read_resp(&mut g).await?;
+        if !g.first().starts_with(b"* OK") {
+            return Err(err(format!(
+                "IMAP greeting: {}",
+                String::from_utf8_lossy(g.first()).trim_end()
+            )));
+        }
+        Ok(im)
+    }
+
+    /// Reads one complete response, literals included.
+    async fn read_resp(&mut self, r: &mut ImapResp) -> io::Result<()> {
+        r.parts.clear();
+        r.lits.clear();
+        loop {
+            let mut line = Vec::new();
+            self.c.read_line(&mut line).await?;
+            let lit = literal_len(&line);
+            r.parts.push(line);
+            match lit {
+                Some(n) => {
+                    let mut data = Vec::with_capacity(n);
+                    self.c.read_exact_into(n, &mut data).await?;
+                    r.lits.push(data);
+                }
+                None => return Ok(()),
+            }
+        }
+    }
+
+    fn tag(&mut self) -> String {
+        let t = format!("a{}", self.next_tag);
+        self.next_tag += 1;
+        t
+    }
+
+    /// Reads responses until the tagged one for `tag`, handing every untagged
+    /// response to `on_untagged`. Errors unless the tagged status is OK.
+    async fn until_tagged(
+        &mut self,
+        tag: &str,
+        what: &str,
+        mut on_untagged: impl FnMut(&ImapResp),
+    ) -> io::Result<String> {
+        let mut r = ImapResp::default();
+        let prefix = format!("{tag} ");
+        loop {
+            self.read_resp(&mut r).await?;
+            if r.first().starts_with(prefix.as_bytes()) {
+                let line = String::from_utf8_lossy(r.first()).trim_end().to_string();
+                let status = &line[prefix.len()..];
+                if status
+                    .get(..2)
+                    .is_some_and(|s| s.eq_ignore_ascii_case("OK"))
+                {
+                    return Ok(line);
+                }
+                return Err(err(format!("{what}: {line}")));
+            }
+            if r.first().starts_with(b"* BYE") && what != "LOGOUT" {
+                return Err(err(format!(
+                    "{what}: {}",
+                    String::from_utf8_lossy(r.first()).trim_end()
+                )));
+            }
+            on_untagged(&r);
+        }
+    }
+
+    /// Sends one command and waits for its tagged OK.
+    async fn simple(
+        &mut self,
+        cmd: &str,
+        what: &str,
+        on_untagged: impl FnMut(&ImapResp),
+    ) -> io::Result<String> {
+        let tag = self.tag();
+        self.c
+            .write_all(format!("{tag} {cmd}\r\n").as_bytes())
+            .await?;
+        self.until_tagged(&tag, what, on_untagged).await
+    }
+
+    async fn login(&mut self, user: &str, pass: &str) -> io::Result<()> {
+        let cmd = format!("LOGIN {} {}", imap_quote(user), imap_quote(pass));
+        self.simple(&cmd, "LOGIN", |_| {}).await.map(|_| ())
+    }
+
+    /// SELECT INBOX; returns the EXISTS count.
+    async fn select(&mut self) -> io::Result<u64> {
+        let mut exists: Option<u64> = None;
+        self.simple("SELECT INBOX", "SELECT", |r| {
+            let t = r.first();
+            if t.starts_with(b"* ") && find_ci(t, b" EXISTS").is_some() {
+                exists = std::str::from_utf8(&t[2..])
+                    .ok()
+                    .and_then(|s| s.split_whitespace().next())
+                    .and_then(|n| n.parse().ok());
+            }
+        })
+        .await?;
+        exists.ok_or_else(|| err("SELECT: no EXISTS"))
+    }
+
+    async fn logout(&mut self) -> io::Result<()> {
+        self.simple("LOGOUT", "LOGOUT", |_| {}).await.map(|_| ())
+    }
+}
+
+impl Conn {
+    /// Appends exactly `n` bytes to `out`.
+    async fn read_exact_into(&mut self, n: usize, out: &mut Vec<u8>) -> io::Result<()> {
+        let mut left = n;
+        while left > 0 {
+            if self.start == self.end {
+                self.fill().await?;
+            }
+            let take = left.min(self.end - self.start);
+            out.extend_from_slice(&self.buf[self.start..self.start + take]);
+            self.start += take;
+            left -= take;
+        }
+        Ok(())
+    }
+}
+
+/// Whether a fetched message carries a loadgen Message-ID in its header.
+fn has_loadgen_id(msg: &[u8]) -> bool {
+    let head_end = memchr::memmem::find(msg, b"\r\n\r\n")
+        .or_else(|| memchr::memmem::find(msg, b"\n\n"))
+        .unwrap_or(msg.len());
+    find_ci(&msg[..head_end], b"Message-ID: <lg-").is_some()
+}
+
+#[derive(Default)]
+struct ImapJob {
+    exists: u64,
+    uids: usize,
+    messages: usize,
+    bytes: u64,
+    verified: usize,
+    deleted: usize,
+    login_ms: f64,
+    select_ms: f64,
+    search_ms: f64,
+    fetch_s: f64,
+    delete_s: f64,
+}
+
+async fn imap_job(a: &ImapArgs, job: &mut ImapJob) -> io::Result<()> {
+    let t0 = Instant::now();
+    let mut im = Imap::connect(&a.addr, a.tls, &a.sni, Duration::from_secs(a.io_timeout)).await?;
+    im.login(&a.user, &a.pass).await?;
+    job.login_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    job.exists = im.select().await?;
+    job.select_ms = t.elapsed().as_secs_f64() * 1e3;
+
+    let t = Instant::now();
+    let mut uids: Vec<u32> = Vec::new();
+    im.simple("UID SEARCH ALL", "UID SEARCH", |r| {
+        let l = r.first();
+        if l.len() >= 8 && l[..8].eq_ignore_ascii_case(b"* SEARCH") {
+            uids.extend(
+                String::from_utf8_lossy(&l[8..])
+                    .split_whitespace()
+                    .filter_map(|n| n.parse::<u32>().ok()),
+            );
+        }
+    })
+    .await?;
+    uids.sort_unstable();
+    uids.dedup();
+    job.uids = uids.len();
+    job.search_ms = t.elapsed().as_secs_f64() * 1e3;
+
+    for chunk in uids.chunks(a.batch.max(1)) {
+        let t = Instant::now();
+        let set = uid_set(chunk);
+        let mut got: Vec<u32> = Vec::with_capacity(chunk.len());
+        let (mut n, mut bytes, mut verified) = (0usize, 0u64, 0usize);
+        im.simple(
+            &format!("UID FETCH {set} (UID BODY.PEEK[])"),
+            "UID FETCH",
+            |r| {
+                if !r.first().starts_with(b"* ") || find_ci(r.first(), b" FETCH ").is_none() {
+                    return;
+                }
+                // the literal announced right after "BODY[] "
+                let Some(i) = r
+                    .parts
+                    .iter()
+                    .take(r.lits.len())
+                    .position(|p| find_ci(p, b"BODY[] {").is_some())
+                else {
+                    return;
+                };
+                let body = &r.lits[i];
+                n += 1;
+                bytes += body.len() as u64;
+                if has_loadgen_id(body) {
+                    verified += 1;
+                    let uid = r
+                        .parts
+                        .iter()
+                        .find_map(|p| number_after(p, b"UID"))
+                        .and_then(|u| u32::try_from(u).ok());
+                    if let Some(u) = uid {
+                        got.push(u);
+                    }
+                }
+            },
+        )
+        .await?;
+        job.messages += n;
+        job.bytes += bytes;
+        job.verified += verified;
+        job.fetch_s += t.elapsed().as_secs_f64();
+
+        if a.delete && !got.is_empty() {
+            let t = Instant::now();
+            got.sort_unstable();
+            got.dedup();
+            let set = uid_set(&got);
+            let (t1, t2) = (im.tag(), im.tag());
+            let cmds = format!(
+                "{t1} UID STORE {set} +FLAGS.SILENT (\\Deleted)\r\n{t2} UID EXPUNGE {set}\r\n"
+            );
+            im.c.write_all(cmds.as_bytes()).await?;
+            // A server may run the pipelined UID EXPUNGE before it answers the
+            // UID STORE (Dovecot does), so count `* n EXPUNGE` under both.
+            let mut expunged = 0usize;
+            let mut count = |r: &ImapResp| {
+                if r.first().starts_with(b"* ") && find_ci(r.first(), b" EXPUNGE").is_some() {
+                    expunged += 1;
+                }
+            };
+            im.until_tagged(&t1, "UID STORE", &mut count).await?;
+            im.until_tagged(&t2, "UID EXPUNGE", &mut count).await?;
+            job.deleted += expunged;
+            job.delete_s += t.elapsed().as_secs_f64();
+        }
+    }
+    im.logout().await?;
+    Ok(())
+}
+
+async fn run_imap(a: ImapArgs) -> i32 {
+    let start = Instant::now();
+    let mut job = ImapJob::default();
+    let res = imap_job(&a, &mut job).await;
+    let secs = start.elapsed().as_secs_f64();
+    let expected = job.exists.max(job.uids as u64) as usize;
+    let failures = match &res {
+        Ok(()) => expected.saturating_sub(job.verified),
+        Err(_) => expected.saturating_sub(job.verified).max(1),
+    };
+    let mut out = json!({
+        "mode": "imap",
+        "addr": a.addr,
+        "tls": if a.tls { "implicit" } else { "none" },
+        "delete": a.delete,
+        "batch": a.batch,
+        "exists": job.exists,
+        "uids": job.uids,
+        "messages": job.messages,
+        "bytes": job.bytes,
+        "verified": job.verified,
+        "expunged": job.deleted,
+        "seconds": r3(secs),
+        "msgs_per_s": r3(job.messages as f64 / secs),
+        "mb_per_s": r3(job.bytes as f64 / 1e6 / secs),
+        "login_ms": r3(job.login_ms),
+        "select_ms": r3(job.select_ms),
+        "search_ms": r3(job.search_ms),
+        "fetch_seconds": r3(job.fetch_s),
+        "store_expunge_seconds": r3(job.delete_s),
+        "failures": failures,
+    });
+    if let Err(e) = &res {
+        out["error"] = json!(e.to_string());
+    }
+    println!("{out}");
+    i32::from(failures > 0)
+}
+
+async fn imap_select_job(
+    a: &ImapSelectArgs,
+    lat: &mut Vec<f64>,
+    exists: &mut Vec<u64>,
+    login_ms: &mut f64,
+) -> io::Result<&'static str> {
+    let t0 = Instant::now();
+    let mut im = Imap::connect(&a.addr, a.tls, &a.sni, Duration::from_secs(a.io_timeout)).await?;
+    im.login(&a.user, &a.pass).await?;
+    *login_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let mut caps = String::new();
+    im.simple("CAPABILITY", "CAPABILITY", |r| {
+        caps.push_str(&String::from_utf8_lossy(r.first()).to_ascii_uppercase());
+    })
+    .await?;
+    let leave = if caps.split_whitespace().any(|c| c == "UNSELECT") {
+        "UNSELECT"
+    } else {
+        "CLOSE"
+    };
+    for i in 0..a.repeat.max(1) {
+        if i > 0 {
+            im.simple(leave, leave, |_| {}).await?;
+        }
+        let t = Instant::now();
+        let n = im.select().await?;
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+        exists.push(n);
+    }
+    im.logout().await?;
+    Ok(leave)
+}
+
+async fn run_imap_select(a: ImapSelectArgs) -> i32 {
+    let (mut lat, mut exists, mut login_ms) = (Vec::new(), Vec::new(), 0.0);
+    let res = imap_select_job(&a, &mut lat, &mut exists, &mut login_ms).await;
+    let first = lat.first().copied().unwrap_or(0.0);
+    let mut later: Vec<f64> = lat.iter().skip(1).copied().collect();
+    later.sort_by(f64::total_cmp);
+    let median_later = if later.is_empty() {
+        first
+    } else {
+        later[later.len() / 2]
+    };
+    let exists0 = exists.first().copied().unwrap_or(0);
+    let mut all = lat.clone();
+    all.sort_by(f64::total_cmp);
+    let median_all = all.get(all.len() / 2).copied().unwrap_or(0.0);
+    let mut out = json!({
+        "mode": "imap-select",
+        "addr": a.addr,
+        "repeat": a.repeat,
+        "exists": exists0,
+        "exists_each": exists,
+        "login_ms": r3(login_ms),
+        "select_ms": lat.iter().map(|x| r3(*x)).collect::<Vec<_>>(),
+        "first_select_ms": r3(first),
+        "median_select_ms": r3(median_later),
+        "median_all_select_ms": r3(median_all),
+        "failures": i32::from(res.is_err()),
+    });
+    match res {
+        Ok(leave) => out["between"] = json!(leave),
+        Err(e) => out["error"] = json!(e.to_string()),
+    }
+    println!("{out}");
+    i32::from(out["failures"] != 0)
+}
+
+// ---------------------------------------------------------------- Maildir
+
+fn write_maildir(a: &MaildirArgs) -> io::Result<u64> {
+    let t = build_template(&a.from, &a.to, a.size);
+    for d in ["new", "cur", "tmp"] {
+        std::fs::create_dir_all(a.dir.join(d))?;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let pid = std::process::id();
+    let mut head = t.head.clone();
+    // the template ends with the SMTP terminator ".\r\n"
+    let body = &t.body[..t.body.len() - 3];
+    let mut bytes = 0u64;
+    let mut msg = Vec::with_capacity(head.len() + body.len());
+    for idx in 0..a.count {
+        let digits = format!("{:0width$}", idx, width = IDX_DIGITS);
+        head[t.idx_pos..t.idx_pos + IDX_DIGITS].copy_from_slice(digits.as_bytes());
+        msg.clear();
+        msg.extend_from_slice(&head);
+        msg.extend_from_slice(body);
+        let name = format!("{now}.M{idx}P{pid}.loadgen,S={}", msg.len());
+        std::fs::write(a.dir.join("new").join(name), &msg)?;
+        bytes += msg.len() as u64;
+    }
+    Ok(bytes)
+}
+
+fn run_maildir(a: MaildirArgs) -> i32 {
+    let start = Instant::now();
+    let res = write_maildir(&a);
+    let secs = start.elapsed().as_secs_f64();
+    let mut out = json!({
+        "mode": "maildir",
+        "dir": a.dir.display().to_string(),
+        "count": a.count,
+        "size": a.size,
+        "seconds": r3(secs),
+    });
+    match res {
+        Ok(bytes) => {
+            out["messages"] = json!(a.count);
+            out["bytes"] = json!(bytes);
+            out["failures"] = json!(0);
+        }
+        Err(e) => {
+            out["messages"] = json!(0);
+            out["failures"] = json!(a.count);
+            out["error"] = json!(e.to_string());
+        }
+    }
+    println!("{out}");
+    i32::from(out["failures"] != 0)
+}
+
 // ---------------------------------------------------------------- main
 
 fn main() {
@@ -820,6 +1435,9 @@ fn main() {
         match cli.cmd {
             Cmd::Smtp(a) => run_smtp(a).await,
             Cmd::Pop3(a) => run_pop3(a).await,
+            Cmd::Imap(a) => run_imap(a).await,
+            Cmd::ImapSelect(a) => run_imap_select(a).await,
+            Cmd::Maildir(a) => run_maildir(a),
         }
     });
     std::process::exit(code);

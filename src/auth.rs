@@ -117,9 +117,36 @@ impl Authenticator {
     }
 }
 
+/// Parses a SASL PLAIN message (RFC 4616), already base64-decoded:
+/// `authzid NUL authcid NUL password`. An authzid other than the authcid is refused.
+pub fn parse_sasl_plain(data: &[u8]) -> Option<(String, String)> {
+    let mut parts = data.split(|b| *b == 0);
+    let authz = std::str::from_utf8(parts.next()?).ok()?;
+    let user = std::str::from_utf8(parts.next()?).ok()?;
+    let pass = std::str::from_utf8(parts.next()?).ok()?;
+    if parts.next().is_some() || (!authz.is_empty() && authz != user) {
+        return None;
+    }
+    Some((user.to_owned(), pass.to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sasl_plain() {
+        assert_eq!(
+            parse_sasl_plain(b"\0mbx\0pw"),
+            Some(("mbx".into(), "pw".into()))
+        );
+        assert_eq!(
+            parse_sasl_plain(b"mbx\0mbx\0pw"),
+            Some(("mbx".into(), "pw".into()))
+        );
+        assert_eq!(parse_sasl_plain(b"x\0mbx\0pw"), None);
+        assert_eq!(parse_sasl_plain(b"mbx\0pw"), None);
+    }
 
     #[test]
     fn delay_doubles_and_is_capped() {

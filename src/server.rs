@@ -171,3 +171,64 @@ async fn wait_for_signal() {
         _ = int.recv() => {}
     }
 }
+
+/// How one protocol's listener treats new connections.
+pub struct Listener {
+    pub protocol: &'static str,
+    pub implicit_tls: bool,
+    pub limit: net::Limit,
+    /// Written to a client refused because `max_connections` is reached.
+    pub busy: &'static [u8],
+}
+
+/// Accepts connections until shutdown. Each one takes a connection permit (or is told `busy`
+/// and closed), completes the TLS handshake on implicit-TLS listeners, and runs `session`.
+pub async fn accept_loop<F, Fut>(
+    listener: tokio::net::TcpListener,
+    how: Listener,
+    state: Arc<State>,
+    session: F,
+) where
+    F: Fn(net::Stream, std::net::SocketAddr, Arc<State>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+{
+    use tokio::io::AsyncWriteExt;
+    let session = Arc::new(session);
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(protocol = how.protocol, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let (state, session, limit) = (state.clone(), session.clone(), how.limit.clone());
+        let (protocol, implicit_tls, busy) = (how.protocol, how.implicit_tls, how.busy);
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let mut stream = net::Stream::Plain(tcp);
+            let Ok(_permit) = limit.try_acquire_owned() else {
+                tracing::warn!(protocol, client = %peer, "connection refused: too many connections");
+                let _ = stream.write_all(busy).await;
+                return;
+            };
+            if implicit_tls {
+                stream = match stream.upgrade(&state.tls, net::TLS_HANDSHAKE_TIMEOUT).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(protocol, client = %peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                };
+            }
+            if let Err(e) = session(stream, peer, state).await {
+                tracing::debug!(protocol, client = %peer, error = %e, "session ended");
+            }
+        });
+    }
+}

@@ -37,13 +37,12 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::auth::{AuthError, Session as Login};
 use crate::mailbox::MailboxId;
-use crate::net::Stream;
-use crate::server::State;
+use crate::net::{self, Stream};
+use crate::server::{self, State};
 use crate::spool::{Flags, MessageMeta, SpoolError};
 use fetch::{Chunk, Content};
 use view::View;
 
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Before login a client gets this long per command.
 const PRE_AUTH_TIMEOUT: Duration = Duration::from_secs(120);
 const MAX_ERRORS: u32 = 30;
@@ -55,43 +54,16 @@ const CAPS_COMMON: &str =
 
 /// Accepts IMAP connections until shutdown; `implicit_tls` for port 993.
 pub async fn run(listener: TcpListener, implicit_tls: bool, state: Arc<State>) {
-    let mut shutdown = state.shutdown.clone();
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "imap accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let _ = tcp.set_nodelay(true);
-            let mut stream = Stream::Plain(tcp);
-            let Ok(_permit) = state.imap_limit.clone().try_acquire_owned() else {
-                let _ = stream
-                    .write_all(b"* BYE [UNAVAILABLE] Too many connections\r\n")
-                    .await;
-                return;
-            };
-            if implicit_tls {
-                stream = match stream.upgrade(&state.tls, TLS_HANDSHAKE_TIMEOUT).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::debug!(client = %peer, error = %e, "imaps handshake failed");
-                        return;
-                    }
-                };
-            }
-            if let Err(e) = serve_connection(stream, peer, state, None).await {
-                tracing::debug!(client = %peer, error = %e, "imap session ended");
-            }
-        });
-    }
+    let how = server::Listener {
+        protocol: if implicit_tls { "imaps" } else { "imap" },
+        implicit_tls,
+        limit: state.imap_limit.clone(),
+        busy: b"* BYE [UNAVAILABLE] Too many connections\r\n",
+    };
+    server::accept_loop(listener, how, state, |stream, peer, state| {
+        serve_connection(stream, peer, state, None)
+    })
+    .await
 }
 
 /// Runs one IMAP session on an accepted (and, for implicit TLS, handshaken) stream.
@@ -292,7 +264,7 @@ impl Session {
                             self.flush(&mut stream).await?;
                             // Anything pipelined after STARTTLS is dropped with the old parser.
                             stream = stream
-                                .upgrade(&self.state.tls, TLS_HANDSHAKE_TIMEOUT)
+                                .upgrade(&self.state.tls, net::TLS_HANDSHAKE_TIMEOUT)
                                 .await?;
                             self.tls = true;
                             server = self.new_server();
@@ -473,7 +445,7 @@ impl Session {
             self.finish_with(server, &tag, "BAD Authentication cancelled");
             return;
         };
-        let reply = match decode_plain(&data) {
+        let reply = match crate::auth::parse_sasl_plain(&data) {
             Some((user, password)) => self.login(&user, &password).await,
             None => "NO [AUTHENTICATIONFAILED] Invalid SASL PLAIN response".to_owned(),
         };
@@ -1298,18 +1270,6 @@ fn rewrite_list_extended(raw: &[u8]) -> Option<Command<'static>> {
     Some(command)
 }
 
-/// SASL PLAIN: `authzid NUL authcid NUL password` (already base64-decoded).
-fn decode_plain(data: &[u8]) -> Option<(String, String)> {
-    let mut parts = data.split(|b| *b == 0);
-    let authz = std::str::from_utf8(parts.next()?).ok()?;
-    let user = std::str::from_utf8(parts.next()?).ok()?;
-    let pass = std::str::from_utf8(parts.next()?).ok()?;
-    if parts.next().is_some() || (!authz.is_empty() && authz != user) {
-        return None;
-    }
-    Some((user.to_owned(), pass.to_owned()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1342,13 +1302,8 @@ mod tests {
     }
 
     #[test]
-    fn tags_and_plain() {
+    fn tags() {
         assert_eq!(tag_of(b"a001 GARBAGE"), Some("a001".into()));
         assert_eq!(tag_of(b"{5}"), None);
-        assert_eq!(
-            decode_plain(b"\0mbx\0pw"),
-            Some(("mbx".into(), "pw".into()))
-        );
-        assert_eq!(decode_plain(b"x\0mbx\0pw"), None);
     }
 }

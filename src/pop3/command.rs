@@ -107,20 +107,13 @@ fn optional_number(args: &[&str]) -> Result<Option<usize>, ParseError> {
     }
 }
 
-/// Decodes a SASL PLAIN response: `authzid NUL authcid NUL password` in base64.
+/// Decodes a base64 SASL PLAIN response into (user, password).
 pub fn decode_plain(b64: &str) -> Option<(String, String)> {
     use base64::Engine;
     let raw = base64::engine::general_purpose::STANDARD
         .decode(b64.trim())
         .ok()?;
-    let mut parts = raw.split(|b| *b == 0);
-    let authz = std::str::from_utf8(parts.next()?).ok()?;
-    let user = std::str::from_utf8(parts.next()?).ok()?;
-    let pass = std::str::from_utf8(parts.next()?).ok()?;
-    if parts.next().is_some() || (!authz.is_empty() && authz != user) {
-        return None;
-    }
-    Some((user.to_owned(), pass.to_owned()))
+    crate::auth::parse_sasl_plain(&raw)
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use crate::auth::{AuthError, Session as Login};
 use crate::mailbox::MailboxId;
 use crate::net::{self, Line, Stream};
-use crate::server::State;
+use crate::server::{self, State};
 use crate::spool::MessageMeta;
 use command::{Command, ParseError};
 use stuff::{DotStuffer, TopLimit};
@@ -36,56 +36,34 @@ fn buffered(stream: Stream) -> Conn {
     BufReader::with_capacity(64 * 1024, BufWriter::with_capacity(64 * 1024, stream))
 }
 const MAX_ERRORS: u32 = 20;
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Accepts POP3 connections until shutdown; `implicit_tls` for port 995.
 pub async fn run(listener: TcpListener, implicit_tls: bool, state: Arc<State>) {
-    let mut shutdown = state.shutdown.clone();
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "pop3 accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let _ = tcp.set_nodelay(true);
-            let mut stream = Stream::Plain(tcp);
-            let Ok(_permit) = state.pop3_limit.clone().try_acquire_owned() else {
-                let _ = stream
-                    .write_all(b"-ERR [SYS/TEMP] Too many connections\r\n")
-                    .await;
-                return;
-            };
-            if implicit_tls {
-                stream = match stream.upgrade(&state.tls, TLS_HANDSHAKE_TIMEOUT).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::debug!(client = %peer, error = %e, "pop3s handshake failed");
-                        return;
-                    }
-                };
-            }
-            let mut session = Session {
-                peer,
-                state,
-                login: None,
-                user: None,
-                messages: Vec::new(),
-                deleted: Vec::new(),
-                errors: 0,
-            };
-            if let Err(e) = session.handle(stream).await {
-                tracing::debug!(client = %peer, error = %e, "pop3 session ended");
-            }
-        });
-    }
+    let how = server::Listener {
+        protocol: if implicit_tls { "pop3s" } else { "pop3" },
+        implicit_tls,
+        limit: state.pop3_limit.clone(),
+        busy: b"-ERR [SYS/TEMP] Too many connections\r\n",
+    };
+    server::accept_loop(listener, how, state, serve_connection).await
+}
+
+/// Runs one POP3 session on an accepted (and, for implicit TLS, handshaken) stream.
+async fn serve_connection(
+    stream: Stream,
+    peer: SocketAddr,
+    state: Arc<State>,
+) -> std::io::Result<()> {
+    let mut session = Session {
+        peer,
+        state,
+        login: None,
+        user: None,
+        messages: Vec::new(),
+        deleted: Vec::new(),
+        errors: 0,
+    };
+    session.handle(stream).await
 }
 
 /// Removes the mailbox lock when the session ends, however it ends.
@@ -125,7 +103,7 @@ impl Session {
             let stream = conn.into_inner().into_inner();
             conn = buffered(
                 stream
-                    .upgrade(&self.state.tls, TLS_HANDSHAKE_TIMEOUT)
+                    .upgrade(&self.state.tls, net::TLS_HANDSHAKE_TIMEOUT)
                     .await?,
             );
         }

@@ -19,7 +19,7 @@ use crate::crypto;
 use crate::fsutil;
 use crate::mailbox::{MailboxError, MailboxId, Status};
 use crate::net::{self, Conn, Line, Stream};
-use crate::server::State;
+use crate::server::{self, State};
 use crate::spool::{Delivery, Envelope, SpoolError, Target};
 use command::{Command, Param, ParseError};
 use data::DotDecoder;
@@ -30,50 +30,17 @@ const MAX_LINE: usize = 4096;
 const MAX_ERRORS: u32 = 20;
 /// Commands tolerated in one session.
 const MAX_COMMANDS: u32 = 100_000;
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Accepts SMTP connections on `listener` until shutdown. `implicit_tls` listeners (465)
 /// handshake before the greeting.
 pub async fn run(listener: TcpListener, implicit_tls: bool, state: Arc<State>) {
-    let mut shutdown = state.shutdown.clone();
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "smtp accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let _ = tcp.set_nodelay(true);
-            let permit = state.smtp_limit.clone().try_acquire_owned();
-            let mut stream = Stream::Plain(tcp);
-            let Ok(_permit) = permit else {
-                tracing::warn!(client = %peer, "smtp connection refused: too many connections");
-                let _ = stream
-                    .write_all(b"421 4.3.2 Too many connections, try again later\r\n")
-                    .await;
-                return;
-            };
-            if implicit_tls {
-                stream = match stream.upgrade(&state.tls, TLS_HANDSHAKE_TIMEOUT).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::debug!(client = %peer, error = %e, "smtps handshake failed");
-                        return;
-                    }
-                };
-            }
-            if let Err(e) = handle(stream, peer, state).await {
-                tracing::debug!(client = %peer, error = %e, "smtp session ended");
-            }
-        });
-    }
+    let how = server::Listener {
+        protocol: if implicit_tls { "smtps" } else { "smtp" },
+        implicit_tls,
+        limit: state.smtp_limit.clone(),
+        busy: b"421 4.3.2 Too many connections, try again later\r\n",
+    };
+    server::accept_loop(listener, how, state, handle).await
 }
 
 /// How a session's command loop ended.
@@ -111,7 +78,7 @@ async fn handle(stream: Stream, peer: SocketAddr, state: Arc<State>) -> std::io:
                 // Anything the client pipelined after STARTTLS is discarded (RFC 3207 §6).
                 let stream = conn.into_inner();
                 let stream = stream
-                    .upgrade(&session.state.tls, TLS_HANDSHAKE_TIMEOUT)
+                    .upgrade(&session.state.tls, net::TLS_HANDSHAKE_TIMEOUT)
                     .await?;
                 session.tls = stream.tls_version();
                 conn = net::buffered(stream);
