@@ -201,6 +201,8 @@ if [ "$BUILD" = 1 ]; then
     || { tail -30 "$WORK/build.log" >&2; exit 1; }
 fi
 [ -x "$JG" ] && [ -x "$LG" ] || { echo "missing $JG or $LG" >&2; exit 1; }
+# version of what is measured (taken now: the tree may change during the run)
+JG_VERSION="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '(no commit)')$(git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' (src modified)')"
 # private copies, so that a concurrent cargo build cannot swap them during the run
 mkdir -p "$WORK/bin"
 cp "$JG" "$WORK/bin/journalgate"; cp "$LG" "$WORK/bin/loadgen"
@@ -511,7 +513,7 @@ cmp_line() { # LABEL JG DC UNIT higher|lower
   cmp_line "first SELECT on $SH messages" "$(jget "$R/jg-select.json" first_select_ms)" "$(jget "$R/dc-select.json" first_select_ms)" "ms" lower
   cmp_line "first SELECT on $SH messages, journalgate after restart" "$(jget "$R/jg-select-restart.json" first_select_ms)" "$(jget "$R/dc-select.json" first_select_ms)" "ms" lower
   cmp_line "median later SELECT on $SH messages" "$(jget "$R/jg-select.json" median_select_ms)" "$(jget "$R/dc-select.json" median_select_ms)" "ms" lower
-  echo "- journalgate VmHWM (whole run until the restart): ${JG_HWM:-?} MB; Dovecot: sum of VmHWM of the processes alive at the end: ${DC_HWM:-?} MB"
+  echo "- journalgate VmHWM (whole run until the restart): ${JG_HWM:-?} MB; Dovecot: sum of VmHWM of the processes alive at the end: ${DC_HWM:-?} MB (imap and lmtp processes that exited are not in it; see the sampled columns)"
   echo "- journalgate start-up: ${JG_START_FIRST:-?} s empty, ${JG_RESTART:-?} s with the $SH-message mailbox"
 } >"$TARGETS"
 
@@ -524,7 +526,7 @@ OUT="$ROOT/bench/imap-results-$DATE$SUFFIX.md"
   echo
   echo "Hardware: $HW_LINE"
   echo
-  echo "Versions: journalgate $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '(no commit)')$(git -C "$ROOT" diff --quiet HEAD -- src 2>/dev/null || echo ' (src modified)'), Dovecot $(dovecot --version 2>/dev/null | cut -d' ' -f1), $(rustc --version 2>/dev/null)"
+  echo "Versions: journalgate $JG_VERSION, Dovecot $(dovecot --version 2>/dev/null | cut -d' ' -f1), $(rustc --version 2>/dev/null)"
   echo
   echo "Command: \`bench/imap.sh$QARG\`"
   echo

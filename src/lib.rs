@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod fsutil;
 pub mod imap;
 pub mod index;
+pub mod journal;
 pub mod mailbox;
 pub mod net;
 pub mod pop3;

@@ -399,14 +399,14 @@ impl Spool {
         }
         let _guard = self.edits.lock().unwrap();
         let dir = self.mailboxes.msg_dir(id);
-        let wanted: HashSet<u32> = uids.iter().copied().collect();
-        for meta in self.index.list(id)? {
-            if wanted.contains(&meta.uid) {
-                match fs::remove_file(dir.join(meta.file_name())) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e.into()),
-                }
+        for uid in uids {
+            let Some(meta) = self.index.get(id, *uid)? else {
+                continue;
+            };
+            match fs::remove_file(dir.join(meta.file_name())) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
             }
         }
         fsutil::sync_dir(&dir)?;

@@ -1,12 +1,17 @@
-//! Arbitrary message bytes through the MIME structure parser and the ENVELOPE and
-//! BODYSTRUCTURE renderers, and every part resolution: no panic, bounded work.
+//! Arbitrary message bytes through the MIME structure parser, the ENVELOPE and
+//! BODYSTRUCTURE renderers, every part resolution, and journal-report classification:
+//! no panic, bounded work, originals inside the message.
 
 #![no_main]
 
 use journalgate::imap::mime;
+use journalgate::journal::{self, Classification};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|raw: &[u8]| {
+    if let Classification::Journal(r) | Classification::NdrJournal(r) = journal::classify(raw) {
+        assert!(r.originals.iter().all(|o| o.range.end <= raw.len()));
+    }
     let root = mime::parse(raw);
     let mut out = Vec::new();
     mime::body_structure(raw, &root, true, &mut out);

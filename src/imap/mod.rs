@@ -48,6 +48,8 @@ const PRE_AUTH_TIMEOUT: Duration = Duration::from_secs(120);
 const MAX_ERRORS: u32 = 30;
 /// Output is sent once this much is buffered.
 const FLUSH_AT: usize = 256 * 1024;
+/// FETCH decrypts following messages ahead while this much is not yet sent.
+const PREFETCH_BYTES: u64 = 4 * 1024 * 1024;
 
 const CAPS_COMMON: &str =
     "LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS UNSELECT CHILDREN SPECIAL-USE BINARY";
@@ -961,6 +963,16 @@ impl Session {
 
     /// Decrypts a message: whole when small, only its header when large.
     async fn load(&self, meta: &MessageMeta) -> Result<Content, SpoolError> {
+        self.start_load(meta)
+            .await
+            .map_err(|e| SpoolError::Io(std::io::Error::other(e)))?
+    }
+
+    /// Starts decrypting a message on a blocking thread (FETCH reads ahead with this).
+    fn start_load(
+        &self,
+        meta: &MessageMeta,
+    ) -> tokio::task::JoinHandle<Result<Content, SpoolError>> {
         let (login, _) = self.login.as_ref().expect("logged in");
         let id = login.record.id.clone();
         let identity = login.identity.clone();
@@ -980,8 +992,6 @@ impl Session {
                 Ok(Content::header_only(head, meta.size))
             }
         })
-        .await
-        .map_err(|e| SpoolError::Io(std::io::Error::other(e)))?
     }
 
     async fn fetch(
@@ -1003,10 +1013,28 @@ impl Session {
         let needs = fetch::needs_content(items);
         let sets_seen = fetch::sets_seen(items) && !read_only;
         let mut vanished = false;
-        for i in chosen {
+        // Decrypt ahead (up to PREFETCH_BYTES) so decryption overlaps sending.
+        let mut ahead: std::collections::VecDeque<_> = std::collections::VecDeque::new();
+        let (mut next, mut ahead_bytes) = (0usize, 0u64);
+        for (k, &i) in chosen.iter().enumerate() {
+            if needs {
+                while next < chosen.len() && (next == k || ahead_bytes < PREFETCH_BYTES) {
+                    let m = self.view.as_ref().expect("selected").messages[chosen[next]];
+                    let size = m.size.min(fetch::IN_MEMORY_MAX);
+                    ahead.push_back((self.start_load(&m), size));
+                    ahead_bytes += size;
+                    next += 1;
+                }
+            }
             let mut meta = self.view.as_ref().expect("selected").messages[i];
             let content = if needs {
-                match self.load(&meta).await {
+                let (handle, size) = ahead.pop_front().expect("loaded ahead");
+                ahead_bytes -= size;
+                let loaded = handle
+                    .await
+                    .map_err(|e| SpoolError::Io(std::io::Error::other(e)))
+                    .and_then(|r| r);
+                match loaded {
                     Ok(c) => Some(c),
                     Err(SpoolError::NoSuchMessage) => {
                         vanished = true;
