@@ -433,6 +433,12 @@ pub fn envelope(header: &[u8], out: &mut Vec<u8>) {
 
 /// The unfolded, trimmed raw value of the first header field `name` in a header block.
 pub fn raw_field(header: &[u8], name: &str) -> Option<Vec<u8>> {
+    raw_fields(header, name).into_iter().next()
+}
+
+/// The unfolded, trimmed raw values of every header field `name`, in order.
+pub fn raw_fields(header: &[u8], name: &str) -> Vec<Vec<u8>> {
+    let mut values = Vec::new();
     let mut lines = header.split(|b| *b == b'\n').peekable();
     while let Some(line) = lines.next() {
         let Some(colon) = line.iter().position(|b| *b == b':') else {
@@ -458,9 +464,9 @@ pub fn raw_field(header: &[u8], name: &str) -> Option<Vec<u8>> {
             }
         }
         trim_cr(&mut value);
-        return Some(value.trim_ascii().to_vec());
+        values.push(value.trim_ascii().to_vec());
     }
-    None
+    values
 }
 
 fn trim_cr(v: &mut Vec<u8>) {

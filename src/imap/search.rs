@@ -137,7 +137,7 @@ fn sent_date(c: &Candidate<'_>) -> Option<NaiveDate> {
 /// Every value of header fields named `name` contains `needle` (raw or RFC 2047-decoded).
 fn header_contains(c: &Candidate<'_>, name: &str, needle: &[u8]) -> bool {
     let header = header_of(c);
-    let values = field_values(header, name);
+    let values = mime::raw_fields(header, name);
     if values.is_empty() {
         return false;
     }
@@ -194,35 +194,6 @@ fn any_decoded_part_contains(raw: &[u8], part: &mime::Part, needle: &[u8]) -> bo
             }) && contains(&mime::decode_body(enc, &raw[part.body.clone()]), needle)
         }
     }
-}
-
-/// Raw values of all fields named `name`.
-fn field_values(header: &[u8], name: &str) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut rest = header;
-    while let Some(v) = mime::raw_field(rest, name) {
-        out.push(v);
-        // Continue after the first occurrence.
-        let lower = name.to_ascii_lowercase();
-        let pos = rest
-            .split(|b| *b == b'\n')
-            .scan(0usize, |off, line| {
-                let start = *off;
-                *off += line.len() + 1;
-                Some((start, line))
-            })
-            .find(|(_, line)| {
-                line.len() > name.len()
-                    && line[..name.len()].eq_ignore_ascii_case(lower.as_bytes())
-                    && line[name.len()..].trim_ascii_start().starts_with(b":")
-            })
-            .map(|(start, line)| start + line.len() + 1);
-        match pos {
-            Some(p) if p < rest.len() => rest = &rest[p..],
-            _ => break,
-        }
-    }
-    out
 }
 
 /// Case-insensitive (ASCII) substring test.

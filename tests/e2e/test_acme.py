@@ -28,10 +28,10 @@ import pytest
 
 from jgharness import HOSTNAME, RawSMTP, free_port, to_toml, unverified_ctx, wait_until
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("pebble") is None or shutil.which("pebble-challtestsrv") is None,
-    reason="pebble not installed (apt-get install pebble)",
-)
+_PEBBLE_MISSING = shutil.which("pebble") is None or shutil.which("pebble-challtestsrv") is None
+# Under CI (tests/run.sh installs pebble) a missing Pebble is a failed install, not a skip.
+assert not (_PEBBLE_MISSING and os.environ.get("CI")), "pebble is not installed (tests/run.sh installs it)"
+pytestmark = pytest.mark.skipif(_PEBBLE_MISSING, reason="pebble not installed (apt-get install pebble)")
 
 ISSUE_TIMEOUT = 60
 
