@@ -23,6 +23,8 @@ pub enum Request {
     CertStatus,
     /// Issue an ACME certificate now (`cert renew`).
     CertRenew,
+    /// Archive counters (`archive stats`).
+    ArchiveStats,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -36,6 +38,9 @@ pub struct Response {
     /// For certificate requests: the status of the certificate in use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert: Option<serde_json::Value>,
+    /// For `archive stats`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<serde_json::Value>,
 }
 
 pub fn socket_path(data_dir: &Path) -> PathBuf {
@@ -77,6 +82,7 @@ pub async fn run(listener: UnixListener, state: Arc<State>) {
                 Ok(request @ (Request::CertStatus | Request::CertRenew)) => {
                     cert_request(&state, request).await
                 }
+                Ok(Request::ArchiveStats) => archive_stats(&state).await,
                 Ok(request) => {
                     let spool = state.spool.clone();
                     tokio::task::spawn_blocking(move || execute(&spool, request))
@@ -101,6 +107,23 @@ fn failure(error: String) -> Response {
         removed: 0,
         error: Some(error),
         cert: None,
+        archive: None,
+    }
+}
+
+async fn archive_stats(state: &State) -> Response {
+    let Some(archive) = state.archive.clone() else {
+        return failure("the archive is disabled (archive.enabled = false)".into());
+    };
+    match tokio::task::spawn_blocking(move || archive.stats()).await {
+        Ok(Ok(stats)) => Response {
+            ok: true,
+            error: None,
+            archive: serde_json::to_value(stats).ok(),
+            ..failure(String::new())
+        },
+        Ok(Err(e)) => failure(e.to_string()),
+        Err(e) => failure(e.to_string()),
     }
 }
 
@@ -134,6 +157,7 @@ pub fn execute(spool: &crate::spool::Spool, request: Request) -> Response {
             removed: 0,
             error: None,
             cert: None,
+            archive: None,
         }),
         Request::RebuildIndex => spool.reconcile().map(|r| Response {
             ok: true,
@@ -143,9 +167,10 @@ pub fn execute(spool: &crate::spool::Spool, request: Request) -> Response {
             removed: r.removed,
             error: None,
             cert: None,
+            archive: None,
         }),
-        Request::CertStatus | Request::CertRenew => {
-            return failure("certificate requests need the running server".into())
+        Request::CertStatus | Request::CertRenew | Request::ArchiveStats => {
+            return failure("this request needs the running server".into())
         }
     };
     result.unwrap_or_else(|e| failure(e.to_string()))

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
+use crate::archive::users::{UserError, UserRecord, Users};
 use crate::config::AuthConfig;
 use crate::crypto::{self, CryptoError, Identity};
 use crate::mailbox::{MailboxError, MailboxId, MailboxRecord, Mailboxes};
@@ -30,8 +31,16 @@ pub struct Session {
     pub identity: Identity,
 }
 
+/// A successful archive-user login: the user and their unwrapped secret key.
+#[derive(Clone)]
+pub struct UserSession {
+    pub user: UserRecord,
+    pub identity: Identity,
+}
+
 pub struct Authenticator {
     mailboxes: Mailboxes,
+    users: Option<Users>,
     config: AuthConfig,
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
     /// Each unwrap costs 32 MiB and tens of ms of scrypt: one at a time keeps memory flat
@@ -40,9 +49,14 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    pub fn new(mailboxes: Mailboxes, config: AuthConfig) -> Arc<Authenticator> {
+    pub fn new(
+        mailboxes: Mailboxes,
+        users: Option<Users>,
+        config: AuthConfig,
+    ) -> Arc<Authenticator> {
         Arc::new(Authenticator {
             mailboxes,
+            users,
             config,
             failures: Mutex::new(HashMap::new()),
             unwraps: Semaphore::new(1),
@@ -57,7 +71,57 @@ impl Authenticator {
         password: &str,
     ) -> Result<Session, AuthError> {
         let result = self.verify(user, password).await;
-        match &result {
+        self.penalise(client, &result).await;
+        result
+    }
+
+    /// Checks an archive user's login (primary address and password), with the same
+    /// per-client delay as mailbox logins.
+    pub async fn login_user(
+        &self,
+        client: IpAddr,
+        login: &str,
+        password: &str,
+    ) -> Result<UserSession, AuthError> {
+        let result = self.verify_user(login, password).await;
+        self.penalise(client, &result).await;
+        result
+    }
+
+    async fn verify_user(&self, login: &str, password: &str) -> Result<UserSession, AuthError> {
+        let users = self.users.as_ref().ok_or(AuthError::Invalid)?;
+        let user = match users.find(login) {
+            Ok(u) if u.login == login.trim().to_lowercase() => u,
+            Ok(_) | Err(UserError::NotFound(_)) => return Err(AuthError::Invalid),
+            Err(e) => return Err(AuthError::Temporary(e.to_string())),
+        };
+        let wrapped = users
+            .wrapped_identity(&user.id)
+            .map_err(|e| AuthError::Temporary(e.to_string()))?;
+        let identity = self.unwrap(wrapped, password).await?;
+        Ok(UserSession { user, identity })
+    }
+
+    async fn unwrap(&self, wrapped: Vec<u8>, password: &str) -> Result<Identity, AuthError> {
+        let _permit = self
+            .unwraps
+            .acquire()
+            .await
+            .map_err(|e| AuthError::Temporary(e.to_string()))?;
+        let password = password.to_owned();
+        let identity =
+            tokio::task::spawn_blocking(move || crypto::unwrap_identity(&wrapped, &password))
+                .await
+                .map_err(|e| AuthError::Temporary(e.to_string()))?;
+        match identity {
+            Ok(identity) => Ok(identity),
+            Err(CryptoError::WrongPassword) => Err(AuthError::Invalid),
+            Err(e) => Err(AuthError::Temporary(e.to_string())),
+        }
+    }
+
+    async fn penalise<T>(&self, client: IpAddr, result: &Result<T, AuthError>) {
+        match result {
             Ok(_) => {
                 self.failures.lock().unwrap().remove(&client);
             }
@@ -67,7 +131,6 @@ impl Authenticator {
             }
             Err(AuthError::Temporary(_)) => {}
         }
-        result
     }
 
     async fn verify(&self, user: &str, password: &str) -> Result<Session, AuthError> {
@@ -82,21 +145,8 @@ impl Authenticator {
             }
             (Err(e), _) | (_, Err(e)) => return Err(AuthError::Temporary(e.to_string())),
         };
-        let _permit = self
-            .unwraps
-            .acquire()
-            .await
-            .map_err(|e| AuthError::Temporary(e.to_string()))?;
-        let password = password.to_owned();
-        let identity =
-            tokio::task::spawn_blocking(move || crypto::unwrap_identity(&wrapped, &password))
-                .await
-                .map_err(|e| AuthError::Temporary(e.to_string()))?;
-        match identity {
-            Ok(identity) => Ok(Session { record, identity }),
-            Err(CryptoError::WrongPassword) => Err(AuthError::Invalid),
-            Err(e) => Err(AuthError::Temporary(e.to_string())),
-        }
+        let identity = self.unwrap(wrapped, password).await?;
+        Ok(Session { record, identity })
     }
 
     /// Records a failure and returns the delay to impose: base, 2×base, 4×base... up to max.
@@ -152,6 +202,7 @@ mod tests {
     fn delay_doubles_and_is_capped() {
         let auth = Authenticator::new(
             Mailboxes::new(std::path::Path::new("/nonexistent")),
+            None,
             AuthConfig {
                 failure_delay_ms: 100,
                 max_failure_delay_ms: 350,

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 
 use crate::admin::{self, Request};
+use crate::archive::users::{UserRecord, Users};
 use crate::config::Config;
 use crate::mailbox::{MailboxId, MailboxRecord, Mailboxes, Status};
 use crate::spool::{self, Spool};
@@ -41,6 +42,54 @@ pub enum Command {
     /// Certificate status and ACME renewal.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Manage archive users (who can read their archived mail over IMAP).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// The per-user archive.
+    #[command(subcommand)]
+    Archive(ArchiveCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Add a user; prints the login and password (shown once, never stored).
+    Add {
+        /// Primary address: the IMAP login.
+        email: String,
+        /// Another address of the same person (repeatable).
+        #[arg(long = "alias", value_name = "EMAIL")]
+        aliases: Vec<String>,
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Auditors also read every user's archive and the catch-all.
+        #[arg(long)]
+        auditor: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List users.
+    List(JsonFlag),
+    /// Show one user.
+    Show(LoginArg),
+    /// Delete a user (mail already archived stays readable by auditors).
+    Delete(LoginArg),
+    /// New password and key; archived mail sealed to the old key is no longer readable by
+    /// this user (auditors still read it).
+    ResetPassword(LoginArg),
+}
+
+#[derive(Args, Debug)]
+pub struct LoginArg {
+    /// The user's login (primary address).
+    pub login: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ArchiveCommand {
+    /// Counts per user, unknown, duplicates merged, untrusted reports.
+    Stats(JsonFlag),
 }
 
 #[derive(Subcommand, Debug)]
@@ -100,7 +149,143 @@ pub fn run(config: &Config, command: Command) -> Result<i32> {
         Command::RebuildIndex(flag) => maintenance(config, Request::RebuildIndex, flag.json),
         Command::Cert(CertCommand::Status(flag)) => crate::acme::cli(config, false, flag.json),
         Command::Cert(CertCommand::Renew(flag)) => crate::acme::cli(config, true, flag.json),
+        Command::User(cmd) => user(config, cmd),
+        Command::Archive(ArchiveCommand::Stats(flag)) => archive_stats(config, flag.json),
     }
+}
+
+fn user(config: &Config, cmd: UserCommand) -> Result<i32> {
+    let users = Users::new(&config.data_dir);
+    match cmd {
+        UserCommand::Add {
+            email,
+            aliases,
+            name,
+            auditor,
+            json,
+        } => {
+            let (record, password) = users.add(&email, &aliases, &name, auditor)?;
+            if json {
+                print_json(&json!({"id": record.id, "login": record.login, "password": password}));
+            } else {
+                println!("User added.");
+                println!("  Login:    {}", record.login);
+                if !record.aliases.is_empty() {
+                    println!("  Aliases:  {}", record.aliases.join(", "));
+                }
+                println!("  Auditor:  {}", if record.auditor { "yes" } else { "no" });
+                println!("  Password: {password}");
+                println!("The password is shown only now and is not stored anywhere.");
+                println!("Mail archived for this user can only be read with it.");
+            }
+        }
+        UserCommand::List(flag) => {
+            let list = users.list()?;
+            if flag.json {
+                let list: Vec<Value> = list.iter().map(describe_user).collect();
+                print_json(&json!({ "users": list }));
+            } else if list.is_empty() {
+                println!("No users. Add one with: journalgate user add EMAIL");
+            } else {
+                println!("{:<40} {:<8} ALIASES", "LOGIN", "AUDITOR");
+                for u in &list {
+                    println!(
+                        "{:<40} {:<8} {}",
+                        u.login,
+                        if u.auditor { "yes" } else { "" },
+                        u.aliases.join(", ")
+                    );
+                }
+            }
+        }
+        UserCommand::Show(arg) => {
+            let value = describe_user(&users.find(&arg.login)?);
+            if arg.json {
+                print_json(&value);
+            } else {
+                for (k, v) in value.as_object().expect("object") {
+                    println!(
+                        "{k:<10} {}",
+                        v.as_str().map(str::to_owned).unwrap_or(v.to_string())
+                    );
+                }
+            }
+        }
+        UserCommand::Delete(arg) => {
+            let record = users.delete(&arg.login)?;
+            if arg.json {
+                print_json(&json!({"login": record.login, "deleted": true}));
+            } else {
+                println!("User {} deleted.", record.login);
+            }
+        }
+        UserCommand::ResetPassword(arg) => {
+            let (record, password) = users.reset_password(&arg.login)?;
+            if arg.json {
+                print_json(&json!({"login": record.login, "password": password}));
+            } else {
+                println!("New password for {}: {password}", record.login);
+                println!("Mail archived before the reset stays sealed to the old key: this user can no longer read it (auditors can).");
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn describe_user(u: &UserRecord) -> Value {
+    json!({
+        "id": u.id,
+        "login": u.login,
+        "aliases": u.aliases,
+        "name": u.name,
+        "auditor": u.auditor,
+        "created": u.created,
+    })
+}
+
+fn archive_stats(config: &Config, json: bool) -> Result<i32> {
+    let stats = match admin::request(&config.data_dir, Request::ArchiveStats)? {
+        Some(response) => {
+            if let Some(e) = response.error {
+                bail!("{e}");
+            }
+            response.archive.unwrap_or(Value::Null)
+        }
+        None => {
+            if !config.data_dir.join("archive").is_dir() {
+                bail!("no archive in {}", config.data_dir.display());
+            }
+            serde_json::to_value(crate::archive::Archive::stats_offline(&config.data_dir)?)?
+        }
+    };
+    if json {
+        print_json(&stats);
+    } else {
+        for key in [
+            "items",
+            "pending",
+            "unknown",
+            "duplicates_merged",
+            "untrusted_reports",
+            "skipped_unknown",
+            "reports_without_original",
+            "unreadable_dropped",
+            "journal_reports",
+            "ndr_unwrapped",
+            "plain_copies",
+            "retention_removed",
+        ] {
+            println!("{key:<26} {}", stats[key].as_u64().unwrap_or(0));
+        }
+        if let Some(users) = stats["users"].as_object() {
+            println!("\n{:<40} {:>8} {:>8}", "USER", "INBOX", "SENT");
+            for (login, c) in users {
+                let n = |k: &str| c[k].as_u64().unwrap_or(0);
+                println!("{login:<40} {:>8} {:>8}", n("inbox"), n("sent"));
+            }
+        }
+    }
+    Ok(0)
 }
 
 fn mailbox(config: &Config, cmd: MailboxCommand) -> Result<i32> {
@@ -273,7 +458,7 @@ fn maintenance(config: &Config, request: Request, json: bool) -> Result<i32> {
                 "Index rebuilt: {} messages ({} entries added, {} removed).",
                 response.messages, response.added, response.removed
             ),
-            Request::CertStatus | Request::CertRenew => {}
+            Request::CertStatus | Request::CertRenew | Request::ArchiveStats => {}
         }
     }
     Ok(if response.ok { 0 } else { 1 })

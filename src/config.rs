@@ -206,20 +206,44 @@ impl Default for ConsoleConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ArchiveConfig {
     pub enabled: bool,
-    pub unknown_addresses: String,
+    /// What happens to a message no archive user is found for.
+    pub unknown_addresses: UnknownAddresses,
+    /// Only reports from these networks are read as journal reports; from anywhere else a
+    /// report is archived as a plain copy of what its SMTP envelope says.
     pub journal_sources: Vec<IpNet>,
+    /// Archived items older than this are removed (0 keeps them forever).
     pub retention_days: u32,
+    /// Headers that name the envelope recipients of plain copies (`X-Envelope-To`), trusted
+    /// only from the given network.
+    pub envelope_headers: Vec<EnvelopeHeader>,
 }
 
 impl Default for ArchiveConfig {
     fn default() -> Self {
         ArchiveConfig {
             enabled: true,
-            unknown_addresses: "catch-all".into(),
+            unknown_addresses: UnknownAddresses::CatchAll,
             journal_sources: vec![],
             retention_days: 0,
+            envelope_headers: vec![],
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnknownAddresses {
+    /// Filed in `Unknown Addresses`, which auditors see.
+    CatchAll,
+    /// Not archived (logged and counted).
+    Skip,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvelopeHeader {
+    pub network: IpNet,
+    pub header: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -89,6 +89,16 @@ pub fn seal<W: Write>(recipient: &Recipient, out: W) -> Result<StreamWriter<W>, 
     Ok(encryptor.wrap_output(out)?)
 }
 
+/// Starts sealing a stream to several recipients (an archive copy: users and auditors).
+pub fn seal_to_all<W: Write>(
+    recipients: &[Recipient],
+    out: W,
+) -> Result<StreamWriter<W>, CryptoError> {
+    let encryptor = age::Encryptor::with_recipients(recipients.iter().map(|r| r as _))
+        .map_err(|e| CryptoError::Damaged(e.to_string()))?;
+    Ok(encryptor.wrap_output(out)?)
+}
+
 /// Opens a sealed stream with the mailbox identity.
 pub fn open<R: BufRead>(identity: &Identity, input: R) -> Result<StreamReader<R>, CryptoError> {
     let decryptor =

@@ -6,6 +6,7 @@
 
 pub mod acme;
 pub mod admin;
+pub mod archive;
 pub mod auth;
 pub mod cli;
 pub mod config;

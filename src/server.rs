@@ -9,6 +9,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::acme;
 use crate::admin;
+use crate::archive::{Archive, ArchiveError};
 use crate::auth::Authenticator;
 use crate::config::{Config, TlsSource};
 use crate::imap;
@@ -26,6 +27,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub struct State {
     pub config: Config,
     pub spool: Arc<Spool>,
+    /// The per-user archive (None when `archive.enabled = false`).
+    pub archive: Option<Arc<Archive>>,
     pub auth: Arc<Authenticator>,
     pub tls: tls::Acceptor,
     pub resolver: Arc<CertResolver>,
@@ -51,6 +54,8 @@ pub enum ServeError {
     Bind(#[from] net::BindError),
     #[error("admin socket: {0}")]
     Admin(std::io::Error),
+    #[error("archive: {0}")]
+    Archive(#[from] ArchiveError),
 }
 
 impl State {
@@ -58,12 +63,25 @@ impl State {
     /// every session when `true` is sent.
     pub fn open(config: Config) -> Result<(Arc<State>, watch::Sender<bool>), ServeError> {
         let spool = Spool::open(&config.data_dir)?;
+        let archive = match config.archive.enabled {
+            true => {
+                let archive = Archive::open(&config.archive, spool.clone())?;
+                archive.start().map_err(ArchiveError::from)?;
+                Some(archive)
+            }
+            false => None,
+        };
         let resolver = CertResolver::new(tls::load_certificate(&config)?);
         let acceptor = tls::Acceptor::new(resolver.clone());
         let acme = acme::Manager::new(&config, resolver.clone());
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let state = Arc::new(State {
-            auth: Authenticator::new(spool.mailboxes().clone(), config.auth.clone()),
+            auth: Authenticator::new(
+                spool.mailboxes().clone(),
+                archive.as_ref().map(|a| a.users().clone()),
+                config.auth.clone(),
+            ),
+            archive,
             smtp_limit: Arc::new(Semaphore::new(config.smtp.max_connections)),
             pop3_limit: Arc::new(Semaphore::new(config.pop3.max_connections)),
             imap_limit: Arc::new(Semaphore::new(config.imap.max_connections)),
@@ -152,6 +170,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     .await;
     if drained.is_err() {
         tracing::warn!("sessions still open after the grace period; closing them");
+    }
+    if let Some(archive) = &state.archive {
+        archive.stop();
     }
     let spool = state.spool.clone();
     tokio::task::spawn_blocking(move || spool.shutdown())

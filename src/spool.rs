@@ -185,6 +185,25 @@ pub struct Target {
     pub envelope: Envelope,
 }
 
+/// Where a sealed copy goes: a gateway mailbox, or the archive's intake queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Dest {
+    Mailbox(MailboxId),
+    Intake,
+}
+
+/// The archive's intake queue: a copy of every accepted message, sealed to the archive's
+/// server key, durable before the 250 like the mailbox copies (see `archive`).
+pub struct Intake {
+    pub dir: PathBuf,
+    pub recipient: Recipient,
+    /// Told after each batch of new intake files is durable.
+    pub notify: mpsc::Sender<()>,
+}
+
+/// Names a folder that changed: a mailbox ID, or an archive folder key.
+pub type ChangeKey = String;
+
 /// A message of one mailbox, as seen by a reader.
 pub type Listing = Vec<MessageMeta>;
 
@@ -196,15 +215,17 @@ pub struct Spool {
     commits: Mutex<Option<mpsc::Sender<CommitJob>>>,
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// "Mailbox X changed" (new mail, expunge, flags), for IDLE and NOOP.
-    changes: broadcast::Sender<MailboxId>,
+    changes: broadcast::Sender<ChangeKey>,
     /// Serialises flag renames and expunges, which both rename/unlink by current name.
     edits: Mutex<()>,
     /// UID allocation state, shared with the committer.
     uids: Arc<Mutex<HashMap<MailboxId, UidState>>>,
+    /// The archive intake, when the archive is on.
+    intake: Arc<Mutex<Option<Arc<Intake>>>>,
 }
 
 struct CommitJob {
-    mailbox: MailboxId,
+    dest: Dest,
     tmp: PathBuf,
     meta: MessageMeta,
     reply: oneshot::Sender<Result<u32, SpoolError>>,
@@ -236,6 +257,7 @@ impl Spool {
             changes: changes.clone(),
             edits: Mutex::new(()),
             uids: Arc::new(Mutex::new(HashMap::new())),
+            intake: Arc::new(Mutex::new(None)),
         });
         let report = spool.reconcile()?;
         if report.added + report.removed > 0 {
@@ -250,12 +272,24 @@ impl Spool {
             index,
             changes,
             uids: spool.uids.clone(),
+            intake: spool.intake.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("spool-commit".into())
             .spawn(move || committer.run(rx))?;
         *spool.committer.lock().unwrap() = Some(handle);
         Ok(spool)
+    }
+
+    /// Turns the archive intake on: from now on every delivery also leaves a sealed copy in
+    /// `intake.dir`.
+    pub fn set_intake(&self, intake: Intake) {
+        *self.intake.lock().unwrap() = Some(Arc::new(intake));
+    }
+
+    /// Sends "this folder changed" to IMAP sessions (the archive uses it for its folders).
+    pub fn notify_change(&self, key: ChangeKey) {
+        let _ = self.changes.send(key);
     }
 
     pub fn mailboxes(&self) -> &Mailboxes {
@@ -277,7 +311,7 @@ impl Spool {
     }
 
     /// Subscribes to "mailbox X changed" notifications.
-    pub fn subscribe(&self) -> broadcast::Receiver<MailboxId> {
+    pub fn subscribe(&self) -> broadcast::Receiver<ChangeKey> {
         self.changes.subscribe()
     }
 
@@ -313,7 +347,7 @@ impl Spool {
         }
         self.index
             .insert(&updated.iter().map(|m| (id.clone(), *m)).collect::<Vec<_>>())?;
-        let _ = self.changes.send(id.clone());
+        let _ = self.changes.send(id.to_string());
         Ok(updated)
     }
 
@@ -340,17 +374,38 @@ impl Spool {
 
     /// Starts a delivery to `targets`. Write the message with [`Delivery::write`], then
     /// [`Delivery::commit`].
-    pub fn begin(self: &Arc<Self>, targets: Vec<Target>) -> Delivery {
+    /// With `archive`, a copy also goes to the archive intake (when the archive is on).
+    pub fn begin(self: &Arc<Self>, targets: Vec<Target>, archive: bool) -> Delivery {
+        let intake = archive
+            .then(|| self.intake.lock().unwrap().clone())
+            .flatten();
+        let mut sinks: Vec<Sink> = Vec::new();
+        if let (Some(intake), Some(first)) = (intake, targets.first()) {
+            let mut envelope = first.envelope.clone();
+            envelope.rcpt_to = targets
+                .iter()
+                .flat_map(|t| t.envelope.rcpt_to.iter().cloned())
+                .collect();
+            sinks.push(Sink {
+                dest: Dest::Intake,
+                recipient: intake.recipient.clone(),
+                received: envelope.received,
+                envelope_line: envelope_line(&envelope),
+                file: None,
+            });
+        }
+        for t in targets {
+            sinks.push(Sink {
+                dest: Dest::Mailbox(t.mailbox),
+                recipient: t.recipient,
+                received: t.envelope.received,
+                envelope_line: envelope_line(&t.envelope),
+                file: None,
+            });
+        }
         Delivery {
             spool: self.clone(),
-            sinks: targets
-                .into_iter()
-                .map(|t| Sink {
-                    envelope_line: envelope_line(&t.envelope),
-                    target: t,
-                    file: None,
-                })
-                .collect(),
+            sinks,
             buffer: Vec::new(),
             size: 0,
             failed: None,
@@ -411,7 +466,7 @@ impl Spool {
         }
         fsutil::sync_dir(&dir)?;
         self.index.remove(id, uids)?;
-        let _ = self.changes.send(id.clone());
+        let _ = self.changes.send(id.to_string());
         Ok(())
     }
 
@@ -585,7 +640,9 @@ pub struct Delivery {
 }
 
 struct Sink {
-    target: Target,
+    dest: Dest,
+    recipient: Recipient,
+    received: i64,
     envelope_line: Vec<u8>,
     file: Option<(PathBuf, age::stream::StreamWriter<BufWriter<File>>)>,
 }
@@ -598,10 +655,7 @@ impl Sink {
             .create_new(true)
             .mode(0o600)
             .open(&path)?;
-        let mut writer = crypto::seal(
-            &self.target.recipient,
-            BufWriter::with_capacity(64 * 1024, file),
-        )?;
+        let mut writer = crypto::seal(&self.recipient, BufWriter::with_capacity(64 * 1024, file))?;
         let result = writer.write_all(&self.envelope_line);
         self.file = Some((path, writer));
         result.map_err(SpoolError::from)
@@ -681,11 +735,7 @@ impl Delivery {
         if let Some(e) = self.failed.take() {
             return Err(e);
         }
-        let received = self
-            .sinks
-            .first()
-            .map(|s| s.target.envelope.received)
-            .unwrap_or_default();
+        let received = self.sinks.first().map(|s| s.received).unwrap_or_default();
         let size = self.size;
         let mut sinks = std::mem::take(&mut self.sinks);
         let buffer = std::mem::take(&mut self.buffer);
@@ -704,9 +754,7 @@ impl Delivery {
                     sink.finish()
                 })();
                 match step {
-                    Ok(path) => {
-                        done.push((sink.target.mailbox.clone(), path, sink.envelope_line.len()))
-                    }
+                    Ok(path) => done.push((sink.dest.clone(), path, sink.envelope_line.len())),
                     Err(e) => {
                         result = Err(e);
                         break;
@@ -729,10 +777,10 @@ impl Delivery {
         .map_err(|e| SpoolError::Io(io::Error::other(e)))??;
 
         let mut waits = Vec::new();
-        for (mailbox, tmp, envelope_len) in finished {
+        for (dest, tmp, envelope_len) in finished {
             let (reply, wait) = oneshot::channel();
             let job = CommitJob {
-                mailbox: mailbox.clone(),
+                dest: dest.clone(),
                 tmp: tmp.clone(),
                 meta: MessageMeta {
                     uid: 0,
@@ -747,12 +795,14 @@ impl Delivery {
                 let _ = fs::remove_file(&tmp);
                 return Err(e);
             }
-            waits.push((mailbox, wait));
+            waits.push((dest, wait));
         }
         let mut uids = Vec::new();
-        for (mailbox, wait) in waits {
+        for (dest, wait) in waits {
             let uid = wait.await.map_err(|_| SpoolError::ShuttingDown)??;
-            uids.push((mailbox, uid));
+            if let Dest::Mailbox(mailbox) = dest {
+                uids.push((mailbox, uid));
+            }
         }
         Ok(uids)
     }
@@ -769,8 +819,9 @@ impl Drop for Delivery {
 struct Committer {
     mailboxes: Mailboxes,
     index: Arc<Index>,
-    changes: broadcast::Sender<MailboxId>,
+    changes: broadcast::Sender<ChangeKey>,
     uids: Arc<Mutex<HashMap<MailboxId, UidState>>>,
+    intake: Arc<Mutex<Option<Arc<Intake>>>>,
 }
 
 struct UidState {
@@ -789,17 +840,25 @@ impl Committer {
 
     fn commit_batch(&mut self, batch: Vec<CommitJob>) {
         let mut placed: BTreeMap<MailboxId, Vec<(CommitJob, MessageMeta)>> = BTreeMap::new();
+        let mut intake_jobs = Vec::new();
         for job in batch {
-            match self.place(&job) {
-                Ok(meta) => placed
-                    .entry(job.mailbox.clone())
-                    .or_default()
-                    .push((job, meta)),
+            let mailbox = match &job.dest {
+                Dest::Mailbox(m) => m.clone(),
+                Dest::Intake => {
+                    intake_jobs.push(job);
+                    continue;
+                }
+            };
+            match self.place(&mailbox, &job) {
+                Ok(meta) => placed.entry(mailbox).or_default().push((job, meta)),
                 Err(e) => {
                     let _ = fs::remove_file(&job.tmp);
                     let _ = job.reply.send(Err(e));
                 }
             }
+        }
+        if !intake_jobs.is_empty() {
+            self.commit_intake(intake_jobs);
         }
         for (mailbox, jobs) in placed {
             let synced = fsutil::sync_dir(&self.mailboxes.msg_dir(&mailbox));
@@ -809,7 +868,7 @@ impl Committer {
                 if let Err(e) = self.index.insert(&entries) {
                     tracing::warn!(error = %e, "index update failed; it is rebuilt at next start");
                 }
-                let _ = self.changes.send(mailbox.clone());
+                let _ = self.changes.send(mailbox.to_string());
             }
             for (job, meta) in jobs {
                 let result = match &synced {
@@ -821,11 +880,42 @@ impl Committer {
         }
     }
 
+    /// Moves sealed intake copies into the intake folder, fsyncs it once, wakes the archive.
+    fn commit_intake(&mut self, jobs: Vec<CommitJob>) {
+        let Some(intake) = self.intake.lock().unwrap().clone() else {
+            for job in jobs {
+                let _ = fs::remove_file(&job.tmp);
+                let _ = job.reply.send(Err(SpoolError::ShuttingDown));
+            }
+            return;
+        };
+        let mut moved = Vec::new();
+        for job in jobs {
+            let name = format!("{}.{}.age", job.meta.received, crypto::random_hex128());
+            match fs::rename(&job.tmp, intake.dir.join(name)) {
+                Ok(()) => moved.push(job),
+                Err(e) => {
+                    let _ = fs::remove_file(&job.tmp);
+                    let _ = job.reply.send(Err(e.into()));
+                }
+            }
+        }
+        let synced = fsutil::sync_dir(&intake.dir);
+        for job in moved {
+            let result = match &synced {
+                Ok(()) => Ok(0),
+                Err(e) => Err(SpoolError::Io(io::Error::new(e.kind(), e.to_string()))),
+            };
+            let _ = job.reply.send(result);
+        }
+        let _ = intake.notify.send(());
+    }
+
     /// Assigns a UID and renames the temp file into the mailbox folder.
-    fn place(&mut self, job: &CommitJob) -> Result<MessageMeta, SpoolError> {
-        let uid = self.allocate_uid(&job.mailbox)?;
+    fn place(&mut self, mailbox: &MailboxId, job: &CommitJob) -> Result<MessageMeta, SpoolError> {
+        let uid = self.allocate_uid(mailbox)?;
         let meta = MessageMeta { uid, ..job.meta };
-        let dir = self.mailboxes.msg_dir(&job.mailbox);
+        let dir = self.mailboxes.msg_dir(mailbox);
         fs::rename(&job.tmp, dir.join(meta.file_name()))?;
         Ok(meta)
     }
@@ -932,19 +1022,22 @@ mod tests {
                 .unwrap();
         let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         for body in [b"small message\r\n".to_vec(), big.clone()] {
-            let mut d = spool.begin(vec![Target {
-                mailbox: rec.id.clone(),
-                recipient: crypto::parse_recipient(&rec.public_key).unwrap(),
-                envelope: Envelope {
-                    id: "q".into(),
-                    mail_from: String::new(),
-                    rcpt_to: vec![],
-                    client: "127.0.0.1".into(),
-                    helo: "h".into(),
-                    tls: None,
-                    received: 1,
-                },
-            }]);
+            let mut d = spool.begin(
+                vec![Target {
+                    mailbox: rec.id.clone(),
+                    recipient: crypto::parse_recipient(&rec.public_key).unwrap(),
+                    envelope: Envelope {
+                        id: "q".into(),
+                        mail_from: String::new(),
+                        rcpt_to: vec![],
+                        client: "127.0.0.1".into(),
+                        helo: "h".into(),
+                        tls: None,
+                        received: 1,
+                    },
+                }],
+                false,
+            );
             for chunk in body.chunks(10_000) {
                 d.write(chunk);
             }

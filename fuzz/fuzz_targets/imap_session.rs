@@ -63,7 +63,7 @@ fn refill(env: &Env) {
     }
     env.runtime.block_on(async {
         for raw in FIXTURES {
-            let mut delivery = env.state.spool.begin(vec![Target {
+            let targets = vec![Target {
                 mailbox: id.clone(),
                 recipient: crypto::parse_recipient(&env.login.record.public_key).unwrap(),
                 envelope: Envelope {
@@ -75,7 +75,8 @@ fn refill(env: &Env) {
                     tls: None,
                     received: 1_700_000_000,
                 },
-            }]);
+            }];
+            let mut delivery = env.state.spool.begin(targets, false);
             delivery.write(raw);
             delivery.commit().await.unwrap();
         }

@@ -2,8 +2,12 @@
 //! ID 2971, ENABLE 5161, NAMESPACE 2342, UNSELECT 3691, SASL-IR 4959, BINARY 3516).
 //!
 //! Commands are framed and parsed by imap-next / imap-codec (literals, AUTHENTICATE, IDLE);
-//! responses are written here so that large message literals stream from the spool. One
-//! mailbox, `INBOX`, read and delete. Logins are refused before TLS.
+//! responses are written here so that large message literals stream from the spool.
+//!
+//! Two kinds of login: a gateway mailbox (`mbx-...`) has one folder, `INBOX`, read and
+//! delete; an archive user (their address) sees their read-only archive folders (`INBOX`,
+//! `Sent`; auditors also `Users/<address>/...` and `Unknown Addresses`). Logins are refused
+//! before TLS.
 
 mod fetch;
 pub mod mime;
@@ -35,13 +39,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc};
 
-use crate::auth::{AuthError, Session as Login};
+use crate::auth::{AuthError, Session as Login, UserSession};
 use crate::mailbox::MailboxId;
 use crate::net::{self, Stream};
 use crate::server::{self, State};
 use crate::spool::{Flags, MessageMeta, SpoolError};
 use fetch::{Chunk, Content};
-use view::View;
+use view::{Folder, View};
 
 /// Before login a client gets this long per command.
 const PRE_AUTH_TIMEOUT: Duration = Duration::from_secs(120);
@@ -104,6 +108,49 @@ impl Drop for CountGuard {
     }
 }
 
+/// Who is logged in.
+enum Account {
+    Gateway(Login),
+    Archive(UserSession),
+}
+
+/// Opens messages of the selected folder (cloned into blocking tasks).
+#[derive(Clone)]
+enum Opener {
+    Gateway {
+        spool: Arc<crate::spool::Spool>,
+        id: MailboxId,
+        identity: crate::crypto::Identity,
+    },
+    Archive {
+        archive: Arc<crate::archive::Archive>,
+        key: String,
+        identity: crate::crypto::Identity,
+    },
+}
+
+impl Opener {
+    /// A reader of the message bytes. Blocking.
+    fn open(&self, meta: &MessageMeta) -> Result<Box<dyn Read + Send>, SpoolError> {
+        match self {
+            Opener::Gateway {
+                spool,
+                id,
+                identity,
+            } => Ok(Box::new(spool.open_message(id, meta, identity)?)),
+            Opener::Archive {
+                archive,
+                key,
+                identity,
+            } => match archive.open_message(key, meta.uid, identity) {
+                Ok(r) => Ok(Box::new(r)),
+                Err(crate::archive::ArchiveError::NoSuchMessage) => Err(SpoolError::NoSuchMessage),
+                Err(e) => Err(SpoolError::Io(std::io::Error::other(e.to_string()))),
+            },
+        }
+    }
+}
+
 /// What the command loop does next.
 enum Flow {
     Continue,
@@ -115,9 +162,9 @@ struct Session {
     peer: SocketAddr,
     state: Arc<State>,
     tls: bool,
-    login: Option<(Login, CountGuard)>,
+    login: Option<(Account, Option<CountGuard>)>,
     view: Option<View>,
-    changes: Option<broadcast::Receiver<MailboxId>>,
+    changes: Option<broadcast::Receiver<String>>,
     /// A change notification for the selected mailbox arrived since the last sync.
     dirty: bool,
     out: Vec<u8>,
@@ -346,7 +393,7 @@ impl Session {
                     }
                 } => {
                     let mine = match (&change, &self.view) {
-                        (Ok(id), Some(v)) => *id == v.mailbox,
+                        (Ok(key), Some(v)) => *key == v.mailbox.change_key(),
                         (Err(broadcast::error::RecvError::Lagged(_)), Some(_)) => true,
                         _ => false,
                     };
@@ -485,12 +532,25 @@ impl Session {
     /// Checks a login and opens the session. Returns the tagged reply text.
     async fn login(&mut self, user: &str, password: &str) -> String {
         let domain = self.state.config.domain();
-        let user = match user.split_once('@') {
-            Some((local, d)) if d.eq_ignore_ascii_case(&domain) => local.to_owned(),
-            Some(_) => String::new(),
-            None => user.to_owned(),
+        let gateway = match user.split_once('@') {
+            Some((local, d))
+                if d.eq_ignore_ascii_case(&domain) && MailboxId::parse(local).is_ok() =>
+            {
+                Some(local.to_owned())
+            }
+            Some(_) if self.state.archive.is_some() => None,
+            Some(_) => Some(String::new()),
+            None => Some(user.to_owned()),
         };
-        let login = match self.state.auth.login(self.peer.ip(), &user, password).await {
+        let Some(user_id) = gateway else {
+            return self.login_archive(user, password).await;
+        };
+        let login = match self
+            .state
+            .auth
+            .login(self.peer.ip(), &user_id, password)
+            .await
+        {
             Ok(l) => l,
             Err(AuthError::Invalid) => {
                 tracing::info!(client = %self.peer, "imap login failed");
@@ -516,6 +576,31 @@ impl Session {
         format!("OK [CAPABILITY {}] Logged in", self.capabilities())
     }
 
+    /// An archive user's login (their address and password).
+    async fn login_archive(&mut self, user: &str, password: &str) -> String {
+        match self
+            .state
+            .auth
+            .login_user(self.peer.ip(), user, password)
+            .await
+        {
+            Ok(session) => {
+                tracing::info!(client = %self.peer, user = %session.user.id, auditor = session.user.auditor, "imap archive login");
+                self.changes = Some(self.state.spool.subscribe());
+                self.login = Some((Account::Archive(session), None));
+                format!("OK [CAPABILITY {}] Logged in", self.capabilities())
+            }
+            Err(AuthError::Invalid) => {
+                tracing::info!(client = %self.peer, "imap login failed");
+                "NO [AUTHENTICATIONFAILED] Invalid login or password".into()
+            }
+            Err(AuthError::Temporary(e)) => {
+                tracing::error!(client = %self.peer, error = %e, "imap login could not be checked");
+                "NO [UNAVAILABLE] Temporary failure, try again later".into()
+            }
+        }
+    }
+
     /// Enters the authenticated state (the session count was already taken).
     fn open_login(&mut self, login: Login) {
         let guard = CountGuard {
@@ -523,11 +608,77 @@ impl Session {
             id: login.record.id.clone(),
         };
         self.changes = Some(self.state.spool.subscribe());
-        self.login = Some((login, guard));
+        self.login = Some((Account::Gateway(login), Some(guard)));
     }
 
-    fn mailbox_id(&self) -> Option<MailboxId> {
-        self.login.as_ref().map(|(l, _)| l.record.id.clone())
+    /// The folders the logged-in account may see: (IMAP name, folder, special use).
+    fn folders(&self) -> Vec<(String, Folder, Option<&'static str>)> {
+        match self.login.as_ref().map(|(a, _)| a) {
+            Some(Account::Gateway(l)) => {
+                vec![("INBOX".into(), Folder::Gateway(l.record.id.clone()), None)]
+            }
+            Some(Account::Archive(u)) => match &self.state.archive {
+                Some(archive) => archive
+                    .folders_for(&u.user)
+                    .into_iter()
+                    .map(|f| {
+                        let folder = Folder::Archive {
+                            key: f.key,
+                            name: f.name.clone(),
+                        };
+                        (f.name, folder, f.special_use)
+                    })
+                    .collect(),
+                None => Vec::new(),
+            },
+            None => Vec::new(),
+        }
+    }
+
+    /// The folder an IMAP mailbox name designates, if this account may see it.
+    fn resolve(&self, mailbox: &Mailbox<'_>) -> Option<Folder> {
+        let name: String = match mailbox {
+            Mailbox::Inbox => "INBOX".into(),
+            Mailbox::Other(o) => String::from_utf8_lossy(o.as_ref()).into_owned(),
+        };
+        self.folders()
+            .into_iter()
+            .find(|(n, _, _)| *n == name || (n == "INBOX" && name.eq_ignore_ascii_case("INBOX")))
+            .map(|(_, f, _)| f)
+    }
+
+    /// The current messages of a folder.
+    fn list_folder(&self, folder: &Folder) -> Result<Vec<MessageMeta>, SpoolError> {
+        match folder {
+            Folder::Gateway(id) => self.state.spool.list(id),
+            Folder::Archive { key, .. } => match &self.state.archive {
+                Some(a) => a
+                    .list(key)
+                    .map_err(|e| SpoolError::Io(std::io::Error::other(e.to_string()))),
+                None => Ok(Vec::new()),
+            },
+        }
+    }
+
+    /// Opens messages of the selected folder.
+    fn opener(&self) -> Opener {
+        let (account, _) = self.login.as_ref().expect("logged in");
+        let folder = &self.view.as_ref().expect("selected").mailbox;
+        match (account, folder) {
+            (Account::Archive(u), Folder::Archive { key, .. }) => Opener::Archive {
+                archive: self.state.archive.clone().expect("archive on"),
+                key: key.clone(),
+                identity: u.identity.clone(),
+            },
+            (Account::Gateway(l), _) => Opener::Gateway {
+                spool: self.state.spool.clone(),
+                id: l.record.id.clone(),
+                identity: l.identity.clone(),
+            },
+            (Account::Archive(_), Folder::Gateway(_)) => {
+                unreachable!("archive users see no gateway mailbox")
+            }
+        }
     }
 
     /// Brings the selected view up to date and queues the untagged responses.
@@ -539,8 +690,10 @@ impl Session {
             self.dirty = false;
             return;
         };
-        match self.state.spool.list(&view.mailbox) {
+        let folder = view.mailbox.clone();
+        match self.list_folder(&folder) {
             Ok(current) => {
+                let view = self.view.as_mut().expect("selected");
                 let mut out = Vec::new();
                 view.sync(&current, allow_expunge, &mut out);
                 self.out.extend_from_slice(&out);
@@ -555,10 +708,10 @@ impl Session {
         let Some(rx) = self.changes.as_mut() else {
             return;
         };
-        let selected = self.view.as_ref().map(|v| v.mailbox.clone());
+        let selected = self.view.as_ref().map(|v| v.mailbox.change_key());
         loop {
             match rx.try_recv() {
-                Ok(id) if Some(&id) == selected.as_ref() => self.dirty = true,
+                Ok(key) if Some(&key) == selected.as_ref() => self.dirty = true,
                 Ok(_) => {}
                 Err(broadcast::error::TryRecvError::Lagged(_)) => self.dirty = true,
                 Err(_) => break,
@@ -569,12 +722,20 @@ impl Session {
     /// False once the mailbox password was reset (or the mailbox deleted) after this session
     /// logged in: the old key must not keep working.
     fn login_still_valid(&self) -> bool {
-        let Some((login, _)) = self.login.as_ref() else {
-            return true;
-        };
-        match self.state.spool.mailboxes().load(&login.record.id) {
-            Ok(current) => current.key_generation == login.record.key_generation,
-            Err(_) => false,
+        match self.login.as_ref().map(|(a, _)| a) {
+            None => true,
+            Some(Account::Gateway(login)) => {
+                match self.state.spool.mailboxes().load(&login.record.id) {
+                    Ok(current) => current.key_generation == login.record.key_generation,
+                    Err(_) => false,
+                }
+            }
+            Some(Account::Archive(session)) => match &self.state.archive {
+                Some(archive) => archive.user_list().iter().any(|u| {
+                    u.id == session.user.id && u.key_generation == session.user.key_generation
+                }),
+                None => false,
+            },
         }
     }
 
@@ -661,7 +822,7 @@ impl Session {
                 mailbox_wildcard,
             } => self.list(&tag, "LSUB", &reference, &mailbox_wildcard),
             CommandBody::Subscribe { mailbox } | CommandBody::Unsubscribe { mailbox } => {
-                if matches!(mailbox, Mailbox::Inbox) {
+                if self.resolve(&mailbox).is_some() {
                     self.tagged(&tag, "OK Done");
                 } else {
                     self.tagged(&tag, "NO [NONEXISTENT] No such mailbox");
@@ -676,13 +837,16 @@ impl Session {
             CommandBody::Create { .. }
             | CommandBody::Delete { .. }
             | CommandBody::Rename { .. } => {
-                self.tagged(&tag, "NO [CANNOT] This gateway mailbox has only INBOX");
+                self.tagged(
+                    &tag,
+                    "NO [NOPERM] Folders are fixed: they cannot be created, deleted or renamed",
+                );
             }
             CommandBody::Append { .. } => {
-                self.tagged(&tag, "NO [CANNOT] Messages arrive by SMTP only")
+                self.tagged(&tag, "NO [NOPERM] Messages arrive by SMTP only")
             }
             CommandBody::Copy { .. } | CommandBody::Move { .. } => {
-                self.tagged(&tag, "NO [CANNOT] There is no other mailbox to copy to");
+                self.tagged(&tag, "NO [NOPERM] Messages cannot be copied or moved here");
             }
             _ if !selected => self.bad(&tag, "No mailbox selected"),
             CommandBody::Check => {
@@ -771,19 +935,54 @@ impl Session {
         } else {
             let mut full = reference;
             full.extend_from_slice(&pattern);
-            if wildcard_match(&full.to_ascii_uppercase(), b"INBOX") {
-                self.line(format!("* {verb} (\\HasNoChildren) \"/\" INBOX"));
+            for (name, attributes) in self.list_entries() {
+                let matches = if name == "INBOX" {
+                    wildcard_match(&full.to_ascii_uppercase(), b"INBOX")
+                } else {
+                    wildcard_match(&full, name.as_bytes())
+                };
+                if matches {
+                    self.line(format!(
+                        "* {verb} ({attributes}) \"/\" {}",
+                        wire::quoted(&name)
+                    ));
+                }
             }
         }
         self.tagged(tag, format!("OK {verb} completed"));
     }
 
+    /// Every name LIST can show, with its attributes: the folders, and their parents
+    /// (`Users`, `Users/<address>`) as non-selectable.
+    fn list_entries(&self) -> Vec<(String, String)> {
+        let folders = self.folders();
+        let mut out: Vec<(String, String)> = Vec::new();
+        for (name, _, special) in &folders {
+            let mut parent = String::new();
+            for (i, part) in name.split('/').enumerate() {
+                if i > 0 {
+                    parent.push('/');
+                }
+                parent.push_str(part);
+                if parent.len() < name.len() && !out.iter().any(|(n, _)| *n == parent) {
+                    out.push((parent.clone(), "\\Noselect \\HasChildren".into()));
+                }
+            }
+            let attributes = match special {
+                Some(s) => format!("\\HasNoChildren {s}"),
+                None => "\\HasNoChildren".into(),
+            };
+            out.push((name.clone(), attributes));
+        }
+        out
+    }
+
     fn status(&mut self, tag: &Tag<'_>, mailbox: &Mailbox<'_>, items: &[StatusDataItemName]) {
-        let (Mailbox::Inbox, Some(id)) = (mailbox, self.mailbox_id()) else {
+        let Some(folder) = self.resolve(mailbox) else {
             self.tagged(tag, "NO [NONEXISTENT] No such mailbox");
             return;
         };
-        let (messages, uidnext, uidvalidity) = match self.mailbox_numbers(&id) {
+        let (messages, uidnext, uidvalidity) = match self.mailbox_numbers(&folder) {
             Ok(n) => n,
             Err(e) => {
                 tracing::error!(error = %e, "status failed");
@@ -815,28 +1014,44 @@ impl Session {
                 _ => {}
             }
         }
-        self.line(format!("* STATUS INBOX ({})", parts.join(" ")));
+        let name = match &folder {
+            Folder::Gateway(_) => "INBOX".to_owned(),
+            Folder::Archive { name, .. } => wire::quoted(name),
+        };
+        self.line(format!("* STATUS {name} ({})", parts.join(" ")));
         self.tagged(tag, "OK STATUS completed");
     }
 
-    fn mailbox_numbers(&self, id: &MailboxId) -> Result<(Vec<MessageMeta>, u32, u32), SpoolError> {
-        let messages = self.state.spool.list(id)?;
-        let uidnext = self.state.spool.uid_next(id)?;
-        let uidvalidity = self
-            .login
-            .as_ref()
-            .map(|(l, _)| l.record.uidvalidity)
-            .unwrap_or(1);
-        Ok((messages, uidnext, uidvalidity))
+    fn mailbox_numbers(&self, folder: &Folder) -> Result<(Vec<MessageMeta>, u32, u32), SpoolError> {
+        let messages = self.list_folder(folder)?;
+        match folder {
+            Folder::Gateway(id) => {
+                let uidnext = self.state.spool.uid_next(id)?;
+                let uidvalidity = match self.login.as_ref().map(|(a, _)| a) {
+                    Some(Account::Gateway(l)) => l.record.uidvalidity,
+                    _ => 1,
+                };
+                Ok((messages, uidnext, uidvalidity))
+            }
+            Folder::Archive { key, .. } => {
+                let archive = self.state.archive.as_ref().expect("archive on");
+                let (validity, next) = archive
+                    .numbers(key)
+                    .map_err(|e| SpoolError::Io(std::io::Error::other(e.to_string())))?;
+                Ok((messages, next, validity))
+            }
+        }
     }
 
     fn select(&mut self, tag: &Tag<'_>, mailbox: &Mailbox<'_>, read_only: bool) {
         self.view = None;
-        let (Mailbox::Inbox, Some(id)) = (mailbox, self.mailbox_id()) else {
+        let Some(folder) = self.resolve(mailbox) else {
             self.tagged(tag, "NO [NONEXISTENT] No such mailbox");
             return;
         };
-        let (messages, uidnext, uidvalidity) = match self.mailbox_numbers(&id) {
+        // The archive is read-only for everyone.
+        let read_only = read_only || matches!(folder, Folder::Archive { .. });
+        let (messages, uidnext, uidvalidity) = match self.mailbox_numbers(&folder) {
             Ok(n) => n,
             Err(e) => {
                 tracing::error!(error = %e, "select failed");
@@ -845,7 +1060,7 @@ impl Session {
             }
         };
         let view = View {
-            mailbox: id,
+            mailbox: folder,
             read_only,
             messages,
         };
@@ -895,7 +1110,9 @@ impl Session {
         if uids.is_empty() {
             return Ok(());
         }
-        let id = self.view.as_ref().expect("selected").mailbox.clone();
+        let Folder::Gateway(id) = self.view.as_ref().expect("selected").mailbox.clone() else {
+            return Ok(());
+        };
         let spool = self.state.spool.clone();
         let uids = uids.to_vec();
         let count = uids.len();
@@ -907,7 +1124,12 @@ impl Session {
     }
 
     async fn expunge(&mut self, tag: &Tag<'_>, within: Option<SequenceSet>) {
-        if self.view.as_ref().expect("selected").read_only {
+        let view = self.view.as_ref().expect("selected");
+        if let Folder::Archive { .. } = view.mailbox {
+            self.tagged(tag, "NO [NOPERM] The archive is read-only");
+            return;
+        }
+        if view.read_only {
             self.tagged(tag, "NO [READ-ONLY] Mailbox is read-only");
             return;
         }
@@ -973,13 +1195,10 @@ impl Session {
         &self,
         meta: &MessageMeta,
     ) -> tokio::task::JoinHandle<Result<Content, SpoolError>> {
-        let (login, _) = self.login.as_ref().expect("logged in");
-        let id = login.record.id.clone();
-        let identity = login.identity.clone();
-        let spool = self.state.spool.clone();
+        let opener = self.opener();
         let meta = *meta;
         tokio::task::spawn_blocking(move || {
-            let reader = spool.open_message(&id, &meta, &identity)?;
+            let reader = opener.open(&meta)?;
             if meta.size <= fetch::IN_MEMORY_MAX {
                 let mut raw = Vec::with_capacity(meta.size as usize);
                 reader.take(fetch::IN_MEMORY_MAX).read_to_end(&mut raw)?;
@@ -1009,7 +1228,10 @@ impl Session {
         }
         let chosen = view.select(set, uid);
         let read_only = view.read_only;
-        let id = view.mailbox.clone();
+        let id = match &view.mailbox {
+            Folder::Gateway(id) => Some(id.clone()),
+            Folder::Archive { .. } => None,
+        };
         let needs = fetch::needs_content(items);
         let sets_seen = fetch::sets_seen(items) && !read_only;
         let mut vanished = false;
@@ -1050,7 +1272,7 @@ impl Session {
                 None
             };
             let mut add_flags = false;
-            if sets_seen && !meta.flags.contains(Flags::SEEN) {
+            if let (true, false, Some(id)) = (sets_seen, meta.flags.contains(Flags::SEEN), &id) {
                 let spool = self.state.spool.clone();
                 let (mid, change) = (id.clone(), vec![(meta.uid, meta.flags.with(Flags::SEEN))]);
                 if let Ok(Ok(updated)) =
@@ -1107,18 +1329,12 @@ impl Session {
         start: u64,
         len: u64,
     ) -> std::io::Result<()> {
-        let (login, _) = self.login.as_ref().expect("logged in");
-        let (id, identity, spool, meta) = (
-            login.record.id.clone(),
-            login.identity.clone(),
-            self.state.spool.clone(),
-            *meta,
-        );
+        let (opener, meta) = (self.opener(), *meta);
         let (tx, mut rx) = mpsc::channel::<std::io::Result<Vec<u8>>>(4);
         tokio::task::spawn_blocking(move || {
             let result = (|| -> std::io::Result<()> {
-                let mut reader = spool
-                    .open_message(&id, &meta, &identity)
+                let mut reader = opener
+                    .open(&meta)
                     .map_err(|e| std::io::Error::other(e.to_string()))?;
                 std::io::copy(&mut (&mut reader).take(start), &mut std::io::sink())?;
                 let mut reader = reader.take(len);
@@ -1161,6 +1377,10 @@ impl Session {
         uid: bool,
     ) {
         let view = self.view.as_ref().expect("selected");
+        if let Folder::Archive { .. } = view.mailbox {
+            self.tagged(tag, "NO [NOPERM] The archive is read-only");
+            return;
+        }
         if view.read_only {
             self.tagged(tag, "NO [READ-ONLY] Mailbox is read-only (EXAMINE)");
             return;
@@ -1191,7 +1411,10 @@ impl Session {
                 (m.uid, new)
             })
             .collect();
-        let id = view.mailbox.clone();
+        let Folder::Gateway(id) = view.mailbox.clone() else {
+            self.tagged(tag, "NO [READ-ONLY] Mailbox is read-only");
+            return;
+        };
         let spool = self.state.spool.clone();
         let updated =
             match tokio::task::spawn_blocking(move || spool.set_flags(&id, &changes)).await {

@@ -8,8 +8,29 @@ use crate::spool::MessageMeta;
 
 use super::wire::flag_list;
 
+/// A selectable folder: the INBOX of a gateway mailbox, or an archive folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Folder {
+    Gateway(MailboxId),
+    /// `key` names it in the archive store, `name` is its IMAP name.
+    Archive {
+        key: String,
+        name: String,
+    },
+}
+
+impl Folder {
+    /// What change notifications for this folder carry.
+    pub fn change_key(&self) -> String {
+        match self {
+            Folder::Gateway(id) => id.to_string(),
+            Folder::Archive { key, .. } => crate::archive::change_key(key),
+        }
+    }
+}
+
 pub struct View {
-    pub mailbox: MailboxId,
+    pub mailbox: Folder,
     pub read_only: bool,
     /// Messages in sequence order (ascending UID).
     pub messages: Vec<MessageMeta>,
@@ -157,7 +178,9 @@ mod tests {
 
     fn view(uids: &[u32]) -> View {
         View {
-            mailbox: MailboxId::parse("mbx-0123456789abcdef0123456789abcdef").unwrap(),
+            mailbox: Folder::Gateway(
+                MailboxId::parse("mbx-0123456789abcdef0123456789abcdef").unwrap(),
+            ),
             read_only: false,
             messages: uids.iter().map(|u| meta(*u)).collect(),
         }

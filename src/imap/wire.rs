@@ -22,6 +22,13 @@ pub fn string(out: &mut Vec<u8>, s: &[u8]) {
     }
 }
 
+/// A mailbox name as a quoted string (names here are ASCII: see `archive::users`).
+pub fn quoted(name: &str) -> String {
+    let mut out = Vec::new();
+    string(&mut out, name.as_bytes());
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// NIL or a string.
 pub fn nstring(out: &mut Vec<u8>, s: Option<&[u8]>) {
     match s {

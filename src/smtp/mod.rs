@@ -472,7 +472,13 @@ impl Session {
                 },
             });
         }
-        let mut delivery = self.state.spool.begin(targets);
+        // The archive gets a copy once it has someone to file mail for.
+        let archive = self
+            .state
+            .archive
+            .as_ref()
+            .is_some_and(|a| !a.user_list().is_empty());
+        let mut delivery = self.state.spool.begin(targets, archive);
         delivery.write(self.trace_header(&queue_id, received).as_bytes());
         Ok(delivery)
     }

@@ -1,0 +1,291 @@
+//! The archive's metadata (redb, `data_dir/archive/archive.redb`): folders and their UIDs,
+//! item records, the duplicate map, counters. It is the source of truth for the folders and
+//! is committed durably; item contents are the sealed files in `archive/items/`.
+//!
+//! No subject or address is stored here: item records name users by ID, and the duplicate
+//! key is a keyed hash.
+
+use std::path::Path;
+
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+/// (folder, uid) -> (item, received, size)
+const ENTRIES: TableDefinition<(&str, u32), (u64, i64, u64)> = TableDefinition::new("entries");
+/// folder -> (uidvalidity, uidnext)
+const FOLDERS: TableDefinition<&str, (u32, u32)> = TableDefinition::new("folders");
+/// item -> JSON [`Item`]
+const ITEMS: TableDefinition<u64, &[u8]> = TableDefinition::new("items");
+/// keyed hash of (Message-ID, content) -> JSON list of items
+const DEDUPE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dedupe");
+/// counter name -> value
+const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+/// intake file names already archived (their file may still exist after a crash)
+const DONE: TableDefinition<&str, ()> = TableDefinition::new("done");
+
+#[derive(Debug, thiserror::Error)]
+#[error("archive database: {0}")]
+pub struct StoreError(Box<redb::Error>);
+
+fn err<E: Into<redb::Error>>(e: E) -> StoreError {
+    StoreError(Box::new(e.into()))
+}
+
+/// One stored file: an archived original (or a second copy linked to one).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Item {
+    pub received: i64,
+    pub size: u64,
+    /// Keyed hash of the exact bytes (hex), to know when a duplicate can share the file.
+    pub exact: String,
+    /// Keyed duplicate key (hex).
+    pub dedupe: String,
+    /// Public keys the file is sealed to.
+    pub keys: Vec<String>,
+    /// Folder entries that show this item.
+    pub entries: Vec<(String, u32)>,
+    /// Further copies of the same message (the encrypted original next to a decrypted one).
+    #[serde(default)]
+    pub linked: Vec<u64>,
+}
+
+/// A folder entry as IMAP needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub uid: u32,
+    pub item: u64,
+    pub received: i64,
+    pub size: u64,
+}
+
+pub struct Store {
+    db: Database,
+}
+
+/// The changes of archiving one intake file, committed at once.
+#[derive(Default)]
+pub struct Batch {
+    pub items: Vec<(u64, Item)>,
+    /// (folder, item, received, size): get the next UID of the folder.
+    pub entries: Vec<(String, u64, i64, u64)>,
+    pub dedupe: Vec<(Vec<u8>, Vec<u64>)>,
+    pub counters: Vec<(&'static str, u64)>,
+    pub done: Option<String>,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = Database::create(path).map_err(err)?;
+        let txn = db.begin_write().map_err(err)?;
+        txn.open_table(ENTRIES).map_err(err)?;
+        txn.open_table(FOLDERS).map_err(err)?;
+        txn.open_table(ITEMS).map_err(err)?;
+        txn.open_table(DEDUPE).map_err(err)?;
+        txn.open_table(COUNTERS).map_err(err)?;
+        txn.open_table(DONE).map_err(err)?;
+        txn.commit().map_err(err)?;
+        Ok(Store { db })
+    }
+
+    /// Applies a batch durably; returns the (folder, uid) of each new entry, in order.
+    pub fn apply(&self, batch: Batch) -> Result<Vec<(String, u32)>, StoreError> {
+        let txn = self.db.begin_write().map_err(err)?;
+        let mut placed = Vec::new();
+        {
+            let mut folders = txn.open_table(FOLDERS).map_err(err)?;
+            let mut entries = txn.open_table(ENTRIES).map_err(err)?;
+            let mut items = txn.open_table(ITEMS).map_err(err)?;
+            let mut records: Vec<(u64, Item)> = batch.items;
+            for (folder, item, received, size) in batch.entries {
+                let (validity, next) = match folders.get(folder.as_str()).map_err(err)? {
+                    Some(v) => v.value(),
+                    None => (uidvalidity_now(), 1),
+                };
+                folders
+                    .insert(folder.as_str(), (validity, next + 1))
+                    .map_err(err)?;
+                entries
+                    .insert((folder.as_str(), next), (item, received, size))
+                    .map_err(err)?;
+                // The item record lists its entries (for retention).
+                match records.iter_mut().find(|(id, _)| *id == item) {
+                    Some((_, rec)) => rec.entries.push((folder.clone(), next)),
+                    None => {
+                        if let Some(raw) = items.get(item).map_err(err)? {
+                            if let Ok(mut rec) = serde_json::from_slice::<Item>(raw.value()) {
+                                rec.entries.push((folder.clone(), next));
+                                records.push((item, rec));
+                            }
+                        }
+                    }
+                }
+                placed.push((folder, next));
+            }
+            for (id, rec) in &records {
+                let json = serde_json::to_vec(rec).expect("serializes");
+                items.insert(*id, json.as_slice()).map_err(err)?;
+            }
+            let mut dedupe = txn.open_table(DEDUPE).map_err(err)?;
+            for (key, list) in batch.dedupe {
+                let json = serde_json::to_vec(&list).expect("serializes");
+                dedupe
+                    .insert(key.as_slice(), json.as_slice())
+                    .map_err(err)?;
+            }
+            let mut counters = txn.open_table(COUNTERS).map_err(err)?;
+            for (name, add) in batch.counters {
+                let now = counters
+                    .get(name)
+                    .map_err(err)?
+                    .map(|v| v.value())
+                    .unwrap_or(0);
+                counters.insert(name, now + add).map_err(err)?;
+            }
+            if let Some(name) = batch.done {
+                txn.open_table(DONE)
+                    .map_err(err)?
+                    .insert(name.as_str(), ())
+                    .map_err(err)?;
+            }
+        }
+        txn.commit().map_err(err)?;
+        Ok(placed)
+    }
+
+    /// The next free item number.
+    pub fn next_item(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let items = txn.open_table(ITEMS).map_err(err)?;
+        let last = items.last().map_err(err)?.map(|(k, _)| k.value());
+        Ok(last.map(|l| l + 1).unwrap_or(1))
+    }
+
+    pub fn item(&self, id: u64) -> Result<Option<Item>, StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let items = txn.open_table(ITEMS).map_err(err)?;
+        let found = items.get(id).map_err(err)?;
+        Ok(found.and_then(|v| serde_json::from_slice(v.value()).ok()))
+    }
+
+    pub fn item_ids(&self) -> Result<Vec<u64>, StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let items = txn.open_table(ITEMS).map_err(err)?;
+        let mut out = Vec::new();
+        for row in items.iter().map_err(err)? {
+            out.push(row.map_err(err)?.0.value());
+        }
+        Ok(out)
+    }
+
+    pub fn duplicates(&self, key: &[u8]) -> Result<Vec<u64>, StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(DEDUPE).map_err(err)?;
+        let found = table.get(key).map_err(err)?;
+        Ok(found
+            .and_then(|v| serde_json::from_slice(v.value()).ok())
+            .unwrap_or_default())
+    }
+
+    pub fn is_done(&self, intake_name: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(DONE).map_err(err)?;
+        Ok(table.get(intake_name).map_err(err)?.is_some())
+    }
+
+    /// Forgets "done" marks whose intake files are gone.
+    pub fn forget_done(&self, keep: impl Fn(&str) -> bool) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(err)?;
+        {
+            let mut table = txn.open_table(DONE).map_err(err)?;
+            table.retain(|name, _| keep(name)).map_err(err)?;
+        }
+        txn.commit().map_err(err)
+    }
+
+    /// The entries of a folder in UID order.
+    pub fn entries(&self, folder: &str) -> Result<Vec<Entry>, StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(ENTRIES).map_err(err)?;
+        let mut out = Vec::new();
+        for row in table.range((folder, 0)..=(folder, u32::MAX)).map_err(err)? {
+            let (k, v) = row.map_err(err)?;
+            let (item, received, size) = v.value();
+            out.push(Entry {
+                uid: k.value().1,
+                item,
+                received,
+                size,
+            });
+        }
+        Ok(out)
+    }
+
+    /// (uidvalidity, uidnext) of a folder; a folder never written to gets fixed numbers.
+    pub fn folder(&self, folder: &str) -> Result<(u32, u32), StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(FOLDERS).map_err(err)?;
+        let found = table.get(folder).map_err(err)?;
+        Ok(found.map(|v| v.value()).unwrap_or((1, 1)))
+    }
+
+    pub fn counters(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(COUNTERS).map_err(err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(err)? {
+            let (k, v) = row.map_err(err)?;
+            out.push((k.value().to_owned(), v.value()));
+        }
+        Ok(out)
+    }
+
+    /// Removes items (and their entries and duplicate keys) durably.
+    pub fn remove_items(&self, ids: &[u64]) -> Result<Vec<String>, StoreError> {
+        let txn = self.db.begin_write().map_err(err)?;
+        let mut folders_changed = Vec::new();
+        {
+            let mut items = txn.open_table(ITEMS).map_err(err)?;
+            let mut entries = txn.open_table(ENTRIES).map_err(err)?;
+            let mut dedupe = txn.open_table(DEDUPE).map_err(err)?;
+            for id in ids {
+                let Some(raw) = items.remove(*id).map_err(err)? else {
+                    continue;
+                };
+                let Ok(rec) = serde_json::from_slice::<Item>(raw.value()) else {
+                    continue;
+                };
+                drop(raw);
+                for (folder, uid) in &rec.entries {
+                    entries.remove((folder.as_str(), *uid)).map_err(err)?;
+                    if !folders_changed.contains(folder) {
+                        folders_changed.push(folder.clone());
+                    }
+                }
+                if let Ok(key) = hex::decode(&rec.dedupe) {
+                    let list: Vec<u64> = dedupe
+                        .get(key.as_slice())
+                        .map_err(err)?
+                        .and_then(|v| serde_json::from_slice(v.value()).ok())
+                        .unwrap_or_default();
+                    let rest: Vec<u64> = list.into_iter().filter(|i| i != id).collect();
+                    if rest.is_empty() {
+                        dedupe.remove(key.as_slice()).map_err(err)?;
+                    } else {
+                        let json = serde_json::to_vec(&rest).expect("serializes");
+                        dedupe
+                            .insert(key.as_slice(), json.as_slice())
+                            .map_err(err)?;
+                    }
+                }
+            }
+        }
+        txn.commit().map_err(err)?;
+        Ok(folders_changed)
+    }
+}
+
+fn uidvalidity_now() -> u32 {
+    u32::try_from(chrono::Utc::now().timestamp())
+        .unwrap_or(1)
+        .max(1)
+}
