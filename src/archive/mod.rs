@@ -388,8 +388,9 @@ impl Archive {
         users: &[UserRecord],
         counters: &mut Vec<(&'static str, u64)>,
     ) -> Plan {
+        let directory = Directory::new(users);
         let find = |a: &journal::Address| match a {
-            journal::Address::Smtp(s) => find_user(users, s),
+            journal::Address::Smtp(s) => directory.find(s),
             journal::Address::Unresolvable(_) => None,
         };
         let mut folders = BTreeSet::new();
@@ -486,10 +487,11 @@ impl Archive {
                 }
             }
         }
+        let directory = Directory::new(users);
         let mut folders = BTreeSet::new();
         let mut involved: Vec<UserRecord> = Vec::new();
         for a in addresses.iter().filter(|a| !a.is_empty()) {
-            if let Some(u) = find_user(users, a) {
+            if let Some(u) = directory.find(a) {
                 folders.insert(format!("{}/INBOX", u.id));
                 if !involved.iter().any(|x| x.id == u.id) {
                     involved.push(u.clone());
@@ -837,12 +839,15 @@ impl Archive {
         out
     }
 
-    /// The messages of a folder, as IMAP metadata.
-    pub fn list(&self, folder: &str) -> Result<Vec<MessageMeta>, ArchiveError> {
+    /// The messages of a folder that the holder of `public_key` can read, as IMAP metadata
+    /// (an auditor added later, or a user after a password reset, cannot open older items).
+    pub fn list(&self, folder: &str, public_key: &str) -> Result<Vec<MessageMeta>, ArchiveError> {
+        let readable = self.store.readable(public_key)?;
         Ok(self
             .store
             .entries(folder)?
             .into_iter()
+            .filter(|e| readable.contains(&e.item))
             .map(|e: Entry| MessageMeta {
                 uid: e.uid,
                 size: e.size,
@@ -1089,9 +1094,22 @@ fn filtered_header(header: &[u8]) -> Vec<u8> {
     out
 }
 
-fn find_user<'a>(users: &'a [UserRecord], address: &str) -> Option<&'a UserRecord> {
-    let a = address.trim().to_lowercase();
-    users.iter().find(|u| u.addresses().any(|x| x == a))
+/// Address (login or alias, lowercase) to user.
+struct Directory<'a>(HashMap<&'a str, &'a UserRecord>);
+
+impl<'a> Directory<'a> {
+    fn new(users: &'a [UserRecord]) -> Directory<'a> {
+        Directory(
+            users
+                .iter()
+                .flat_map(|u| u.addresses().map(move |a| (a, u)))
+                .collect(),
+        )
+    }
+
+    fn find(&self, address: &str) -> Option<&'a UserRecord> {
+        self.0.get(address.trim().to_lowercase().as_str()).copied()
+    }
 }
 
 fn header_message_id(message: &[u8]) -> Option<String> {

@@ -22,6 +22,8 @@ const DEDUPE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dedupe");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 /// intake file names already archived (their file may still exist after a crash)
 const DONE: TableDefinition<&str, ()> = TableDefinition::new("done");
+/// (public key, item): the item is sealed to that key, so its owner can read it
+const SEALED_TO: TableDefinition<(&str, u64), ()> = TableDefinition::new("sealed-to");
 
 #[derive(Debug, thiserror::Error)]
 #[error("archive database: {0}")]
@@ -83,6 +85,7 @@ impl Store {
         txn.open_table(DEDUPE).map_err(err)?;
         txn.open_table(COUNTERS).map_err(err)?;
         txn.open_table(DONE).map_err(err)?;
+        txn.open_table(SEALED_TO).map_err(err)?;
         txn.commit().map_err(err)?;
         Ok(Store { db })
     }
@@ -121,9 +124,13 @@ impl Store {
                 }
                 placed.push((folder, next));
             }
+            let mut sealed = txn.open_table(SEALED_TO).map_err(err)?;
             for (id, rec) in &records {
                 let json = serde_json::to_vec(rec).expect("serializes");
                 items.insert(*id, json.as_slice()).map_err(err)?;
+                for key in &rec.keys {
+                    sealed.insert((key.as_str(), *id), ()).map_err(err)?;
+                }
             }
             let mut dedupe = txn.open_table(DEDUPE).map_err(err)?;
             for (key, list) in batch.dedupe {
@@ -220,6 +227,17 @@ impl Store {
         Ok(out)
     }
 
+    /// The items sealed to a public key (what its owner can read).
+    pub fn readable(&self, key: &str) -> Result<std::collections::HashSet<u64>, StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(SEALED_TO).map_err(err)?;
+        let mut out = std::collections::HashSet::new();
+        for row in table.range((key, 0)..=(key, u64::MAX)).map_err(err)? {
+            out.insert(row.map_err(err)?.0.value().1);
+        }
+        Ok(out)
+    }
+
     /// (uidvalidity, uidnext) of a folder; a folder never written to gets fixed numbers.
     pub fn folder(&self, folder: &str) -> Result<(u32, u32), StoreError> {
         let txn = self.db.begin_read().map_err(err)?;
@@ -247,6 +265,7 @@ impl Store {
             let mut items = txn.open_table(ITEMS).map_err(err)?;
             let mut entries = txn.open_table(ENTRIES).map_err(err)?;
             let mut dedupe = txn.open_table(DEDUPE).map_err(err)?;
+            let mut sealed = txn.open_table(SEALED_TO).map_err(err)?;
             for id in ids {
                 let Some(raw) = items.remove(*id).map_err(err)? else {
                     continue;
@@ -255,6 +274,9 @@ impl Store {
                     continue;
                 };
                 drop(raw);
+                for key in &rec.keys {
+                    sealed.remove((key.as_str(), *id)).map_err(err)?;
+                }
                 for (folder, uid) in &rec.entries {
                     entries.remove((folder.as_str(), *uid)).map_err(err)?;
                     if !folders_changed.contains(folder) {

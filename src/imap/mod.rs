@@ -651,11 +651,11 @@ impl Session {
     fn list_folder(&self, folder: &Folder) -> Result<Vec<MessageMeta>, SpoolError> {
         match folder {
             Folder::Gateway(id) => self.state.spool.list(id),
-            Folder::Archive { key, .. } => match &self.state.archive {
-                Some(a) => a
-                    .list(key)
+            Folder::Archive { key, .. } => match (&self.state.archive, self.login.as_ref()) {
+                (Some(a), Some((Account::Archive(u), _))) => a
+                    .list(key, &u.user.public_key)
                     .map_err(|e| SpoolError::Io(std::io::Error::other(e.to_string()))),
-                None => Ok(Vec::new()),
+                _ => Ok(Vec::new()),
             },
         }
     }

@@ -91,19 +91,17 @@ if getattr(jgharness.toml_value, "__name__", "") != "_toml_value":
 @pytest.fixture
 def archive_gw(make_igw):
     """Factory: archive_gw(trusted=True, unknown_addresses="catch-all", journal_sources=None,
-    envelope_headers=None, archive=None, overrides=None, imap=None, start=True)."""
+    envelope_headers=None, archive=None, overrides=None, imap=None, start=True).
+    journal_sources=None -> 127.0.0.0/8 when trusted else 192.0.2.0/24; "omit" -> no key."""
 
     def factory(trusted=True, unknown_addresses="catch-all", journal_sources=None,
                 envelope_headers=None, archive=None, overrides=None, imap=None,
                 start=True) -> Gateway:
         if journal_sources is None:
             journal_sources = ["127.0.0.0/8"] if trusted else ["192.0.2.0/24"]
-        section = {
-            "enabled": True,
-            "unknown_addresses": unknown_addresses,
-            "journal_sources": list(journal_sources),
-            "retention_days": 0,
-        }
+        section = {"enabled": True, "unknown_addresses": unknown_addresses, "retention_days": 0}
+        if journal_sources != "omit":
+            section["journal_sources"] = list(journal_sources)
         if envelope_headers is not None:
             section["envelope_headers"] = list(envelope_headers)
         section.update(archive or {})
