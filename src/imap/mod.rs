@@ -942,10 +942,11 @@ impl Session {
                     wildcard_match(&full, name.as_bytes())
                 };
                 if matches {
-                    self.line(format!(
-                        "* {verb} ({attributes}) \"/\" {}",
-                        wire::quoted(&name)
-                    ));
+                    let shown = match name.as_str() {
+                        "INBOX" => name.clone(),
+                        other => wire::quoted(other),
+                    };
+                    self.line(format!("* {verb} ({attributes}) \"/\" {shown}"));
                 }
             }
         }

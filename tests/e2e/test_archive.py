@@ -830,6 +830,22 @@ def test_kill_before_archiving_completes(archive_gw):
     check_archive(gw, expected, unknown=[])
 
 
+def test_user_added_while_running_gets_the_next_report(archive_gw):
+    """`user add` while serve runs: a report that arrives right after it is filed for the
+    new user (not in Unknown Addresses)."""
+    gw = archive_gw()
+    add_users(gw, ALICE, BOB, auditor=AUD)
+    o1 = make_original(subject="before carol existed")
+    send_report(gw, journal_report(ALICE, [BOB], original=o1))
+    wait_archived(gw, items=1, users={BOB: {"inbox": 1}})
+    add_user(gw, CAROL)
+    o2 = make_original(subject="carol's first mail", to=CAROL)
+    send_report(gw, journal_report(ALICE, [CAROL], original=o2))
+    expected = {ALICE: {"Sent": [o1, o2]}, BOB: {"INBOX": [o1]}, CAROL: {"INBOX": [o2]}}
+    wait_archived(gw, items=2, unknown=0, users=folder_counts(expected))
+    check_archive(gw, expected, unknown=[])
+
+
 def test_reset_password(archive_gw):
     gw = archive_gw()
     users = add_users(gw, ALICE, BOB)
