@@ -742,26 +742,43 @@ impl Delivery {
         let spool = self.spool.clone();
         let tmp_dir = spool.tmp_dir.clone();
         // Seal, write and fdatasync every copy off the async threads.
+        // Seal, write and fdatasync every copy off the async threads; several copies (a
+        // mailbox and the archive intake) are synced in parallel, so they cost one wait.
         let finished = tokio::task::spawn_blocking(move || {
+            let finish = |sink: &mut Sink| -> Result<PathBuf, SpoolError> {
+                if sink.file.is_none() {
+                    sink.open(&tmp_dir)?;
+                }
+                sink.write(&buffer)?;
+                sink.finish()
+            };
+            let results: Vec<Result<PathBuf, SpoolError>> = if sinks.len() == 1 {
+                vec![finish(&mut sinks[0])]
+            } else {
+                std::thread::scope(|scope| {
+                    let handles: Vec<_> = sinks
+                        .iter_mut()
+                        .map(|sink| scope.spawn(|| finish(sink)))
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| {
+                            h.join().unwrap_or_else(|_| {
+                                Err(SpoolError::Io(io::Error::other("sealing thread panicked")))
+                            })
+                        })
+                        .collect()
+                })
+            };
             let mut done = Vec::new();
-            let mut result = Ok(());
-            for sink in &mut sinks {
-                let step = (|| {
-                    if sink.file.is_none() {
-                        sink.open(&tmp_dir)?;
-                    }
-                    sink.write(&buffer)?;
-                    sink.finish()
-                })();
-                match step {
+            let mut failure = None;
+            for (sink, result) in sinks.iter_mut().zip(results) {
+                match result {
                     Ok(path) => done.push((sink.dest.clone(), path, sink.envelope_line.len())),
-                    Err(e) => {
-                        result = Err(e);
-                        break;
-                    }
+                    Err(e) => failure = failure.or(Some(e)),
                 }
             }
-            if result.is_err() {
+            if let Some(e) = failure {
                 for (_, path, _) in &done {
                     let _ = fs::remove_file(path);
                 }
@@ -770,8 +787,9 @@ impl Delivery {
                         let _ = fs::remove_file(path);
                     }
                 }
+                return Err(e);
             }
-            result.map(|()| done)
+            Ok(done)
         })
         .await
         .map_err(|e| SpoolError::Io(io::Error::other(e)))??;
@@ -857,9 +875,17 @@ impl Committer {
                 }
             }
         }
-        if !intake_jobs.is_empty() {
-            self.commit_intake(intake_jobs);
-        }
+        // The intake folder is synced while the mailbox folders are.
+        let intake = self.intake.clone();
+        std::thread::scope(|scope| {
+            if !intake_jobs.is_empty() {
+                scope.spawn(move || commit_intake(&intake, intake_jobs));
+            }
+            self.commit_placed(placed);
+        });
+    }
+
+    fn commit_placed(&mut self, placed: BTreeMap<MailboxId, Vec<(CommitJob, MessageMeta)>>) {
         for (mailbox, jobs) in placed {
             let synced = fsutil::sync_dir(&self.mailboxes.msg_dir(&mailbox));
             let entries: Vec<(MailboxId, MessageMeta)> =
@@ -878,37 +904,6 @@ impl Committer {
                 let _ = job.reply.send(result);
             }
         }
-    }
-
-    /// Moves sealed intake copies into the intake folder, fsyncs it once, wakes the archive.
-    fn commit_intake(&mut self, jobs: Vec<CommitJob>) {
-        let Some(intake) = self.intake.lock().unwrap().clone() else {
-            for job in jobs {
-                let _ = fs::remove_file(&job.tmp);
-                let _ = job.reply.send(Err(SpoolError::ShuttingDown));
-            }
-            return;
-        };
-        let mut moved = Vec::new();
-        for job in jobs {
-            let name = format!("{}.{}.age", job.meta.received, crypto::random_hex128());
-            match fs::rename(&job.tmp, intake.dir.join(name)) {
-                Ok(()) => moved.push(job),
-                Err(e) => {
-                    let _ = fs::remove_file(&job.tmp);
-                    let _ = job.reply.send(Err(e.into()));
-                }
-            }
-        }
-        let synced = fsutil::sync_dir(&intake.dir);
-        for job in moved {
-            let result = match &synced {
-                Ok(()) => Ok(0),
-                Err(e) => Err(SpoolError::Io(io::Error::new(e.kind(), e.to_string()))),
-            };
-            let _ = job.reply.send(result);
-        }
-        let _ = intake.notify.send(());
     }
 
     /// Assigns a UID and renames the temp file into the mailbox folder.
@@ -939,6 +934,37 @@ impl Committer {
         state.next += 1;
         Ok(uid)
     }
+}
+
+/// Moves sealed intake copies into the intake folder, fsyncs it once, wakes the archive.
+fn commit_intake(intake: &Mutex<Option<Arc<Intake>>>, jobs: Vec<CommitJob>) {
+    let Some(intake) = intake.lock().unwrap().clone() else {
+        for job in jobs {
+            let _ = fs::remove_file(&job.tmp);
+            let _ = job.reply.send(Err(SpoolError::ShuttingDown));
+        }
+        return;
+    };
+    let mut moved = Vec::new();
+    for job in jobs {
+        let name = format!("{}.{}.age", job.meta.received, crypto::random_hex128());
+        match fs::rename(&job.tmp, intake.dir.join(name)) {
+            Ok(()) => moved.push(job),
+            Err(e) => {
+                let _ = fs::remove_file(&job.tmp);
+                let _ = job.reply.send(Err(e.into()));
+            }
+        }
+    }
+    let synced = fsutil::sync_dir(&intake.dir);
+    for job in moved {
+        let result = match &synced {
+            Ok(()) => Ok(0),
+            Err(e) => Err(SpoolError::Io(io::Error::new(e.kind(), e.to_string()))),
+        };
+        let _ = job.reply.send(result);
+    }
+    let _ = intake.notify.send(());
 }
 
 /// Next UID: past both the reserved block of the last run and every UID on disk.

@@ -46,10 +46,11 @@ use users::{UserRecord, Users};
 pub const UNKNOWN_FOLDER: &str = "unknown";
 /// IMAP name of that folder (auditors only).
 pub const UNKNOWN_NAME: &str = "Unknown Addresses";
+/// How long a new item stays re-sealable for duplicate reports (bifurcated reports, an NDR'd
+/// report sent again).
+const DEDUPE_WINDOW: Duration = Duration::from_secs(48 * 3600);
 /// How often retention runs.
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
-/// User list cache lifetime (the CLI adds users while the server runs).
-const USERS_TTL: Duration = Duration::from_secs(2);
 /// Encoded originals (base64 message/rfc822 parts) up to this size are decoded.
 const DECODE_MAX: u64 = 64 << 20;
 /// A duplicate key is computed over the original's header up to this size.
@@ -111,13 +112,78 @@ pub struct Archive {
     store: Store,
     intake_dir: PathBuf,
     items_dir: PathBuf,
+    /// Copies of recent items sealed to the server key, for merging duplicates.
+    recent_dir: PathBuf,
     tmp_dir: PathBuf,
     intake_identity: Identity,
     /// Key of the duplicate hashes, so no Message-ID is stored in a guessable form.
     secret: Vec<u8>,
     spool: Arc<Spool>,
-    user_cache: Mutex<Option<(Instant, Arc<Vec<UserRecord>>)>>,
+    /// The users, with the generation they were read at.
+    user_cache: Mutex<Option<(String, Arc<Vec<UserRecord>>)>>,
     stop: AtomicBool,
+}
+
+/// Intake files archived per durable commit (at most; fewer when the queue runs dry).
+const COMMIT_EVERY: usize = 64;
+
+/// What archiving one intake file adds.
+#[derive(Default)]
+struct Delta {
+    next_item: u64,
+    items: Vec<(u64, Item)>,
+    entries: Vec<(String, u64, i64, u64)>,
+    dedupe: Vec<(Vec<u8>, Vec<u64>)>,
+    counters: Vec<(&'static str, u64)>,
+    /// New item files already in `items/` (removed again if the file fails).
+    published: Vec<u64>,
+}
+
+impl Delta {
+    fn allocate(&mut self) -> u64 {
+        self.next_item += 1;
+        self.next_item - 1
+    }
+}
+
+/// Archived intake files not yet committed: several share one durable commit. Lookups of
+/// items and duplicate keys see this before the store.
+#[derive(Default)]
+struct Pending {
+    next_item: u64,
+    items: HashMap<u64, Item>,
+    /// Items that were in the store before this commit (their files must not be removed).
+    existing: BTreeSet<u64>,
+    entries: Vec<(String, u64, i64, u64)>,
+    /// Folders each item is newly filed in by this commit.
+    folders: HashMap<u64, BTreeSet<String>>,
+    dedupe: HashMap<Vec<u8>, Vec<u64>>,
+    counters: Vec<(&'static str, u64)>,
+    done: Vec<String>,
+    intake: Vec<PathBuf>,
+    changed: BTreeSet<String>,
+}
+
+impl Pending {
+    fn merge(&mut self, delta: Delta, name: String, path: PathBuf) {
+        let fresh: BTreeSet<u64> = delta.published.iter().copied().collect();
+        for (id, item) in delta.items {
+            if !fresh.contains(&id) && !self.items.contains_key(&id) {
+                self.existing.insert(id);
+            }
+            self.items.insert(id, item);
+        }
+        for (folder, item, received, size) in delta.entries {
+            self.folders.entry(item).or_default().insert(folder.clone());
+            self.changed.insert(folder.clone());
+            self.entries.push((folder, item, received, size));
+        }
+        self.dedupe.extend(delta.dedupe);
+        self.counters.extend(delta.counters);
+        self.next_item = self.next_item.max(delta.next_item);
+        self.done.push(name);
+        self.intake.push(path);
+    }
 }
 
 /// Where an original will be filed.
@@ -137,7 +203,8 @@ impl Archive {
         let dir = spool.data_dir().join("archive");
         let (intake_dir, items_dir, tmp_dir) =
             (dir.join("intake"), dir.join("items"), dir.join("tmp"));
-        for d in [&dir, &intake_dir, &items_dir, &tmp_dir] {
+        let recent_dir = dir.join("recent");
+        for d in [&dir, &intake_dir, &items_dir, &recent_dir, &tmp_dir] {
             fsutil::create_private_dir(d)?;
         }
         for entry in fs::read_dir(&tmp_dir)? {
@@ -154,6 +221,7 @@ impl Archive {
             store,
             intake_dir,
             items_dir,
+            recent_dir,
             tmp_dir,
             intake_identity,
             secret,
@@ -189,11 +257,12 @@ impl Archive {
         &self.users
     }
 
-    /// The archive users, cached for a moment.
+    /// The archive users, re-read whenever the CLI changed them.
     pub fn user_list(&self) -> Arc<Vec<UserRecord>> {
+        let generation = self.users.generation();
         let mut cache = self.user_cache.lock().unwrap();
-        if let Some((at, list)) = cache.as_ref() {
-            if at.elapsed() < USERS_TTL {
+        if let Some((seen, list)) = cache.as_ref() {
+            if *seen == generation {
                 return list.clone();
             }
         }
@@ -201,7 +270,7 @@ impl Archive {
             tracing::error!(error = %e, "cannot read archive users");
             Vec::new()
         }));
-        *cache = Some((Instant::now(), list.clone()));
+        *cache = Some((generation, list.clone()));
         list
     }
 
@@ -216,14 +285,25 @@ impl Archive {
                 if let Err(e) = self.apply_retention() {
                     tracing::error!(error = %e, "archive retention failed");
                 }
+                if let Err(e) = self.sweep_recent() {
+                    tracing::error!(error = %e, "cannot clean the duplicate-merge copies");
+                }
             }
             match self.pending_files() {
                 Ok(files) => {
+                    let mut pending = Pending::default();
                     for name in files {
                         if self.stop.load(Ordering::SeqCst) {
-                            return;
+                            break;
                         }
-                        self.process_logged(&name);
+                        self.process_logged(&name, &mut pending);
+                        if pending.intake.len() >= COMMIT_EVERY {
+                            self.commit_logged(&mut pending);
+                        }
+                    }
+                    self.commit_logged(&mut pending);
+                    if self.stop.load(Ordering::SeqCst) {
+                        return;
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "cannot list the archive intake"),
@@ -249,9 +329,9 @@ impl Archive {
         Ok(names.into_iter().map(|(_, n)| n).collect())
     }
 
-    fn process_logged(&self, name: &str) {
+    fn process_logged(&self, name: &str, pending: &mut Pending) {
         let started = Instant::now();
-        match self.process(name) {
+        match self.process(name, pending) {
             Ok(()) => {
                 tracing::debug!(
                     intake = name,
@@ -270,34 +350,75 @@ impl Archive {
         }
     }
 
-    /// Archives one intake file.
-    fn process(&self, name: &str) -> Result<(), ArchiveError> {
+    /// Archives one intake file into `pending` (committed by [`Archive::commit`]).
+    fn process(&self, name: &str, pending: &mut Pending) -> Result<(), ArchiveError> {
         let path = self.intake_dir.join(name);
         if self.store.is_done(name)? {
-            return self.finish_intake(&path);
+            return remove_if_present(&path);
         }
         let (envelope, envelope_len, skeleton) = self.read_intake(&path)?;
         let plan = self.plan(&envelope, &skeleton);
-        let mut batch = Batch {
-            counters: plan.counters.clone(),
-            done: Some(name.to_owned()),
-            ..Batch::default()
-        };
-        let changed =
-            self.file_originals(&path, envelope_len, &skeleton, &envelope, plan, &mut batch)?;
-        self.store.apply(batch)?;
-        for folder in changed {
-            self.spool.notify_change(change_key(&folder));
+        if pending.next_item == 0 {
+            pending.next_item = self.store.next_item()?;
         }
-        self.finish_intake(&path)
+        let source = Source {
+            archive: self,
+            intake: &path,
+            envelope_len,
+            skeleton: &skeleton,
+        };
+        let mut delta = Delta {
+            next_item: pending.next_item,
+            counters: plan.counters.clone(),
+            ..Delta::default()
+        };
+        if let Err(e) = self.file_originals(&source, &envelope, plan, pending, &mut delta) {
+            for id in delta.published {
+                let _ = fs::remove_file(self.item_path(id));
+            }
+            return Err(e);
+        }
+        pending.merge(delta, name.to_owned(), path);
+        Ok(())
     }
 
-    fn finish_intake(&self, path: &Path) -> Result<(), ArchiveError> {
-        match fs::remove_file(path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e.into()),
+    fn commit_logged(&self, pending: &mut Pending) {
+        if let Err(e) = self.commit(pending) {
+            // Nothing is lost: the intake files stay and are archived again.
+            tracing::error!(error = %e, "archive commit failed; will retry");
+            for id in pending.items.keys() {
+                if !pending.existing.contains(id) {
+                    let _ = fs::remove_file(self.item_path(*id));
+                }
+            }
         }
+        *pending = Pending::default();
+    }
+
+    /// Makes the pending work durable (item files, then one redb commit), tells IMAP
+    /// sessions, and only then deletes the intake files.
+    fn commit(&self, pending: &mut Pending) -> Result<(), ArchiveError> {
+        if pending.intake.is_empty() {
+            return Ok(());
+        }
+        if !pending.items.is_empty() {
+            fsutil::sync_dir(&self.items_dir)?;
+        }
+        let batch = Batch {
+            items: pending.items.drain().collect(),
+            entries: std::mem::take(&mut pending.entries),
+            dedupe: pending.dedupe.drain().collect(),
+            counters: std::mem::take(&mut pending.counters),
+            done: std::mem::take(&mut pending.done),
+        };
+        self.store.apply(batch)?;
+        for folder in std::mem::take(&mut pending.changed) {
+            self.spool.notify_change(change_key(&folder));
+        }
+        for path in std::mem::take(&mut pending.intake) {
+            remove_if_present(&path)?;
+        }
+        Ok(())
     }
 
     /// Decrypts an intake file once: its envelope and the message's skeleton.
@@ -508,18 +629,18 @@ impl Archive {
         }
     }
 
-    /// Writes the originals as sealed items and fills `batch`; returns the folders changed.
+    /// Writes the originals as sealed items and records in `delta` where they are filed.
+    /// `pending` holds what earlier files of this commit did (not yet in the store).
     fn file_originals(
         &self,
-        intake: &Path,
-        envelope_len: u64,
-        skeleton: &Skeleton,
+        source: &Source<'_>,
         envelope: &Envelope,
         plan: Plan,
-        batch: &mut Batch,
-    ) -> Result<Vec<String>, ArchiveError> {
+        pending: &Pending,
+        delta: &mut Delta,
+    ) -> Result<(), ArchiveError> {
         let Some((first, first_b64)) = plan.originals.first().cloned() else {
-            return Ok(Vec::new());
+            return Ok(());
         };
         let users = self.user_list();
         let mut keys: Vec<String> = plan.users.iter().map(|u| u.public_key.clone()).collect();
@@ -530,25 +651,20 @@ impl Archive {
         }
         if keys.is_empty() {
             tracing::warn!(queue_id = %envelope.id, "no user or auditor to seal the archive copy to: not archived");
-            batch.counters.push(("unreadable_dropped", 1));
-            return Ok(Vec::new());
+            delta.counters.push(("unreadable_dropped", 1));
+            return Ok(());
         }
-        let source = Source {
-            archive: self,
-            intake,
-            envelope_len,
-            skeleton,
-        };
-        let written = self.write_item(&source, first.clone(), first_b64, &keys)?;
+        let written = self.write_item(source, first.clone(), first_b64, &keys)?;
         let dedupe = self.dedupe_key(plan.message_id.as_deref(), &written.normalized);
-        let existing = self.store.duplicates(&dedupe)?;
+        let existing = match pending.dedupe.get(&dedupe) {
+            Some(list) => list.clone(),
+            None => self.store.duplicates(&dedupe)?,
+        };
         let received = envelope.received;
-        let mut next = self.store.next_item()?;
-        let mut changed = Vec::new();
         if existing.is_empty() {
-            let id = next;
-            next += 1;
-            self.publish(&written.tmp, id)?;
+            let id = delta.allocate();
+            self.publish(&written.tmp, id, delta)?;
+            self.keep_recent(source, first.clone(), first_b64, id);
             let mut item = Item {
                 received,
                 size: written.size,
@@ -560,12 +676,11 @@ impl Archive {
             };
             // Further originals (the protected copy next to a decrypted one) are kept, linked.
             for (range, b64) in plan.originals.iter().skip(1).cloned() {
-                let extra = self.write_item(&source, range, b64, &keys)?;
-                let extra_id = next;
-                next += 1;
-                self.publish(&extra.tmp, extra_id)?;
+                let extra = self.write_item(source, range, b64, &keys)?;
+                let extra_id = delta.allocate();
+                self.publish(&extra.tmp, extra_id, delta)?;
                 item.linked.push(extra_id);
-                batch.items.push((
+                delta.items.push((
                     extra_id,
                     Item {
                         received,
@@ -578,58 +693,81 @@ impl Archive {
                     },
                 ));
             }
-            batch.items.push((id, item));
+            delta.items.push((id, item));
             for folder in &plan.folders {
-                batch
+                delta
                     .entries
                     .push((folder.clone(), id, received, written.size));
-                changed.push(folder.clone());
             }
-            batch.dedupe.push((dedupe, vec![id]));
-            batch.counters.push(("items", 1));
+            delta.dedupe.push((dedupe, vec![id]));
+            delta.counters.push(("items", 1));
             if plan.unknown {
-                batch.counters.push(("unknown", 1));
+                delta.counters.push(("unknown", 1));
             }
-            fsutil::sync_dir(&self.items_dir)?;
-            return Ok(changed);
+            return Ok(());
         }
         // A duplicate: file it only in the folders that do not show it yet.
-        batch.counters.push(("duplicates_merged", 1));
+        delta.counters.push(("duplicates_merged", 1));
         let mut shown: BTreeSet<String> = BTreeSet::new();
         let mut records = Vec::new();
         for id in &existing {
-            if let Some(item) = self.store.item(*id)? {
+            let item = match pending.items.get(id) {
+                Some(item) => Some(item.clone()),
+                None => self.store.item(*id)?,
+            };
+            if let Some(item) = item {
                 shown.extend(item.entries.iter().map(|(f, _)| f.clone()));
+                if let Some(new) = pending.folders.get(id) {
+                    shown.extend(new.iter().cloned());
+                }
                 records.push((*id, item));
             }
         }
         let new_folders: Vec<String> = plan.folders.difference(&shown).cloned().collect();
         if new_folders.is_empty() {
             let _ = fs::remove_file(&written.tmp);
-            return Ok(Vec::new());
+            return Ok(());
         }
         let exact = hex::encode(&written.exact);
-        let target = match records.iter().find(|(_, item)| item.exact == exact) {
+        let union = |item: &Item| {
+            let mut all = item.keys.clone();
+            for k in &keys {
+                if !all.contains(k) {
+                    all.push(k.clone());
+                }
+            }
+            all
+        };
+        // Within the window the first copy is re-sealed to everyone: stored once.
+        if let Some((id, item)) = records.first() {
+            let all = union(item);
+            if self.reseal_from_recent(*id, &all)? {
+                let _ = fs::remove_file(&written.tmp);
+                let mut updated = item.clone();
+                updated.keys = all;
+                delta.items.push((*id, updated));
+                for folder in new_folders {
+                    delta.entries.push((folder, *id, received, item.size));
+                }
+                return Ok(());
+            }
+        }
+        let (target, size) = match records.iter().find(|(_, item)| item.exact == exact) {
             Some((id, item)) => {
                 // Same bytes: one file, now sealed to the new users as well.
                 let _ = fs::remove_file(&written.tmp);
-                let mut all = item.keys.clone();
-                for k in &keys {
-                    if !all.contains(k) {
-                        all.push(k.clone());
-                    }
-                }
-                let resealed = self.write_item(&source, first, first_b64, &all)?;
-                self.publish(&resealed.tmp, *id)?;
+                let all = union(item);
+                let resealed = self.write_item(source, first, first_b64, &all)?;
+                fs::rename(&resealed.tmp, self.item_path(*id))?;
                 let mut updated = item.clone();
                 updated.keys = all;
-                batch.items.push((*id, updated));
-                *id
+                delta.items.push((*id, updated));
+                (*id, item.size)
             }
             None => {
-                let id = next;
-                self.publish(&written.tmp, id)?;
-                batch.items.push((
+                let id = delta.allocate();
+                self.publish(&written.tmp, id, delta)?;
+                delta.items.push((
                     id,
                     Item {
                         received,
@@ -643,25 +781,21 @@ impl Archive {
                 ));
                 let mut list = existing.clone();
                 list.push(id);
-                batch.dedupe.push((dedupe, list));
-                id
+                delta.dedupe.push((dedupe, list));
+                (id, written.size)
             }
         };
-        fsutil::sync_dir(&self.items_dir)?;
-        let size = self
-            .store
-            .item(target)?
-            .map(|i| i.size)
-            .unwrap_or(written.size);
         for folder in new_folders {
-            batch.entries.push((folder.clone(), target, received, size));
-            changed.push(folder);
+            delta.entries.push((folder, target, received, size));
         }
-        Ok(changed)
+        Ok(())
     }
 
-    fn publish(&self, tmp: &Path, id: u64) -> io::Result<()> {
-        fs::rename(tmp, self.item_path(id))
+    /// Moves a new item file into place (durable at the next commit's folder sync).
+    fn publish(&self, tmp: &Path, id: u64, delta: &mut Delta) -> io::Result<()> {
+        fs::rename(tmp, self.item_path(id))?;
+        delta.published.push(id);
+        Ok(())
     }
 
     fn item_path(&self, id: u64) -> PathBuf {
@@ -675,6 +809,17 @@ impl Archive {
         range: Range<u64>,
         base64: bool,
         keys: &[String],
+    ) -> Result<Written, ArchiveError> {
+        self.write_sealed(keys, true, |sink| source.copy_original(range, base64, sink))
+    }
+
+    /// Seals what `fill` writes to `keys` in a temp file (fdatasync'd when `durable`),
+    /// hashing it on the way.
+    fn write_sealed(
+        &self,
+        keys: &[String],
+        durable: bool,
+        fill: impl FnOnce(&mut dyn Write) -> Result<(), ArchiveError>,
     ) -> Result<Written, ArchiveError> {
         let recipients: Vec<Recipient> = keys
             .iter()
@@ -694,25 +839,12 @@ impl Archive {
             normalized: Normalizer::default(),
             size: 0,
         };
-        let result = (|| -> Result<(), ArchiveError> {
-            if base64 && range.end - range.start <= DECODE_MAX {
-                let mut encoded = Vec::new();
-                source.copy(range.clone(), &mut encoded)?;
-                encoded.retain(|b| !b.is_ascii_whitespace());
-                use base64::Engine;
-                match base64::engine::general_purpose::STANDARD.decode(&encoded) {
-                    Ok(decoded) => sink.write_all(&decoded)?,
-                    Err(_) => source.copy(range, &mut sink)?,
-                }
-            } else {
-                source.copy(range, &mut sink)?;
-            }
-            Ok(())
-        })();
-        let finished = result.and_then(|()| {
+        let finished = fill(&mut sink).and_then(|()| {
             let buffered = sink.inner.finish()?;
             let file = buffered.into_inner().map_err(|e| e.into_error())?;
-            file.sync_data()?;
+            if durable {
+                file.sync_data()?;
+            }
             Ok(())
         });
         if let Err(e) = finished {
@@ -725,6 +857,66 @@ impl Archive {
             exact: sink.exact.finalize().into_bytes().to_vec(),
             normalized: sink.normalized.finish(),
         })
+    }
+
+    /// Keeps a copy of a new item sealed to the server key for [`DEDUPE_WINDOW`], so that a
+    /// later duplicate report can give its recipients this very item. Not fsync'd: losing
+    /// it only means a later duplicate is stored as its own copy.
+    fn keep_recent(&self, source: &Source<'_>, range: Range<u64>, base64: bool, id: u64) {
+        let key = self.intake_identity.to_public().to_string();
+        let result = self
+            .write_sealed(std::slice::from_ref(&key), false, |sink| {
+                source.copy_original(range, base64, sink)
+            })
+            .and_then(|w| Ok(fs::rename(&w.tmp, self.recent_path(id))?));
+        if let Err(e) = result {
+            tracing::warn!(item = id, error = %e, "could not keep the duplicate-merge copy");
+        }
+    }
+
+    /// Re-seals item `id` from its recent copy to `keys`; false when there is no recent copy.
+    fn reseal_from_recent(&self, id: u64, keys: &[String]) -> Result<bool, ArchiveError> {
+        let file = match File::open(self.recent_path(id)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        let written = self.write_sealed(keys, true, |sink| {
+            let mut reader = crypto::open(
+                &self.intake_identity,
+                BufReader::with_capacity(64 << 10, file),
+            )?;
+            io::copy(&mut reader, sink)?;
+            Ok(())
+        })?;
+        fs::rename(&written.tmp, self.item_path(id))?;
+        Ok(true)
+    }
+
+    fn recent_path(&self, id: u64) -> PathBuf {
+        self.recent_dir.join(format!("{id}.age"))
+    }
+
+    /// Removes recent copies older than the window (and those of removed items).
+    fn sweep_recent(&self) -> Result<(), ArchiveError> {
+        let known: BTreeSet<u64> = self.store.item_ids()?.into_iter().collect();
+        for entry in fs::read_dir(&self.recent_dir)? {
+            let entry = entry?;
+            let id = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".age"))
+                .and_then(|n| n.parse::<u64>().ok());
+            let old = entry
+                .metadata()?
+                .modified()?
+                .elapsed()
+                .is_ok_and(|age| age > DEDUPE_WINDOW);
+            if old || id.is_none_or(|id| !known.contains(&id)) {
+                fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(())
     }
 
     /// Keyed hash of (Message-ID, content without volatile headers).
@@ -986,7 +1178,27 @@ struct Source<'a> {
 }
 
 impl Source<'_> {
-    fn copy(&self, range: Range<u64>, out: &mut impl Write) -> Result<(), ArchiveError> {
+    /// Copies an original, decoding a base64 `message/rfc822` part (up to [`DECODE_MAX`]).
+    fn copy_original(
+        &self,
+        range: Range<u64>,
+        base64: bool,
+        out: &mut (impl Write + ?Sized),
+    ) -> Result<(), ArchiveError> {
+        if base64 && range.end - range.start <= DECODE_MAX {
+            let mut encoded = Vec::new();
+            self.copy(range.clone(), &mut encoded)?;
+            encoded.retain(|b| !b.is_ascii_whitespace());
+            use base64::Engine;
+            if let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(&encoded) {
+                out.write_all(&decoded)?;
+                return Ok(());
+            }
+        }
+        self.copy(range, out)
+    }
+
+    fn copy(&self, range: Range<u64>, out: &mut (impl Write + ?Sized)) -> Result<(), ArchiveError> {
         if self.skeleton.is_whole() {
             let r = range.start as usize..(range.end as usize).min(self.skeleton.bytes.len());
             out.write_all(&self.skeleton.bytes[r])?;
@@ -1117,6 +1329,14 @@ fn header_message_id(message: &[u8]) -> Option<String> {
     mime::raw_field(header, "Message-ID")
         .map(|v| String::from_utf8_lossy(&v).trim().to_owned())
         .filter(|v| !v.is_empty())
+}
+
+fn remove_if_present(path: &Path) -> Result<(), ArchiveError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn contains_ci(haystack: &[u8], needle: &[u8]) -> bool {

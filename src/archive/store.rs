@@ -72,7 +72,8 @@ pub struct Batch {
     pub entries: Vec<(String, u64, i64, u64)>,
     pub dedupe: Vec<(Vec<u8>, Vec<u64>)>,
     pub counters: Vec<(&'static str, u64)>,
-    pub done: Option<String>,
+    /// Intake files archived by this batch.
+    pub done: Vec<String>,
 }
 
 impl Store {
@@ -148,11 +149,9 @@ impl Store {
                     .unwrap_or(0);
                 counters.insert(name, now + add).map_err(err)?;
             }
-            if let Some(name) = batch.done {
-                txn.open_table(DONE)
-                    .map_err(err)?
-                    .insert(name.as_str(), ())
-                    .map_err(err)?;
+            let mut done = txn.open_table(DONE).map_err(err)?;
+            for name in &batch.done {
+                done.insert(name.as_str(), ()).map_err(err)?;
             }
         }
         txn.commit().map_err(err)?;

@@ -54,6 +54,8 @@ impl UserRecord {
 }
 
 const RECORD: &str = "user.json";
+/// Rewritten by every change to the users, so a running server notices at once.
+const GENERATION: &str = ".generation";
 const IDENTITY: &str = "identity.age";
 
 /// Normalises an address for matching and storage: trimmed, lowercased, validated. Addresses
@@ -138,7 +140,23 @@ impl Users {
         write_record(&staging, &record)?;
         fs::rename(&staging, self.dir(&record.id))?;
         fsutil::sync_dir(&self.root)?;
+        self.bump()?;
         Ok((record, password))
+    }
+
+    /// Marks the user list as changed.
+    fn bump(&self) -> Result<(), UserError> {
+        fsutil::write_atomic(
+            &self.root.join(GENERATION),
+            crypto::random_hex128().as_bytes(),
+            0o600,
+        )?;
+        Ok(())
+    }
+
+    /// Changes whenever a user is added, deleted or given a new password.
+    pub fn generation(&self) -> String {
+        fs::read_to_string(self.root.join(GENERATION)).unwrap_or_default()
     }
 
     /// Every user, sorted by login. Leftovers of interrupted operations are ignored.
@@ -187,6 +205,7 @@ impl Users {
         fs::rename(self.dir(&record.id), &doomed)?;
         fsutil::sync_dir(&self.root)?;
         fs::remove_dir_all(&doomed)?;
+        self.bump()?;
         Ok(record)
     }
 
@@ -206,6 +225,7 @@ impl Users {
         record.public_key = keys.public;
         record.key_generation += 1;
         write_record(&dir, &record)?;
+        self.bump()?;
         Ok((record, password))
     }
 

@@ -43,7 +43,6 @@ import html
 import imaplib
 import os
 import re
-import smtplib
 import time
 import uuid
 
@@ -53,9 +52,7 @@ import jgharness
 from imapharness import (  # noqa: F401  (make_igw is a fixture re-exported for test modules)
     RawIMAP, imaplib_connect, make_igw, parse_sexp, quote,
 )
-from jgharness import (
-    CliError, Gateway, deep_merge, send_smtp, smtp_connect, strip_received,
-)
+from jgharness import Gateway, deep_merge, send_smtp, smtp_connect, strip_received
 
 imaplib._MAXLINE = 1 << 24
 
@@ -816,13 +813,15 @@ def journal_report(sender="alice@contoso.example",
                    report_cte="7bit", charset="us-ascii", html_report=False, lf_only=False,
                    marker="X-MS-Journal-Report", qp_maxline=76, report_body: bytes | None = None,
                    wrapper_headers=(), boundary=None, date="Tue, 12 Mar 2024 09:30:05 +0000",
-                   extra_report_lines=()) -> bytes:
+                   extra_report_lines=(), original_cte=None) -> bytes:
     """An Exchange envelope journal report (multipart/mixed; report part; 0..n originals).
 
     recipients: ("Recipient"|"To"|"Cc"|"Bcc", addr[, "Expanded"|"Forwarded", addr]) or addr.
     subject/msgid default to the first original's Subject/Message-ID (msgid "" -> the
     literal `Unknown Message-ID`). report_cte: 7bit, 8bit, quoted-printable, base64.
-    marker: a key of MARKERS. lf_only: the whole message with LF line endings."""
+    marker: a key of MARKERS. lf_only: the whole message with LF line endings.
+    original_cte: a Content-Transfer-Encoding for the message/rfc822 parts ("base64" encodes
+    them; any other value is only declared)."""
     if originals is None:
         originals = [original if original is not None else make_original(sender=sender)]
     first = originals[0] if originals else b""
@@ -878,7 +877,12 @@ def journal_report(sender="alice@contoso.example",
             f"Content-Transfer-Encoding: {report_cte}\r\n\r\n").encode()
     out += report_body.rstrip(b"\r\n") + b"\r\n\r\n"
     for o in originals:
-        out += b"--" + b + b"\r\nContent-Type: message/rfc822\r\n\r\n" + o + b"\r\n"
+        out += b"--" + b + b"\r\nContent-Type: message/rfc822\r\n"
+        if original_cte:
+            out += f"Content-Transfer-Encoding: {original_cte}\r\n".encode()
+            if original_cte.lower() == "base64":
+                o = base64.encodebytes(o).replace(b"\n", b"\r\n").rstrip(b"\r\n")
+        out += b"\r\n" + o + b"\r\n"
     out += b"--" + b + b"--\r\n"
     if lf_only:
         out = out.replace(b"\r\n", b"\n")
@@ -927,6 +931,6 @@ __all__ = [
     "expected_original", "folder_counts", "folder_info", "folder_messages", "imap_user",
     "journal_report", "list_folders", "logout", "make_igw", "make_original", "matches",
     "ndr_wrap", "originals_of", "place", "plain_message", "qp_encode", "raw_user",
-    "report_fields", "selectable", "send_bdat", "send_report", "smtplib", "user_snapshot",
-    "wait_archived", "CliError",
+    "report_fields", "selectable", "send_bdat", "send_report", "user_snapshot",
+    "wait_archived",
 ]

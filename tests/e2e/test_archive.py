@@ -767,6 +767,133 @@ def test_tnef_original(archive_gw):
     assert_alive(gw)
 
 
+@pytest.mark.parametrize("cte", ["base64", "binary", "8bit"])
+def test_original_part_with_transfer_encoding(archive_gw, cte):
+    """The message/rfc822 part declares a Content-Transfer-Encoding (an O365 report once came
+    with `binary`, breaking an archiver; base64 has been seen too): the archive shows the
+    original message itself, decoded, byte-identical."""
+    gw = archive_gw()
+    add_users(gw, ALICE, BOB, auditor=AUD)
+    orig = make_original(subject=f"original part with CTE {cte}",
+                         body="Gr\u00fc\u00dfe\r\n" if cte != "base64" else "plain\r\n",
+                         content_type="text/plain; charset=utf-8", cte="8bit")
+    rep = journal_report(ALICE, [("To", BOB)], original=orig, original_cte=cte)
+    if cte == "base64":
+        assert orig not in rep
+    send_report(gw, rep)
+    expected = {ALICE: {"Sent": [orig]}, BOB: {"INBOX": [orig]}}
+    wait_archived(gw, items=1, unknown=0, users=folder_counts(expected))
+    check_archive(gw, expected, unknown=[])
+
+
+def test_journal_report_of_an_ndr(archive_gw):
+    """A journal report whose original is itself an NDR carries both X-MS-Journal-Report and
+    X-MS-Exchange-Message-Is-Ndr: it is a journal report, and the NDR is the original."""
+    gw = archive_gw()
+    add_users(gw, ALICE, BOB, auditor=AUD)
+    bounced = make_original(subject="to a mistyped address", sender=BOB, to="nobdy@contoso.example")
+    ndr = ndr_wrap(bounced, journal_address="nobdy@contoso.example", ndr_to=BOB)
+    exchange = "MicrosoftExchange329e71ec88ae4615bbc36ab6ce41109e@contoso.onmicrosoft.com"
+    rep = journal_report(exchange, [("Recipient", BOB)], original=ndr,
+                         msgid=f"<ndr-{os.urandom(4).hex()}@contoso.example>",
+                         wrapper_headers=["X-MS-Exchange-Message-Is-Ndr:"])
+    assert originals_of(rep) == [ndr]
+    send_report(gw, rep)
+    expected = {BOB: {"INBOX": [ndr]}}
+    wait_archived(gw, items=1, unknown=0, users=folder_counts(expected))
+    check_archive(gw, expected, unknown=[])
+
+
+def test_report_part_without_fields_is_a_plain_copy(archive_gw):
+    """A message with the journal marker whose report part has no Sender:/Recipient: lines
+    (binary garbage) is not a parsable report: archived whole as a plain copy, by its
+    envelope (nobody here) -> Unknown Addresses."""
+    gw = archive_gw()
+    add_users(gw, ALICE, BOB, auditor=AUD)
+    garbage = bytes(range(256)) * 8
+    rep = journal_report(ALICE, [("To", BOB)], report_body=base64.encodebytes(garbage)
+                         .replace(b"\n", b"\r\n"), report_cte="base64")
+    send_report(gw, rep)
+    wait_archived(gw, items=1, unknown=1, users={ALICE: {"sent": 0}, BOB: {"inbox": 0}})
+    check_archive(gw, {}, unknown=[Whole(rep)])
+    assert_alive(gw)
+
+
+def _truncated(rep: bytes) -> bytes:
+    """The report without its closing boundary line (cut inside the original's body)."""
+    return rep[:rep.rindex(b"Second line.")]
+
+
+def _no_boundary(rep: bytes) -> bytes:
+    """multipart/mixed whose Content-Type has no boundary parameter."""
+    head, sep, body = rep.partition(b"\r\n\r\n")
+    head = re.sub(rb";\r\n\tboundary=\"[^\"]+\"", b"", head)
+    return head + sep + body
+
+
+@pytest.mark.parametrize("damage", ["truncated", "no-boundary", "header-only"])
+def test_malformed_report_does_not_crash_or_misfile(archive_gw, damage):
+    """Damaged reports: the server keeps running, finishes the job, and files the message at
+    most once per folder, and only for the report's participants or Unknown Addresses."""
+    gw = archive_gw()
+    users = add_users(gw, ALICE, BOB, CAROL, auditor=AUD)
+    orig = make_original(subject=f"damaged: {damage}", to=f"{BOB}, {CAROL}")
+    rep = journal_report(ALICE, [("To", BOB)], original=orig)
+    if damage == "truncated":
+        msg = _truncated(rep)
+    elif damage == "no-boundary":
+        msg = _no_boundary(rep)
+    else:
+        msg = rep.partition(b"\r\n\r\n")[0] + b"\r\n\r\n"
+    send_report(gw, msg)
+    st = wait_archived(gw, users={CAROL: {"inbox": 0, "sent": 0}})
+    assert st["items"] <= 1, st
+    seen = archive_contents(gw, users)
+    assert not any(seen[CAROL].values()), f"carol got {seen[CAROL]}\n{gw.log_tail()}"
+    for login, folders in seen.items():
+        for f, msgs in folders.items():
+            assert len(msgs) <= 1, f"{login} {f}: {len(msgs)} copies\n{gw.log_tail()}"
+            if msgs:
+                assert f in ("Sent", "INBOX", UNKNOWN) or f.startswith("Users/"), f
+                owner = f.split("/")[1] if f.startswith("Users/") else login
+                assert owner != CAROL, f"{f} of {login} holds the damaged report's message"
+    assert_alive(gw)
+
+
+def archive_contents(gw, users) -> dict:
+    """{login: {folder: [bytes]}} for every user (no expectations)."""
+    out = {}
+    for login, u in users.items():
+        c = imap_user(gw, login, u["password"])
+        try:
+            out[login] = {f: list(folder_messages(c, f).values())
+                          for f in sorted(selectable(list_folders(c)))}
+        finally:
+            logout(c)
+    return out
+
+
+@pytest.mark.timeout(240)
+def test_large_original(archive_gw):
+    """A 12 MB original (base64 attachment) is archived byte-identical for sender, recipient
+    and auditor."""
+    gw = archive_gw()
+    add_users(gw, ALICE, BOB, auditor=AUD)
+    blob = base64.encodebytes(os.urandom(9 * 1024 * 1024)).replace(b"\n", b"\r\n")
+    body = (b"--big\r\nContent-Type: text/plain\r\n\r\nsee attachment\r\n--big\r\n"
+            b"Content-Type: application/octet-stream; name=\"big.bin\"\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\n" + blob + b"--big--\r\n")
+    orig = make_original(subject="a large attachment", body=body, cte=None,
+                         content_type='multipart/mixed; boundary="big"')
+    assert len(orig) > 12_000_000
+    send_report(gw, journal_report(ALICE, [("To", BOB)], original=orig))
+    expected = {ALICE: {"Sent": [orig]}, BOB: {"INBOX": [orig]}}
+    wait_archived(gw, timeout=150, items=1, users=folder_counts(expected))
+    check_archive(gw, expected, unknown=[])
+    rss = gw.rss_kb()
+    assert rss < 400_000, f"server RSS {rss} kB after archiving a 12 MB original"
+
+
 @pytest.mark.timeout(240)
 def test_report_with_10000_recipients(archive_gw):
     gw = archive_gw()
