@@ -1,9 +1,10 @@
 //! Arbitrary message bytes through the MIME structure parser, the ENVELOPE and
-//! BODYSTRUCTURE renderers, every part resolution, and journal-report classification:
-//! no panic, bounded work, originals inside the message.
+//! BODYSTRUCTURE renderers, every part resolution, journal-report classification and the
+//! archive's skeleton: no panic, bounded work, originals inside the message.
 
 #![no_main]
 
+use journalgate::archive::skeleton::Skeleton;
 use journalgate::imap::mime;
 use journalgate::journal::{self, Classification};
 use libfuzzer_sys::fuzz_target;
@@ -11,6 +12,19 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|raw: &[u8]| {
     if let Classification::Journal(r) | Classification::NdrJournal(r) = journal::classify(raw) {
         assert!(r.originals.iter().all(|o| o.range.end <= raw.len()));
+    }
+    let skeleton = Skeleton::build(raw).expect("reading a slice cannot fail");
+    assert_eq!(skeleton.total, raw.len() as u64);
+    if skeleton.is_whole() {
+        assert_eq!(skeleton.bytes, raw);
+    }
+    if let Classification::Journal(r) | Classification::NdrJournal(r) =
+        journal::classify(&skeleton.bytes)
+    {
+        for o in &r.originals {
+            let mapped = skeleton.range(&o.range);
+            assert!(mapped.start <= mapped.end && mapped.end <= skeleton.total);
+        }
     }
     let root = mime::parse(raw);
     let mut out = Vec::new();

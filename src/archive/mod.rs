@@ -12,7 +12,7 @@
 //! The intake key is held by the server (`archive/intake.key`, mode 0600): the archive has to
 //! be written without any user's password. Intake files live only until they are processed.
 
-mod skeleton;
+pub mod skeleton;
 pub mod store;
 pub mod users;
 
@@ -1401,6 +1401,86 @@ mod tests {
         let c = hash(b"Subject: s\r\n\r\nother body\r\n");
         assert_eq!(a, b);
         assert_ne!(a, c);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn plain_copies_are_filed_and_retention_removes_old_ones() {
+        use crate::spool::Target;
+        let dir = std::env::temp_dir().join(format!("jg-archive-{}", crypto::random_hex128()));
+        let spool = Spool::open(&dir).unwrap();
+        let config = ArchiveConfig {
+            retention_days: 1,
+            envelope_headers: vec![crate::config::EnvelopeHeader {
+                network: "127.0.0.0/8".parse().unwrap(),
+                header: "X-Envelope-To".into(),
+            }],
+            ..ArchiveConfig::default()
+        };
+        let archive = Archive::open(&config, spool.clone()).unwrap();
+        let (bob, password) = archive
+            .users()
+            .add("bob@x.example", &[], "", false)
+            .unwrap();
+        let (tx, _rx) = mpsc::channel();
+        spool.set_intake(Intake {
+            dir: archive.intake_dir.clone(),
+            recipient: archive.intake_identity.to_public(),
+            notify: tx,
+        });
+        let (mbx, _) = spool.mailboxes().create("m", "").unwrap();
+        let now = chrono::Utc::now().timestamp();
+        for (received, subject) in [(now - 3 * 86_400, "old"), (now, "new")] {
+            let target = Target {
+                mailbox: mbx.id.clone(),
+                recipient: crypto::parse_recipient(&mbx.public_key).unwrap(),
+                envelope: Envelope {
+                    id: subject.into(),
+                    mail_from: String::new(),
+                    rcpt_to: vec![format!("{}@gw.test", mbx.id)],
+                    client: "127.0.0.1:1".into(),
+                    helo: "h".into(),
+                    tls: None,
+                    received,
+                },
+            };
+            let mut d = spool.begin(vec![target], true);
+            d.write(
+                format!("X-Envelope-To: <BOB@x.example>\r\nSubject: {subject}\r\n\r\nbody\r\n")
+                    .as_bytes(),
+            );
+            d.commit().await.unwrap();
+        }
+        let mut pending = Pending::default();
+        for name in archive.pending_files().unwrap() {
+            archive.process(&name, &mut pending).unwrap();
+        }
+        archive.commit(&mut pending).unwrap();
+        assert!(archive.pending_files().unwrap().is_empty());
+        let inbox = format!("{}/INBOX", bob.id);
+        let listed = archive.list(&inbox, &bob.public_key).unwrap();
+        assert_eq!(listed.len(), 2);
+        let identity = crypto::unwrap_identity(
+            &archive.users().wrapped_identity(&bob.id).unwrap(),
+            &password,
+        )
+        .unwrap();
+        let mut first = String::new();
+        archive
+            .open_message(&inbox, listed[0].uid, &identity)
+            .unwrap()
+            .read_to_string(&mut first)
+            .unwrap();
+        assert!(first.ends_with("Subject: old\r\n\r\nbody\r\n"), "{first}");
+        assert_eq!(archive.apply_retention().unwrap(), 1);
+        let left = archive.list(&inbox, &bob.public_key).unwrap();
+        assert_eq!(
+            left.iter().map(|m| m.uid).collect::<Vec<_>>(),
+            vec![listed[1].uid]
+        );
+        assert_eq!(fs::read_dir(&archive.items_dir).unwrap().count(), 1);
+        assert_eq!(archive.stats().unwrap().retention_removed, 1);
+        spool.shutdown();
+        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
