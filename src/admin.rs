@@ -84,10 +84,16 @@ pub async fn run(listener: UnixListener, state: Arc<State>) {
                 }
                 Ok(Request::ArchiveStats) => archive_stats(&state).await,
                 Ok(request) => {
-                    let spool = state.spool.clone();
-                    tokio::task::spawn_blocking(move || execute(&spool, request))
-                        .await
-                        .unwrap_or_else(|e| failure(e.to_string()))
+                    let (spool, archive) = (state.spool.clone(), state.archive.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let mut response = execute(&spool, request);
+                        if let (Request::Check, Some(archive)) = (request, archive) {
+                            add_archive_problems(&mut response, archive.check());
+                        }
+                        response
+                    })
+                    .await
+                    .unwrap_or_else(|e| failure(e.to_string()))
                 }
                 Err(e) => failure(format!("bad request: {e}")),
             };
@@ -143,6 +149,18 @@ async fn cert_request(state: &State, request: Request) -> Response {
         error: renewed.err().map(|e| e.to_string()),
         cert: status,
         ..failure(String::new())
+    }
+}
+
+/// Adds what the archive check found to a `check` response.
+pub fn add_archive_problems(
+    response: &mut Response,
+    found: Result<Vec<String>, crate::archive::ArchiveError>,
+) {
+    let problems = found.unwrap_or_else(|e| vec![format!("archive: {e}")]);
+    if !problems.is_empty() {
+        response.ok = false;
+        response.problems.extend(problems);
     }
 }
 

@@ -432,8 +432,14 @@ fn maintenance(config: &Config, request: Request, json: bool) -> Result<i32> {
                 bail!("data dir {} does not exist", config.data_dir.display());
             }
             let spool = Spool::open(&config.data_dir)?;
-            let response = admin::execute(&spool, request);
+            let mut response = admin::execute(&spool, request);
             spool.shutdown();
+            if let Request::Check = request {
+                admin::add_archive_problems(
+                    &mut response,
+                    crate::archive::Archive::check_offline(&config.data_dir),
+                );
+            }
             response
         }
     };
@@ -445,7 +451,7 @@ fn maintenance(config: &Config, request: Request, json: bool) -> Result<i32> {
     } else {
         match request {
             Request::Check if response.ok => println!(
-                "OK: spool and index are consistent ({} messages).",
+                "OK: spool, index and archive are consistent ({} messages).",
                 response.messages
             ),
             Request::Check => {

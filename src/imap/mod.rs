@@ -88,12 +88,28 @@ pub async fn serve_connection(
     session.handle(stream).await
 }
 
-/// Per-mailbox session counts, for `max_sessions_per_mailbox`.
-pub type SessionCounts = Mutex<HashMap<MailboxId, usize>>;
+/// Session counts per mailbox (or archive user), for `max_sessions_per_mailbox`.
+pub type SessionCounts = Mutex<HashMap<String, usize>>;
 
 struct CountGuard {
     state: Arc<State>,
-    id: MailboxId,
+    id: String,
+}
+
+impl CountGuard {
+    /// Takes one session of `id`, or None when it has `max_sessions_per_mailbox` already.
+    fn take(state: &Arc<State>, id: &str) -> Option<CountGuard> {
+        let mut counts = state.imap_sessions.lock().unwrap();
+        let n = counts.entry(id.to_owned()).or_insert(0);
+        if *n >= state.config.imap.max_sessions_per_mailbox {
+            return None;
+        }
+        *n += 1;
+        Some(CountGuard {
+            state: state.clone(),
+            id: id.to_owned(),
+        })
+    }
 }
 
 impl Drop for CountGuard {
@@ -562,17 +578,13 @@ impl Session {
             }
         };
         let id = login.record.id.clone();
-        {
-            let mut counts = self.state.imap_sessions.lock().unwrap();
-            let n = counts.entry(id.clone()).or_insert(0);
-            if *n >= self.state.config.imap.max_sessions_per_mailbox {
-                tracing::info!(client = %self.peer, mailbox = %id, "imap login refused: too many sessions");
-                return "NO [LIMIT] Too many sessions for this mailbox".into();
-            }
-            *n += 1;
-        }
+        let Some(guard) = CountGuard::take(&self.state, id.as_str()) else {
+            tracing::info!(client = %self.peer, mailbox = %id, "imap login refused: too many sessions");
+            return "NO [LIMIT] Too many sessions for this mailbox".into();
+        };
         tracing::info!(client = %self.peer, mailbox = %id, "imap login");
-        self.open_login(login);
+        self.changes = Some(self.state.spool.subscribe());
+        self.login = Some((Account::Gateway(login), Some(guard)));
         format!("OK [CAPABILITY {}] Logged in", self.capabilities())
     }
 
@@ -585,9 +597,13 @@ impl Session {
             .await
         {
             Ok(session) => {
+                let Some(guard) = CountGuard::take(&self.state, &session.user.id) else {
+                    tracing::info!(client = %self.peer, user = %session.user.id, "imap login refused: too many sessions");
+                    return "NO [LIMIT] Too many sessions for this user".into();
+                };
                 tracing::info!(client = %self.peer, user = %session.user.id, auditor = session.user.auditor, "imap archive login");
                 self.changes = Some(self.state.spool.subscribe());
-                self.login = Some((Account::Archive(session), None));
+                self.login = Some((Account::Archive(session), Some(guard)));
                 format!("OK [CAPABILITY {}] Logged in", self.capabilities())
             }
             Err(AuthError::Invalid) => {
@@ -601,12 +617,19 @@ impl Session {
         }
     }
 
-    /// Enters the authenticated state (the session count was already taken).
+    /// Enters the authenticated state without a password (PREAUTH; not counted).
     fn open_login(&mut self, login: Login) {
         let guard = CountGuard {
             state: self.state.clone(),
-            id: login.record.id.clone(),
+            id: login.record.id.to_string(),
         };
+        *self
+            .state
+            .imap_sessions
+            .lock()
+            .unwrap()
+            .entry(guard.id.clone())
+            .or_insert(0) += 1;
         self.changes = Some(self.state.spool.subscribe());
         self.login = Some((Account::Gateway(login), Some(guard)));
     }
