@@ -1,0 +1,464 @@
+//! Filing: sealing originals into item files, merging duplicates, and collecting the
+//! changes of several intake files into one durable commit.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::ops::Range;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::crypto::{self, Recipient};
+use crate::spool::Envelope;
+
+use super::fingerprint::Normalizer;
+use super::plan::Plan;
+use super::skeleton::Skeleton;
+use super::store::Item;
+use super::{Archive, ArchiveError, DECODE_MAX, DEDUPE_WINDOW};
+
+/// Intake files archived per durable commit (at most; fewer when the queue runs dry).
+pub(super) const COMMIT_EVERY: usize = 64;
+
+/// What archiving one intake file adds.
+#[derive(Default)]
+pub(super) struct Delta {
+    pub(super) next_item: u64,
+    pub(super) items: Vec<(u64, Item)>,
+    pub(super) entries: Vec<(String, u64, i64, u64)>,
+    pub(super) dedupe: Vec<(Vec<u8>, Vec<u64>)>,
+    pub(super) counters: Vec<(&'static str, u64)>,
+    /// New item files already in `items/` (removed again if the file fails).
+    pub(super) published: Vec<u64>,
+}
+
+impl Delta {
+    fn allocate(&mut self) -> u64 {
+        self.next_item += 1;
+        self.next_item - 1
+    }
+}
+
+/// Archived intake files not yet committed: several share one durable commit. Lookups of
+/// items and duplicate keys see this before the store.
+#[derive(Default)]
+pub(super) struct Pending {
+    pub(super) next_item: u64,
+    pub(super) items: HashMap<u64, Item>,
+    /// Items that were in the store before this commit (their files must not be removed).
+    pub(super) existing: BTreeSet<u64>,
+    pub(super) entries: Vec<(String, u64, i64, u64)>,
+    /// Folders each item is newly filed in by this commit.
+    pub(super) folders: HashMap<u64, BTreeSet<String>>,
+    pub(super) dedupe: HashMap<Vec<u8>, Vec<u64>>,
+    pub(super) counters: Vec<(&'static str, u64)>,
+    pub(super) done: Vec<String>,
+    pub(super) intake: Vec<PathBuf>,
+    pub(super) changed: BTreeSet<String>,
+}
+
+impl Pending {
+    pub(super) fn merge(&mut self, delta: Delta, name: String, path: PathBuf) {
+        let fresh: BTreeSet<u64> = delta.published.iter().copied().collect();
+        for (id, item) in delta.items {
+            if !fresh.contains(&id) && !self.items.contains_key(&id) {
+                self.existing.insert(id);
+            }
+            self.items.insert(id, item);
+        }
+        for (folder, item, received, size) in delta.entries {
+            self.folders.entry(item).or_default().insert(folder.clone());
+            self.changed.insert(folder.clone());
+            self.entries.push((folder, item, received, size));
+        }
+        self.dedupe.extend(delta.dedupe);
+        self.counters.extend(delta.counters);
+        self.next_item = self.next_item.max(delta.next_item);
+        self.done.push(name);
+        self.intake.push(path);
+    }
+}
+
+impl Archive {
+    /// Writes the originals as sealed items and records in `delta` where they are filed.
+    /// `pending` holds what earlier files of this commit did (not yet in the store).
+    pub(super) fn file_originals(
+        &self,
+        source: &Source<'_>,
+        envelope: &Envelope,
+        plan: Plan,
+        pending: &Pending,
+        delta: &mut Delta,
+    ) -> Result<(), ArchiveError> {
+        let Some((first, first_b64)) = plan.originals.first().cloned() else {
+            return Ok(());
+        };
+        let users = self.user_list();
+        let mut keys: Vec<String> = plan.users.iter().map(|u| u.public_key.clone()).collect();
+        for auditor in users.iter().filter(|u| u.auditor) {
+            if !keys.contains(&auditor.public_key) {
+                keys.push(auditor.public_key.clone());
+            }
+        }
+        if keys.is_empty() {
+            tracing::warn!(queue_id = %envelope.id, "no user or auditor to seal the archive copy to: not archived");
+            delta.counters.push(("unreadable_dropped", 1));
+            return Ok(());
+        }
+        let written = self.write_item(source, first.clone(), first_b64, &keys)?;
+        let dedupe = self.dedupe_key(plan.message_id.as_deref(), &written.normalized);
+        let existing = match pending.dedupe.get(&dedupe) {
+            Some(list) => list.clone(),
+            None => self.store.duplicates(&dedupe)?,
+        };
+        let received = envelope.received;
+        if existing.is_empty() {
+            let id = delta.allocate();
+            self.publish(&written.tmp, id, delta)?;
+            self.keep_recent(source, first.clone(), first_b64, id);
+            let mut item = Item {
+                received,
+                size: written.size,
+                exact: hex::encode(&written.exact),
+                dedupe: hex::encode(&dedupe),
+                keys: keys.clone(),
+                entries: Vec::new(),
+                linked: Vec::new(),
+            };
+            // Further originals (the protected copy next to a decrypted one) are kept, linked.
+            for (range, b64) in plan.originals.iter().skip(1).cloned() {
+                let extra = self.write_item(source, range, b64, &keys)?;
+                let extra_id = delta.allocate();
+                self.publish(&extra.tmp, extra_id, delta)?;
+                item.linked.push(extra_id);
+                delta.items.push((
+                    extra_id,
+                    Item {
+                        received,
+                        size: extra.size,
+                        exact: hex::encode(&extra.exact),
+                        dedupe: String::new(),
+                        keys: keys.clone(),
+                        entries: Vec::new(),
+                        linked: Vec::new(),
+                    },
+                ));
+            }
+            delta.items.push((id, item));
+            for folder in &plan.folders {
+                delta
+                    .entries
+                    .push((folder.clone(), id, received, written.size));
+            }
+            delta.dedupe.push((dedupe, vec![id]));
+            delta.counters.push(("items", 1));
+            if plan.unknown {
+                delta.counters.push(("unknown", 1));
+            }
+            return Ok(());
+        }
+        // A duplicate: file it only in the folders that do not show it yet.
+        delta.counters.push(("duplicates_merged", 1));
+        let mut shown: BTreeSet<String> = BTreeSet::new();
+        let mut records = Vec::new();
+        for id in &existing {
+            let item = match pending.items.get(id) {
+                Some(item) => Some(item.clone()),
+                None => self.store.item(*id)?,
+            };
+            if let Some(item) = item {
+                shown.extend(item.entries.iter().map(|(f, _)| f.clone()));
+                if let Some(new) = pending.folders.get(id) {
+                    shown.extend(new.iter().cloned());
+                }
+                records.push((*id, item));
+            }
+        }
+        let new_folders: Vec<String> = plan.folders.difference(&shown).cloned().collect();
+        if new_folders.is_empty() {
+            let _ = fs::remove_file(&written.tmp);
+            return Ok(());
+        }
+        let exact = hex::encode(&written.exact);
+        let union = |item: &Item| {
+            let mut all = item.keys.clone();
+            for k in &keys {
+                if !all.contains(k) {
+                    all.push(k.clone());
+                }
+            }
+            all
+        };
+        // Within the window the first copy is re-sealed to everyone: stored once.
+        if let Some((id, item)) = records.first() {
+            let all = union(item);
+            if self.reseal_from_recent(*id, &all)? {
+                let _ = fs::remove_file(&written.tmp);
+                let mut updated = item.clone();
+                updated.keys = all;
+                delta.items.push((*id, updated));
+                for folder in new_folders {
+                    delta.entries.push((folder, *id, received, item.size));
+                }
+                return Ok(());
+            }
+        }
+        let (target, size) = match records.iter().find(|(_, item)| item.exact == exact) {
+            Some((id, item)) => {
+                // Same bytes: one file, now sealed to the new users as well.
+                let _ = fs::remove_file(&written.tmp);
+                let all = union(item);
+                let resealed = self.write_item(source, first, first_b64, &all)?;
+                fs::rename(&resealed.tmp, self.item_path(*id))?;
+                let mut updated = item.clone();
+                updated.keys = all;
+                delta.items.push((*id, updated));
+                (*id, item.size)
+            }
+            None => {
+                let id = delta.allocate();
+                self.publish(&written.tmp, id, delta)?;
+                delta.items.push((
+                    id,
+                    Item {
+                        received,
+                        size: written.size,
+                        exact,
+                        dedupe: hex::encode(&dedupe),
+                        keys,
+                        entries: Vec::new(),
+                        linked: Vec::new(),
+                    },
+                ));
+                let mut list = existing.clone();
+                list.push(id);
+                delta.dedupe.push((dedupe, list));
+                (id, written.size)
+            }
+        };
+        for folder in new_folders {
+            delta.entries.push((folder, target, received, size));
+        }
+        Ok(())
+    }
+
+    /// Moves a new item file into place (durable at the next commit's folder sync).
+    fn publish(&self, tmp: &Path, id: u64, delta: &mut Delta) -> io::Result<()> {
+        fs::rename(tmp, self.item_path(id))?;
+        delta.published.push(id);
+        Ok(())
+    }
+
+    pub(super) fn item_path(&self, id: u64) -> PathBuf {
+        self.items_dir.join(format!("{id}.age"))
+    }
+
+    /// Seals one original to `keys` in a durable temp file, hashing it on the way.
+    fn write_item(
+        &self,
+        source: &Source<'_>,
+        range: Range<u64>,
+        base64: bool,
+        keys: &[String],
+    ) -> Result<Written, ArchiveError> {
+        self.write_sealed(keys, true, |sink| source.copy_original(range, base64, sink))
+    }
+
+    /// Seals what `fill` writes to `keys` in a temp file (fdatasync'd when `durable`),
+    /// hashing it on the way.
+    fn write_sealed(
+        &self,
+        keys: &[String],
+        durable: bool,
+        fill: impl FnOnce(&mut dyn Write) -> Result<(), ArchiveError>,
+    ) -> Result<Written, ArchiveError> {
+        let recipients: Vec<Recipient> = keys
+            .iter()
+            .map(|k| crypto::parse_recipient(k))
+            .collect::<Result<_, _>>()?;
+        let tmp = self
+            .tmp_dir
+            .join(format!("{}.tmp", crypto::random_hex128()));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        let mut sink = HashingWriter {
+            inner: crypto::seal_to_all(&recipients, BufWriter::with_capacity(64 << 10, file))?,
+            exact: Hmac::<Sha256>::new_from_slice(&self.secret).expect("any key length"),
+            normalized: Normalizer::default(),
+            size: 0,
+        };
+        let finished = fill(&mut sink).and_then(|()| {
+            let buffered = sink.inner.finish()?;
+            let file = buffered.into_inner().map_err(|e| e.into_error())?;
+            if durable {
+                file.sync_data()?;
+            }
+            Ok(())
+        });
+        if let Err(e) = finished {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        Ok(Written {
+            tmp,
+            size: sink.size,
+            exact: sink.exact.finalize().into_bytes().to_vec(),
+            normalized: sink.normalized.finish(),
+        })
+    }
+
+    /// Keeps a copy of a new item sealed to the server key for [`DEDUPE_WINDOW`], so that a
+    /// later duplicate report can give its recipients this very item. Not fsync'd: losing
+    /// it only means a later duplicate is stored as its own copy.
+    fn keep_recent(&self, source: &Source<'_>, range: Range<u64>, base64: bool, id: u64) {
+        let key = self.intake_identity.to_public().to_string();
+        let result = self
+            .write_sealed(std::slice::from_ref(&key), false, |sink| {
+                source.copy_original(range, base64, sink)
+            })
+            .and_then(|w| Ok(fs::rename(&w.tmp, self.recent_path(id))?));
+        if let Err(e) = result {
+            tracing::warn!(item = id, error = %e, "could not keep the duplicate-merge copy");
+        }
+    }
+
+    /// Re-seals item `id` from its recent copy to `keys`; false when there is no recent copy.
+    fn reseal_from_recent(&self, id: u64, keys: &[String]) -> Result<bool, ArchiveError> {
+        let file = match File::open(self.recent_path(id)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        let written = self.write_sealed(keys, true, |sink| {
+            let mut reader = crypto::open(
+                &self.intake_identity,
+                BufReader::with_capacity(64 << 10, file),
+            )?;
+            io::copy(&mut reader, sink)?;
+            Ok(())
+        })?;
+        fs::rename(&written.tmp, self.item_path(id))?;
+        Ok(true)
+    }
+
+    fn recent_path(&self, id: u64) -> PathBuf {
+        self.recent_dir.join(format!("{id}.age"))
+    }
+
+    /// Removes recent copies older than the window (and those of removed items).
+    pub(super) fn sweep_recent(&self) -> Result<(), ArchiveError> {
+        let known: BTreeSet<u64> = self.store.item_ids()?.into_iter().collect();
+        for entry in fs::read_dir(&self.recent_dir)? {
+            let entry = entry?;
+            let id = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".age"))
+                .and_then(|n| n.parse::<u64>().ok());
+            let old = entry
+                .metadata()?
+                .modified()?
+                .elapsed()
+                .is_ok_and(|age| age > DEDUPE_WINDOW);
+            if old || id.is_none_or(|id| !known.contains(&id)) {
+                fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Keyed hash of (Message-ID, content without volatile headers).
+    fn dedupe_key(&self, message_id: Option<&str>, normalized: &[u8]) -> Vec<u8> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).expect("any key length");
+        mac.update(b"dedupe\0");
+        mac.update(message_id.unwrap_or("").trim().as_bytes());
+        mac.update(b"\0");
+        mac.update(normalized);
+        mac.finalize().into_bytes().to_vec()
+    }
+}
+
+/// Where the bytes of an original come from: the skeleton when it is the whole message,
+/// otherwise a second decrypting pass over the intake file.
+pub(super) struct Source<'a> {
+    pub(super) archive: &'a Archive,
+    pub(super) intake: &'a Path,
+    pub(super) envelope_len: u64,
+    pub(super) skeleton: &'a Skeleton,
+}
+
+impl Source<'_> {
+    /// Copies an original, decoding a base64 `message/rfc822` part (up to [`DECODE_MAX`]).
+    fn copy_original(
+        &self,
+        range: Range<u64>,
+        base64: bool,
+        out: &mut (impl Write + ?Sized),
+    ) -> Result<(), ArchiveError> {
+        if base64 && range.end - range.start <= DECODE_MAX {
+            let mut encoded = Vec::new();
+            self.copy(range.clone(), &mut encoded)?;
+            encoded.retain(|b| !b.is_ascii_whitespace());
+            use base64::Engine;
+            if let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(&encoded) {
+                out.write_all(&decoded)?;
+                return Ok(());
+            }
+        }
+        self.copy(range, out)
+    }
+
+    fn copy(&self, range: Range<u64>, out: &mut (impl Write + ?Sized)) -> Result<(), ArchiveError> {
+        if self.skeleton.is_whole() {
+            let r = range.start as usize..(range.end as usize).min(self.skeleton.bytes.len());
+            out.write_all(&self.skeleton.bytes[r])?;
+            return Ok(());
+        }
+        let mut reader = self.archive.open_intake(self.intake)?;
+        io::copy(
+            &mut (&mut reader).take(self.envelope_len + range.start),
+            &mut io::sink(),
+        )?;
+        let n = io::copy(&mut reader.take(range.end - range.start), out)?;
+        if n != range.end - range.start {
+            return Err(ArchiveError::Damaged(
+                "intake shorter than its skeleton".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+struct Written {
+    tmp: PathBuf,
+    size: u64,
+    exact: Vec<u8>,
+    normalized: Vec<u8>,
+}
+
+struct HashingWriter<W: Write> {
+    inner: W,
+    exact: Hmac<Sha256>,
+    normalized: Normalizer,
+    size: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.exact.update(&buf[..n]);
+        self.normalized.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}

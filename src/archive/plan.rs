@@ -1,0 +1,245 @@
+//! Deciding where a message is filed: its classification, whether its source is trusted
+//! for journal semantics, which archive users it concerns, and which byte ranges are the
+//! originals to store.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+
+use crate::config::UnknownAddresses;
+use crate::imap::mime;
+use crate::journal::{self, Classification, Report};
+use crate::spool::Envelope;
+
+use super::skeleton::Skeleton;
+use super::users::UserRecord;
+use super::{Archive, UNKNOWN_FOLDER};
+
+/// Where an original will be filed.
+pub(super) struct Plan {
+    /// Byte ranges (in the message) of the originals to store, preferred one first.
+    pub(super) originals: Vec<(Range<u64>, bool)>,
+    pub(super) message_id: Option<String>,
+    pub(super) folders: BTreeSet<String>,
+    pub(super) users: Vec<UserRecord>,
+    pub(super) unknown: bool,
+    pub(super) counters: Vec<(&'static str, u64)>,
+}
+
+impl Archive {
+    /// Decides what to file where.
+    pub(super) fn plan(&self, envelope: &Envelope, skeleton: &Skeleton) -> Plan {
+        let client = envelope
+            .client
+            .parse::<SocketAddr>()
+            .map(|a| a.ip())
+            .or_else(|_| envelope.client.parse::<IpAddr>());
+        let trusted = client
+            .as_ref()
+            .is_ok_and(|ip| self.config.journal_sources.iter().any(|n| n.contains(ip)));
+        let mut counters = Vec::new();
+        let classification = journal::classify(&skeleton.bytes);
+        let report = match classification {
+            Classification::Journal(r) | Classification::NdrJournal(r) if !trusted => {
+                tracing::warn!(
+                    client = %envelope.client, queue_id = %envelope.id,
+                    stray_lines = r.stray_lines,
+                    "journal report from a source not in archive.journal_sources: archived as a plain copy"
+                );
+                counters.push(("untrusted_reports", 1));
+                None
+            }
+            Classification::Journal(r) => {
+                counters.push(("journal_reports", 1));
+                Some(r)
+            }
+            Classification::NdrJournal(r) => {
+                counters.push(("journal_reports", 1));
+                counters.push(("ndr_unwrapped", 1));
+                Some(r)
+            }
+            Classification::Plain => None,
+        };
+        let users = self.user_list();
+        let mut plan = match report {
+            Some(report) => self.plan_report(&report, skeleton, &users, &mut counters),
+            None => {
+                counters.push(("plain_copies", 1));
+                self.plan_plain(envelope, client.ok(), skeleton, &users)
+            }
+        };
+        if plan.folders.is_empty() && !plan.originals.is_empty() {
+            match self.config.unknown_addresses {
+                UnknownAddresses::CatchAll => {
+                    plan.unknown = true;
+                    plan.folders.insert(UNKNOWN_FOLDER.to_owned());
+                }
+                UnknownAddresses::Skip => {
+                    tracing::info!(queue_id = %envelope.id, "no archive user on the envelope: not archived (unknown_addresses = \"skip\")");
+                    counters.push(("skipped_unknown", 1));
+                    plan.originals.clear();
+                }
+            }
+        }
+        plan.counters = counters;
+        plan
+    }
+
+    fn plan_report(
+        &self,
+        report: &Report,
+        skeleton: &Skeleton,
+        users: &[UserRecord],
+        counters: &mut Vec<(&'static str, u64)>,
+    ) -> Plan {
+        let directory = Directory::new(users);
+        let find = |a: &journal::Address| match a {
+            journal::Address::Smtp(s) => directory.find(s),
+            journal::Address::Unresolvable(_) => None,
+        };
+        let mut folders = BTreeSet::new();
+        let mut involved: Vec<UserRecord> = Vec::new();
+        let mut add = |user: &UserRecord, folder: &str| {
+            folders.insert(format!("{}/{folder}", user.id));
+            if !involved.iter().any(|u| u.id == user.id) {
+                involved.push(user.clone());
+            }
+        };
+        for a in report.sender.iter().chain(report.on_behalf_of.iter()) {
+            if let Some(u) = find(a) {
+                add(u, "Sent");
+            }
+        }
+        for r in &report.recipients {
+            for a in std::iter::once(&r.address).chain(r.forwarded.iter()) {
+                if let Some(u) = find(a) {
+                    add(u, "INBOX");
+                }
+            }
+        }
+        let mut originals: Vec<(Range<u64>, bool)> = report
+            .originals
+            .iter()
+            .map(|o| {
+                let base64 = o
+                    .encoding
+                    .as_deref()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("base64"));
+                (skeleton.range(&o.range), base64)
+            })
+            .collect();
+        // The decrypted copy of a rights-protected message is preferred (listed first).
+        if originals.len() > 1 {
+            let protected = |i: usize| {
+                let r = &report.originals[i].range;
+                let head = &skeleton.bytes
+                    [r.start..r.end.min(r.start + (256 << 10)).min(skeleton.bytes.len())];
+                contains_ci(head, b"rpmsg")
+            };
+            if let Some(clear) = (0..originals.len()).find(|i| !protected(*i)) {
+                let preferred = originals.remove(clear);
+                originals.insert(0, preferred);
+            }
+        }
+        let message_id = report.message_id.clone().or_else(|| {
+            report.originals.first().and_then(|o| {
+                let r = o.range.start..o.range.end.min(skeleton.bytes.len());
+                header_message_id(&skeleton.bytes[r])
+            })
+        });
+        let mut plan = Plan {
+            originals,
+            message_id,
+            folders,
+            users: involved,
+            unknown: false,
+            counters: Vec::new(),
+        };
+        if plan.originals.is_empty() {
+            // Nothing to file for the users; the report itself goes to the catch-all.
+            tracing::warn!("journal report without an attached original: filed as an incident");
+            counters.push(("reports_without_original", 1));
+            plan.originals = vec![(0..skeleton.total, false)];
+            plan.folders.clear();
+            plan.users.clear();
+            plan.message_id = None;
+        }
+        plan
+    }
+
+    /// A plain copy: recipients from the SMTP envelope, plus the header configured for the
+    /// client's network.
+    fn plan_plain(
+        &self,
+        envelope: &Envelope,
+        client: Option<IpAddr>,
+        skeleton: &Skeleton,
+        users: &[UserRecord],
+    ) -> Plan {
+        let mut addresses: Vec<String> = envelope.rcpt_to.clone();
+        let header = &skeleton.bytes[..mime::header_end(&skeleton.bytes)];
+        for rule in &self.config.envelope_headers {
+            if client.is_some_and(|ip| rule.network.contains(&ip)) {
+                for value in mime::raw_fields(header, &rule.header) {
+                    let value = String::from_utf8_lossy(&value).into_owned();
+                    addresses.extend(value.split([',', ' ', '\t']).map(|a| {
+                        a.trim()
+                            .trim_start_matches('<')
+                            .trim_end_matches('>')
+                            .to_owned()
+                    }));
+                }
+            }
+        }
+        let directory = Directory::new(users);
+        let mut folders = BTreeSet::new();
+        let mut involved: Vec<UserRecord> = Vec::new();
+        for a in addresses.iter().filter(|a| !a.is_empty()) {
+            if let Some(u) = directory.find(a) {
+                folders.insert(format!("{}/INBOX", u.id));
+                if !involved.iter().any(|x| x.id == u.id) {
+                    involved.push(u.clone());
+                }
+            }
+        }
+        Plan {
+            originals: vec![(0..skeleton.total, false)],
+            message_id: header_message_id(&skeleton.bytes),
+            folders,
+            users: involved,
+            unknown: false,
+            counters: Vec::new(),
+        }
+    }
+}
+
+/// Address (login or alias, lowercase) to user.
+struct Directory<'a>(HashMap<&'a str, &'a UserRecord>);
+
+impl<'a> Directory<'a> {
+    fn new(users: &'a [UserRecord]) -> Directory<'a> {
+        Directory(
+            users
+                .iter()
+                .flat_map(|u| u.addresses().map(move |a| (a, u)))
+                .collect(),
+        )
+    }
+
+    fn find(&self, address: &str) -> Option<&'a UserRecord> {
+        self.0.get(address.trim().to_lowercase().as_str()).copied()
+    }
+}
+
+fn header_message_id(message: &[u8]) -> Option<String> {
+    let header = &message[..mime::header_end(message)];
+    mime::raw_field(header, "Message-ID")
+        .map(|v| String::from_utf8_lossy(&v).trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+fn contains_ci(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
