@@ -2,8 +2,8 @@
 //! changes of several intake files into one durable commit.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::fs::{self, OpenOptions};
+use std::io::{self, BufWriter, Read, Write};
 use std::ops::Range;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -17,7 +17,7 @@ use crate::spool::Envelope;
 use super::fingerprint::Normalizer;
 use super::plan::Plan;
 use super::skeleton::Skeleton;
-use super::store::Item;
+use super::store::{Item, Origin};
 use super::{Archive, ArchiveError, DECODE_MAX, DEDUPE_WINDOW};
 
 /// Intake files archived per durable commit (at most; fewer when the queue runs dry).
@@ -33,6 +33,8 @@ pub(super) struct Delta {
     pub(super) counters: Vec<(&'static str, u64)>,
     /// New item files already in `items/` (removed again if the file fails).
     pub(super) published: Vec<u64>,
+    /// The intake file is the duplicate-merge copy of a new item: keep it for a while.
+    pub(super) keep_intake: bool,
 }
 
 impl Delta {
@@ -56,7 +58,8 @@ pub(super) struct Pending {
     pub(super) dedupe: HashMap<Vec<u8>, Vec<u64>>,
     pub(super) counters: Vec<(&'static str, u64)>,
     pub(super) done: Vec<String>,
-    pub(super) intake: Vec<PathBuf>,
+    /// Intake files of this commit, and whether each is kept in `recent/`.
+    pub(super) intake: Vec<(PathBuf, bool)>,
     pub(super) changed: BTreeSet<String>,
 }
 
@@ -78,7 +81,7 @@ impl Pending {
         self.counters.extend(delta.counters);
         self.next_item = self.next_item.max(delta.next_item);
         self.done.push(name);
-        self.intake.push(path);
+        self.intake.push((path, delta.keep_intake));
     }
 }
 
@@ -118,7 +121,7 @@ impl Archive {
         if existing.is_empty() {
             let id = delta.allocate();
             self.publish(&written.tmp, id, delta)?;
-            self.keep_recent(source, first.clone(), first_b64, id);
+            delta.keep_intake = true;
             let mut item = Item {
                 received,
                 size: written.size,
@@ -127,6 +130,7 @@ impl Archive {
                 keys: keys.clone(),
                 entries: Vec::new(),
                 linked: Vec::new(),
+                origin: Some(source.origin(&first, first_b64)),
             };
             // Further originals (the protected copy next to a decrypted one) are kept, linked.
             for (range, b64) in plan.originals.iter().skip(1).cloned() {
@@ -144,6 +148,7 @@ impl Archive {
                         keys: keys.clone(),
                         entries: Vec::new(),
                         linked: Vec::new(),
+                        origin: None,
                     },
                 ));
             }
@@ -195,7 +200,7 @@ impl Archive {
         // Within the window the first copy is re-sealed to everyone: stored once.
         if let Some((id, item)) = records.first() {
             let all = union(item);
-            if self.reseal_from_recent(*id, &all)? {
+            if self.reseal_from_recent(*id, item, &all)? {
                 let _ = fs::remove_file(&written.tmp);
                 let mut updated = item.clone();
                 updated.keys = all;
@@ -231,6 +236,7 @@ impl Archive {
                         keys,
                         entries: Vec::new(),
                         linked: Vec::new(),
+                        origin: None,
                     },
                 ));
                 let mut list = existing.clone();
@@ -313,60 +319,52 @@ impl Archive {
         })
     }
 
-    /// Keeps a copy of a new item sealed to the server key for [`DEDUPE_WINDOW`], so that a
-    /// later duplicate report can give its recipients this very item. Not fsync'd: losing
-    /// it only means a later duplicate is stored as its own copy.
-    fn keep_recent(&self, source: &Source<'_>, range: Range<u64>, base64: bool, id: u64) {
-        let key = self.intake_identity.to_public().to_string();
-        let result = self
-            .write_sealed(std::slice::from_ref(&key), false, |sink| {
-                source.copy_original(range, base64, sink)
-            })
-            .and_then(|w| Ok(fs::rename(&w.tmp, self.recent_path(id))?));
-        if let Err(e) = result {
-            tracing::warn!(item = id, error = %e, "could not keep the duplicate-merge copy");
-        }
-    }
-
-    /// Re-seals item `id` from its recent copy to `keys`; false when there is no recent copy.
-    fn reseal_from_recent(&self, id: u64, keys: &[String]) -> Result<bool, ArchiveError> {
-        let file = match File::open(self.recent_path(id)) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(e.into()),
+    /// Re-seals item `id` to `keys` from the message it came from, while that is kept in
+    /// `recent/`; false when it is not (any more).
+    fn reseal_from_recent(
+        &self,
+        id: u64,
+        item: &Item,
+        keys: &[String],
+    ) -> Result<bool, ArchiveError> {
+        let Some(origin) = &item.origin else {
+            return Ok(false);
+        };
+        // Still in the intake when the item was filed by this same commit.
+        let Some(path) = [&self.recent_dir, &self.intake_dir]
+            .iter()
+            .map(|dir| dir.join(&origin.file))
+            .find(|p| p.is_file())
+        else {
+            return Ok(false);
+        };
+        let source = Source {
+            archive: self,
+            intake: &path,
+            envelope_len: origin.envelope_len,
+            skeleton: None,
         };
         let written = self.write_sealed(keys, true, |sink| {
-            let mut reader = crypto::open(
-                &self.intake_identity,
-                BufReader::with_capacity(64 << 10, file),
-            )?;
-            io::copy(&mut reader, sink)?;
-            Ok(())
+            source.copy_original(origin.start..origin.end, origin.base64, sink)
         })?;
+        if written.size != item.size {
+            let _ = fs::remove_file(&written.tmp);
+            return Ok(false);
+        }
         fs::rename(&written.tmp, self.item_path(id))?;
         Ok(true)
     }
 
-    fn recent_path(&self, id: u64) -> PathBuf {
-        self.recent_dir.join(format!("{id}.age"))
-    }
-
-    /// Removes recent copies older than the window (and those of removed items).
+    /// Removes kept intake files older than the duplicate-merge window.
     pub(super) fn sweep_recent(&self) -> Result<(), ArchiveError> {
-        let known: BTreeSet<u64> = self.store.item_ids()?.into_iter().collect();
         for entry in fs::read_dir(&self.recent_dir)? {
             let entry = entry?;
-            let id = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.strip_suffix(".age"))
-                .and_then(|n| n.parse::<u64>().ok());
             let old = entry
                 .metadata()?
                 .modified()?
                 .elapsed()
                 .is_ok_and(|age| age > DEDUPE_WINDOW);
-            if old || id.is_none_or(|id| !known.contains(&id)) {
+            if old {
                 fs::remove_file(entry.path())?;
             }
         }
@@ -385,15 +383,30 @@ impl Archive {
 }
 
 /// Where the bytes of an original come from: the skeleton when it is the whole message,
-/// otherwise a second decrypting pass over the intake file.
+/// otherwise a decrypting pass over the intake file (or over a kept one).
 pub(super) struct Source<'a> {
     pub(super) archive: &'a Archive,
     pub(super) intake: &'a Path,
     pub(super) envelope_len: u64,
-    pub(super) skeleton: &'a Skeleton,
+    pub(super) skeleton: Option<&'a Skeleton>,
 }
 
 impl Source<'_> {
+    /// Where an original of this intake file is, for re-sealing it later.
+    fn origin(&self, range: &Range<u64>, base64: bool) -> Origin {
+        Origin {
+            file: self
+                .intake
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            envelope_len: self.envelope_len,
+            start: range.start,
+            end: range.end,
+            base64,
+        }
+    }
+
     /// Copies an original, decoding a base64 `message/rfc822` part (up to [`DECODE_MAX`]).
     fn copy_original(
         &self,
@@ -415,9 +428,9 @@ impl Source<'_> {
     }
 
     fn copy(&self, range: Range<u64>, out: &mut (impl Write + ?Sized)) -> Result<(), ArchiveError> {
-        if self.skeleton.is_whole() {
-            let r = range.start as usize..(range.end as usize).min(self.skeleton.bytes.len());
-            out.write_all(&self.skeleton.bytes[r])?;
+        if let Some(skeleton) = self.skeleton.filter(|s| s.is_whole()) {
+            let r = range.start as usize..(range.end as usize).min(skeleton.bytes.len());
+            out.write_all(&skeleton.bytes[r])?;
             return Ok(());
         }
         let mut reader = self.archive.open_intake(self.intake)?;

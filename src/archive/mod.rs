@@ -253,7 +253,11 @@ impl Archive {
 
     fn process_logged(&self, name: &str, pending: &mut Pending) {
         let started = Instant::now();
-        match self.process(name, pending) {
+        // A bug must not stop the worker: a file that makes it panic is set aside.
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.process(name, pending)))
+                .unwrap_or_else(|_| Err(ArchiveError::Damaged("archiving it panicked".into())));
+        match result {
             Ok(()) => {
                 tracing::debug!(
                     intake = name,
@@ -287,7 +291,7 @@ impl Archive {
             archive: self,
             intake: &path,
             envelope_len,
-            skeleton: &skeleton,
+            skeleton: Some(&skeleton),
         };
         let mut delta = Delta {
             next_item: pending.next_item,
@@ -337,8 +341,16 @@ impl Archive {
         for folder in std::mem::take(&mut pending.changed) {
             self.spool.notify_change(change_key(&folder));
         }
-        for path in std::mem::take(&mut pending.intake) {
-            remove_if_present(&path)?;
+        // A file that gave a new item is kept a while (sealed to the server key, as it was)
+        // so duplicates can be merged; a lost rename only costs that.
+        for (path, keep) in std::mem::take(&mut pending.intake) {
+            let kept = keep
+                && path
+                    .file_name()
+                    .is_some_and(|name| fs::rename(&path, self.recent_dir.join(name)).is_ok());
+            if !kept {
+                remove_if_present(&path)?;
+            }
         }
         Ok(())
     }
@@ -694,6 +706,97 @@ fn load_or_create_secret(path: &Path) -> Result<Vec<u8>, ArchiveError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Delivers `raw` from 127.0.0.1 to a fresh mailbox, with the archive intake on.
+    async fn deliver(spool: &Arc<Spool>, mbx: &crate::mailbox::MailboxRecord, raw: &[u8]) {
+        let target = crate::spool::Target {
+            mailbox: mbx.id.clone(),
+            recipient: crypto::parse_recipient(&mbx.public_key).unwrap(),
+            envelope: Envelope {
+                id: "t".into(),
+                mail_from: String::new(),
+                rcpt_to: vec![format!("{}@gw.test", mbx.id)],
+                client: "127.0.0.1:1".into(),
+                helo: "h".into(),
+                tls: None,
+                received: chrono::Utc::now().timestamp(),
+            },
+        };
+        let mut d = spool.begin(vec![target], true);
+        d.write(raw);
+        d.commit().await.unwrap();
+    }
+
+    fn bifurcated(recipient: &str, hub: &str) -> Vec<u8> {
+        let original = format!("Received: from {hub}\r\nX-MS-Exchange-Organization-Id: {hub}\r\nFrom: alice@x.example\r\nSubject: one message\r\nMessage-ID: <m1@x.example>\r\n\r\nbody\r\n");
+        format!("X-MS-Journal-Report:\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nSender: alice@x.example\r\nMessage-Id: <m1@x.example>\r\nRecipient: {recipient}\r\n\r\n--B\r\nContent-Type: message/rfc822\r\n\r\n{original}\r\n--B--\r\n").into_bytes()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bifurcated_reports_are_stored_once_within_and_across_commits() {
+        let dir = std::env::temp_dir().join(format!("jg-archive-{}", crypto::random_hex128()));
+        let spool = Spool::open(&dir).unwrap();
+        let config = ArchiveConfig {
+            journal_sources: vec!["127.0.0.0/8".parse().unwrap()],
+            ..ArchiveConfig::default()
+        };
+        let archive = Archive::open(&config, spool.clone()).unwrap();
+        let mut people = Vec::new();
+        for name in ["bob", "carol", "dave"] {
+            people.push(
+                archive
+                    .users()
+                    .add(&format!("{name}@x.example"), &[], "", false)
+                    .unwrap(),
+            );
+        }
+        let (tx, _rx) = mpsc::channel();
+        spool.set_intake(Intake {
+            dir: archive.intake_dir.clone(),
+            recipient: archive.intake_identity.to_public(),
+            notify: tx,
+        });
+        let (mbx, _) = spool.mailboxes().create("m", "").unwrap();
+        let run = |archive: &Archive| {
+            let mut pending = Pending::default();
+            for name in archive.pending_files().unwrap() {
+                archive.process(&name, &mut pending).unwrap();
+            }
+            archive.commit(&mut pending).unwrap();
+        };
+        // bob and carol in one commit, dave in a later one; each copy passed different hubs.
+        deliver(&spool, &mbx, &bifurcated("bob@x.example", "hub1")).await;
+        deliver(&spool, &mbx, &bifurcated("carol@x.example", "hub2")).await;
+        run(&archive);
+        deliver(&spool, &mbx, &bifurcated("dave@x.example", "hub3")).await;
+        run(&archive);
+        let stats = archive.stats().unwrap();
+        assert_eq!((stats.items, stats.duplicates_merged), (1, 2));
+        assert_eq!(fs::read_dir(&archive.items_dir).unwrap().count(), 1);
+        let mut seen = Vec::new();
+        for ((user, password), name) in people.iter().zip(["bob", "carol", "dave"]) {
+            let inbox = format!("{}/INBOX", user.id);
+            let listed = archive.list(&inbox, &user.public_key).unwrap();
+            assert_eq!(listed.len(), 1, "{name}");
+            let identity = crypto::unwrap_identity(
+                &archive.users().wrapped_identity(&user.id).unwrap(),
+                password,
+            )
+            .unwrap();
+            let mut raw = String::new();
+            archive
+                .open_message(&inbox, listed[0].uid, &identity)
+                .unwrap()
+                .read_to_string(&mut raw)
+                .unwrap();
+            seen.push(raw);
+        }
+        // The copy archived first is the one kept (files of one second in any order).
+        assert!(seen[0].contains("hub1") || seen[0].contains("hub2"));
+        assert!(seen.iter().all(|r| *r == seen[0]));
+        spool.shutdown();
+        fs::remove_dir_all(dir).unwrap();
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn plain_copies_are_filed_and_retention_removes_old_ones() {

@@ -49,6 +49,23 @@ pub struct Item {
     /// Further copies of the same message (the encrypted original next to a decrypted one).
     #[serde(default)]
     pub linked: Vec<u64>,
+    /// Where the original sits in the message it came from, which is kept in
+    /// `archive/recent/` (sealed to the server key) for a while to merge duplicates.
+    #[serde(default)]
+    pub origin: Option<Origin>,
+}
+
+/// An original's place in a kept intake file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Origin {
+    /// The intake file name (`<unix>.<hex>.age`), now in `archive/recent/`.
+    pub file: String,
+    /// Length of the envelope line before the message.
+    pub envelope_len: u64,
+    pub start: u64,
+    pub end: u64,
+    /// The part is base64 encoded and was decoded.
+    pub base64: bool,
 }
 
 /// A folder entry as IMAP needs it.
