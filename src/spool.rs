@@ -947,7 +947,17 @@ fn commit_intake(intake: &Mutex<Option<Arc<Intake>>>, jobs: Vec<CommitJob>) {
     };
     let mut moved = Vec::new();
     for job in jobs {
-        let name = format!("{}.{}.age", job.meta.received, crypto::random_hex128());
+        // `<unix>.<nanoseconds><random>`: sorting by name is the order of arrival.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let random = crypto::random_hex128();
+        let name = format!(
+            "{}.{:09}{}.age",
+            now.as_secs(),
+            now.subsec_nanos(),
+            &random[..23]
+        );
         match fs::rename(&job.tmp, intake.dir.join(name)) {
             Ok(()) => moved.push(job),
             Err(e) => {
