@@ -51,6 +51,34 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
 
 use std::os::unix::fs::DirBuilderExt;
 
+/// The names in a registry directory (mailboxes, users) that are valid UTF-8; none when the
+/// directory does not exist yet.
+pub fn entry_names(dir: &Path) -> io::Result<Vec<String>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        if let Some(name) = entry?.file_name().to_str() {
+            names.push(name.to_owned());
+        }
+    }
+    Ok(names)
+}
+
+/// Removes the `.new-*` and `.deleted-*` directories an interrupted create or delete left in a
+/// registry directory (entries are published and unpublished by one rename each).
+pub fn remove_staging_leftovers(dir: &Path) -> io::Result<()> {
+    for name in entry_names(dir)? {
+        if name.starts_with(".new-") || name.starts_with(".deleted-") {
+            fs::remove_dir_all(dir.join(name))?;
+        }
+    }
+    Ok(())
+}
+
 /// Bytes available to unprivileged users on the filesystem holding `path`.
 pub fn free_bytes(path: &Path) -> io::Result<u64> {
     let st = rustix::fs::statvfs(path).map_err(io::Error::from)?;

@@ -168,16 +168,7 @@ impl Mailboxes {
     /// Every mailbox, sorted by ID. Entries that are not mailbox directories are ignored.
     pub fn list(&self) -> Result<Vec<MailboxRecord>, MailboxError> {
         let mut out = Vec::new();
-        let entries = match fs::read_dir(&self.root) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(e.into()),
-        };
-        for entry in entries {
-            let entry = entry?;
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                continue;
-            };
+        for name in fsutil::entry_names(&self.root)? {
             if let Ok(id) = MailboxId::parse(&name) {
                 if id.as_str() == name {
                     out.push(self.load(&id)?);
@@ -245,17 +236,7 @@ impl Mailboxes {
 
     /// Removes staging and deletion leftovers of an interrupted create or delete.
     pub fn clean_leftovers(&self) -> Result<(), MailboxError> {
-        let Ok(entries) = fs::read_dir(&self.root) else {
-            return Ok(());
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with(".new-") || name.starts_with(".deleted-") {
-                fs::remove_dir_all(entry.path())?;
-            }
-        }
-        Ok(())
+        Ok(fsutil::remove_staging_leftovers(&self.root)?)
     }
 }
 

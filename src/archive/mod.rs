@@ -527,33 +527,7 @@ impl Archive {
 
     /// Counters and per-user counts.
     pub fn stats(&self) -> Result<Stats, ArchiveError> {
-        let mut stats = Stats::default();
-        for (name, value) in self.store.counters()? {
-            let slot = match name.as_str() {
-                "items" => &mut stats.items,
-                "unknown" => &mut stats.unknown,
-                "duplicates_merged" => &mut stats.duplicates_merged,
-                "untrusted_reports" => &mut stats.untrusted_reports,
-                "skipped_unknown" => &mut stats.skipped_unknown,
-                "reports_without_original" => &mut stats.reports_without_original,
-                "unreadable_dropped" => &mut stats.unreadable_dropped,
-                "journal_reports" => &mut stats.journal_reports,
-                "ndr_unwrapped" => &mut stats.ndr_unwrapped,
-                "plain_copies" => &mut stats.plain_copies,
-                "retention_removed" => &mut stats.retention_removed,
-                _ => continue,
-            };
-            *slot = value;
-        }
-        stats.pending = self.pending_files()?.len() as u64;
-        for u in self.users.list()? {
-            let counts = UserCounts {
-                inbox: self.store.entries(&format!("{}/INBOX", u.id))?.len() as u64,
-                sent: self.store.entries(&format!("{}/Sent", u.id))?.len() as u64,
-            };
-            stats.users.insert(u.login.clone(), counts);
-        }
-        Ok(stats)
+        collect_stats(&self.store, &self.users, &self.intake_dir)
     }
 
     /// Verifies the archive without any user key: every recorded item has its file with a
@@ -576,57 +550,47 @@ impl Archive {
     pub fn stats_offline(data_dir: &Path) -> Result<Stats, ArchiveError> {
         let dir = data_dir.join("archive");
         let store = Store::open(&dir.join("archive.redb"))?;
-        let users = Users::new(data_dir);
-        let mut stats = Stats::default();
-        let view = OfflineStats {
-            store: &store,
-            users: &users,
-            intake: dir.join("intake"),
-        };
-        view.fill(&mut stats)?;
-        Ok(stats)
+        collect_stats(&store, &Users::new(data_dir), &dir.join("intake"))
     }
 }
 
-struct OfflineStats<'a> {
-    store: &'a Store,
-    users: &'a Users,
-    intake: PathBuf,
-}
-
-impl OfflineStats<'_> {
-    fn fill(&self, stats: &mut Stats) -> Result<(), ArchiveError> {
-        let counters: HashMap<String, u64> = self.store.counters()?.into_iter().collect();
-        let get = |k: &str| counters.get(k).copied().unwrap_or(0);
-        stats.items = get("items");
-        stats.unknown = get("unknown");
-        stats.duplicates_merged = get("duplicates_merged");
-        stats.untrusted_reports = get("untrusted_reports");
-        stats.skipped_unknown = get("skipped_unknown");
-        stats.reports_without_original = get("reports_without_original");
-        stats.unreadable_dropped = get("unreadable_dropped");
-        stats.journal_reports = get("journal_reports");
-        stats.ndr_unwrapped = get("ndr_unwrapped");
-        stats.plain_copies = get("plain_copies");
-        stats.retention_removed = get("retention_removed");
-        stats.pending = match fs::read_dir(&self.intake) {
-            Ok(entries) => entries
-                .flatten()
-                .filter(|e| intake_time(&e.file_name().to_string_lossy()).is_some())
-                .count() as u64,
-            Err(_) => 0,
+/// Counters, the intake backlog, and per-user folder sizes.
+fn collect_stats(store: &Store, users: &Users, intake: &Path) -> Result<Stats, ArchiveError> {
+    let counters: HashMap<String, u64> = store.counters()?.into_iter().collect();
+    let get = |k: &str| counters.get(k).copied().unwrap_or(0);
+    let pending = match fs::read_dir(intake) {
+        Ok(entries) => entries
+            .flatten()
+            .filter(|e| intake_time(&e.file_name().to_string_lossy()).is_some())
+            .count() as u64,
+        Err(_) => 0,
+    };
+    let mut stats = Stats {
+        items: get("items"),
+        pending,
+        unknown: get("unknown"),
+        duplicates_merged: get("duplicates_merged"),
+        untrusted_reports: get("untrusted_reports"),
+        skipped_unknown: get("skipped_unknown"),
+        reports_without_original: get("reports_without_original"),
+        unreadable_dropped: get("unreadable_dropped"),
+        journal_reports: get("journal_reports"),
+        ndr_unwrapped: get("ndr_unwrapped"),
+        plain_copies: get("plain_copies"),
+        retention_removed: get("retention_removed"),
+        users: Default::default(),
+    };
+    for u in users.list()? {
+        let count = |folder: &str| -> Result<u64, ArchiveError> {
+            Ok(store.entries(&format!("{}/{folder}", u.id))?.len() as u64)
         };
-        for u in self.users.list()? {
-            stats.users.insert(
-                u.login.clone(),
-                UserCounts {
-                    inbox: self.store.entries(&format!("{}/INBOX", u.id))?.len() as u64,
-                    sent: self.store.entries(&format!("{}/Sent", u.id))?.len() as u64,
-                },
-            );
-        }
-        Ok(())
+        let counts = UserCounts {
+            inbox: count("INBOX")?,
+            sent: count("Sent")?,
+        };
+        stats.users.insert(u.login.clone(), counts);
     }
+    Ok(stats)
 }
 
 fn check_items(store: &Store, items: &Path, intake: &Path) -> Result<Vec<String>, ArchiveError> {
@@ -723,8 +687,46 @@ fn load_or_create_secret(path: &Path) -> Result<Vec<u8>, ArchiveError> {
 mod tests {
     use super::*;
 
-    /// Delivers `raw` from 127.0.0.1 to a fresh mailbox, with the archive intake on.
-    async fn deliver(spool: &Arc<Spool>, mbx: &crate::mailbox::MailboxRecord, raw: &[u8]) {
+    /// A spool and an archive in a fresh directory, the intake on (no worker thread: tests
+    /// call [`archive_all`]), and a gateway mailbox to deliver to.
+    fn setup(
+        config: ArchiveConfig,
+    ) -> (
+        PathBuf,
+        Arc<Spool>,
+        Arc<Archive>,
+        crate::mailbox::MailboxRecord,
+    ) {
+        let dir = std::env::temp_dir().join(format!("jg-archive-{}", crypto::random_hex128()));
+        let spool = Spool::open(&dir).unwrap();
+        let archive = Archive::open(&config, spool.clone()).unwrap();
+        let (tx, _rx) = mpsc::channel();
+        spool.set_intake(Intake {
+            dir: archive.intake_dir.clone(),
+            recipient: archive.intake_identity.to_public(),
+            notify: tx,
+        });
+        let (mbx, _) = spool.mailboxes().create("m", "").unwrap();
+        (dir, spool, archive, mbx)
+    }
+
+    /// Archives every intake file in one commit.
+    fn archive_all(archive: &Archive) {
+        let mut pending = Pending::default();
+        for name in archive.pending_files().unwrap() {
+            archive.process(&name, &mut pending).unwrap();
+        }
+        archive.commit(&mut pending).unwrap();
+        assert!(archive.pending_files().unwrap().is_empty());
+    }
+
+    /// Delivers `raw` from 127.0.0.1 to `mbx`, arrived at `received`.
+    async fn deliver(
+        spool: &Arc<Spool>,
+        mbx: &crate::mailbox::MailboxRecord,
+        raw: &[u8],
+        received: i64,
+    ) {
         let target = crate::spool::Target {
             mailbox: mbx.id.clone(),
             recipient: crypto::parse_recipient(&mbx.public_key).unwrap(),
@@ -735,7 +737,7 @@ mod tests {
                 client: "127.0.0.1:1".into(),
                 helo: "h".into(),
                 tls: None,
-                received: chrono::Utc::now().timestamp(),
+                received,
             },
         };
         let mut d = spool.begin(vec![target], true);
@@ -750,13 +752,10 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn bifurcated_reports_are_stored_once_within_and_across_commits() {
-        let dir = std::env::temp_dir().join(format!("jg-archive-{}", crypto::random_hex128()));
-        let spool = Spool::open(&dir).unwrap();
-        let config = ArchiveConfig {
+        let (dir, spool, archive, mbx) = setup(ArchiveConfig {
             journal_sources: vec!["127.0.0.0/8".parse().unwrap()],
             ..ArchiveConfig::default()
-        };
-        let archive = Archive::open(&config, spool.clone()).unwrap();
+        });
         let mut people = Vec::new();
         for name in ["bob", "carol", "dave"] {
             people.push(
@@ -766,26 +765,13 @@ mod tests {
                     .unwrap(),
             );
         }
-        let (tx, _rx) = mpsc::channel();
-        spool.set_intake(Intake {
-            dir: archive.intake_dir.clone(),
-            recipient: archive.intake_identity.to_public(),
-            notify: tx,
-        });
-        let (mbx, _) = spool.mailboxes().create("m", "").unwrap();
-        let run = |archive: &Archive| {
-            let mut pending = Pending::default();
-            for name in archive.pending_files().unwrap() {
-                archive.process(&name, &mut pending).unwrap();
-            }
-            archive.commit(&mut pending).unwrap();
-        };
         // bob and carol in one commit, dave in a later one; each copy passed different hubs.
-        deliver(&spool, &mbx, &bifurcated("bob@x.example", "hub1")).await;
-        deliver(&spool, &mbx, &bifurcated("carol@x.example", "hub2")).await;
-        run(&archive);
-        deliver(&spool, &mbx, &bifurcated("dave@x.example", "hub3")).await;
-        run(&archive);
+        let now = chrono::Utc::now().timestamp();
+        deliver(&spool, &mbx, &bifurcated("bob@x.example", "hub1"), now).await;
+        deliver(&spool, &mbx, &bifurcated("carol@x.example", "hub2"), now).await;
+        archive_all(&archive);
+        deliver(&spool, &mbx, &bifurcated("dave@x.example", "hub3"), now).await;
+        archive_all(&archive);
         let stats = archive.stats().unwrap();
         assert_eq!((stats.items, stats.duplicates_merged), (1, 2));
         assert_eq!(fs::read_dir(&archive.items_dir).unwrap().count(), 1);
@@ -816,57 +802,25 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn plain_copies_are_filed_and_retention_removes_old_ones() {
-        use crate::spool::Target;
-        let dir = std::env::temp_dir().join(format!("jg-archive-{}", crypto::random_hex128()));
-        let spool = Spool::open(&dir).unwrap();
-        let config = ArchiveConfig {
+        let (dir, spool, archive, mbx) = setup(ArchiveConfig {
             retention_days: 1,
             envelope_headers: vec![crate::config::EnvelopeHeader {
                 network: "127.0.0.0/8".parse().unwrap(),
                 header: "X-Envelope-To".into(),
             }],
             ..ArchiveConfig::default()
-        };
-        let archive = Archive::open(&config, spool.clone()).unwrap();
+        });
         let (bob, password) = archive
             .users()
             .add("bob@x.example", &[], "", false)
             .unwrap();
-        let (tx, _rx) = mpsc::channel();
-        spool.set_intake(Intake {
-            dir: archive.intake_dir.clone(),
-            recipient: archive.intake_identity.to_public(),
-            notify: tx,
-        });
-        let (mbx, _) = spool.mailboxes().create("m", "").unwrap();
         let now = chrono::Utc::now().timestamp();
         for (received, subject) in [(now - 3 * 86_400, "old"), (now, "new")] {
-            let target = Target {
-                mailbox: mbx.id.clone(),
-                recipient: crypto::parse_recipient(&mbx.public_key).unwrap(),
-                envelope: Envelope {
-                    id: subject.into(),
-                    mail_from: String::new(),
-                    rcpt_to: vec![format!("{}@gw.test", mbx.id)],
-                    client: "127.0.0.1:1".into(),
-                    helo: "h".into(),
-                    tls: None,
-                    received,
-                },
-            };
-            let mut d = spool.begin(vec![target], true);
-            d.write(
-                format!("X-Envelope-To: <BOB@x.example>\r\nSubject: {subject}\r\n\r\nbody\r\n")
-                    .as_bytes(),
-            );
-            d.commit().await.unwrap();
+            let raw =
+                format!("X-Envelope-To: <BOB@x.example>\r\nSubject: {subject}\r\n\r\nbody\r\n");
+            deliver(&spool, &mbx, raw.as_bytes(), received).await;
         }
-        let mut pending = Pending::default();
-        for name in archive.pending_files().unwrap() {
-            archive.process(&name, &mut pending).unwrap();
-        }
-        archive.commit(&mut pending).unwrap();
-        assert!(archive.pending_files().unwrap().is_empty());
+        archive_all(&archive);
         let inbox = format!("{}/INBOX", bob.id);
         let listed = archive.list(&inbox, &bob.public_key).unwrap();
         assert_eq!(listed.len(), 2);

@@ -97,23 +97,16 @@ impl Archive {
             journal::Address::Smtp(s) => directory.find(s),
             journal::Address::Unresolvable(_) => None,
         };
-        let mut folders = BTreeSet::new();
-        let mut involved: Vec<UserRecord> = Vec::new();
-        let mut add = |user: &UserRecord, folder: &str| {
-            folders.insert(format!("{}/{folder}", user.id));
-            if !involved.iter().any(|u| u.id == user.id) {
-                involved.push(user.clone());
-            }
-        };
+        let mut assignment = Assignment::default();
         for a in report.sender.iter().chain(report.on_behalf_of.iter()) {
             if let Some(u) = find(a) {
-                add(u, "Sent");
+                assignment.file(u, "Sent");
             }
         }
         for r in &report.recipients {
             for a in std::iter::once(&r.address).chain(r.forwarded.iter()) {
                 if let Some(u) = find(a) {
-                    add(u, "INBOX");
+                    assignment.file(u, "INBOX");
                 }
             }
         }
@@ -150,8 +143,8 @@ impl Archive {
         let mut plan = Plan {
             originals,
             message_id,
-            folders,
-            users: involved,
+            folders: assignment.folders,
+            users: assignment.users,
             unknown: false,
             counters: Vec::new(),
         };
@@ -192,23 +185,35 @@ impl Archive {
             }
         }
         let directory = Directory::new(users);
-        let mut folders = BTreeSet::new();
-        let mut involved: Vec<UserRecord> = Vec::new();
+        let mut assignment = Assignment::default();
         for a in addresses.iter().filter(|a| !a.is_empty()) {
             if let Some(u) = directory.find(a) {
-                folders.insert(format!("{}/INBOX", u.id));
-                if !involved.iter().any(|x| x.id == u.id) {
-                    involved.push(u.clone());
-                }
+                assignment.file(u, "INBOX");
             }
         }
         Plan {
             originals: vec![(0..skeleton.total, false)],
             message_id: header_message_id(&skeleton.bytes),
-            folders,
-            users: involved,
+            folders: assignment.folders,
+            users: assignment.users,
             unknown: false,
             counters: Vec::new(),
+        }
+    }
+}
+
+/// The folders a message goes to and the users they belong to.
+#[derive(Default)]
+struct Assignment {
+    folders: BTreeSet<String>,
+    users: Vec<UserRecord>,
+}
+
+impl Assignment {
+    fn file(&mut self, user: &UserRecord, folder: &str) {
+        self.folders.insert(format!("{}/{folder}", user.id));
+        if !self.users.iter().any(|u| u.id == user.id) {
+            self.users.push(user.clone());
         }
     }
 }

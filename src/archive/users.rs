@@ -162,13 +162,7 @@ impl Users {
     /// Every user, sorted by login. Leftovers of interrupted operations are ignored.
     pub fn list(&self) -> Result<Vec<UserRecord>, UserError> {
         let mut out = Vec::new();
-        let entries = match fs::read_dir(&self.root) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(e.into()),
-        };
-        for entry in entries {
-            let name = entry?.file_name().to_string_lossy().into_owned();
+        for name in fsutil::entry_names(&self.root)? {
             if valid_id(&name) {
                 out.push(self.load(&name)?);
             }
@@ -239,16 +233,7 @@ impl Users {
 
     /// Removes leftovers of interrupted adds and deletes.
     pub fn clean_leftovers(&self) -> Result<(), UserError> {
-        let Ok(entries) = fs::read_dir(&self.root) else {
-            return Ok(());
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(".new-") || name.starts_with(".deleted-") {
-                fs::remove_dir_all(entry.path())?;
-            }
-        }
-        Ok(())
+        Ok(fsutil::remove_staging_leftovers(&self.root)?)
     }
 }
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -17,22 +16,13 @@ from archiveharness import (  # noqa: F401  (archive_gw, make_igw are fixtures)
     UNKNOWN, add_users, archive_gw, check_archive, describe, folder_counts, journal_report,
     make_igw, make_original, send_report, user_snapshot, wait_archived,
 )
+from clientharness import lf, need, start_neomutt
 from imapharness import self_signed_cert, served_cert_pem
 
 AUD = "auditor@archive.example"
 ALICE = "alice@contoso.example"
 BOB = "bob@contoso.example"
 CAROL = "carol@contoso.example"
-
-
-def need(exe):
-    path = shutil.which(exe)
-    assert path, f"{exe} is not installed (tests/run.sh installs it)"
-    return path
-
-
-def lf(b: bytes) -> bytes:
-    return b.replace(b"\r\n", b"\n")
 
 
 def contains_message(collected: bytes, msg: bytes) -> bool:
@@ -167,88 +157,18 @@ def test_mbsync_pulls_the_archive(archive_gw, tmp_path, who):
 # ------------------------------------------------------------------ neomutt under tmux
 
 
-class Tmux:
-    def __init__(self, sock: Path):
-        self.exe = need("tmux")
-        self.sock = str(sock)
-
-    def run(self, *args, check=True):
-        p = subprocess.run([self.exe, "-S", self.sock, *args], capture_output=True, text=True,
-                           stdin=subprocess.DEVNULL, timeout=30)
-        if check:
-            assert p.returncode == 0, (args, p.stderr)
-        return p
-
-    def screen(self) -> str:
-        return self.run("capture-pane", "-p", "-t", "jg", check=False).stdout
-
-    def keys(self, *keys):
-        self.run("send-keys", "-t", "jg", *keys)
-
-    def wait_for(self, pred, what, timeout=20.0, on_screen=None):
-        deadline = time.monotonic() + timeout
-        s = ""
-        while time.monotonic() < deadline:
-            s = self.screen()
-            if on_screen:
-                on_screen(s)
-            if pred(s):
-                return s
-            time.sleep(0.2)
-        raise AssertionError(f"timed out waiting for {what}; screen:\n{s}")
-
-    def kill(self):
-        self.run("kill-server", check=False)
-
-
 @pytest.mark.timeout(180)
 def test_neomutt_reads_archive_inbox_read_only(archive_gw, tmp_path):
-    neomutt = need("neomutt")
     gw, users, expected, unknown = setup_archive(archive_gw)
     before = {lg: user_snapshot(gw, lg) for lg in users}
     (o1,) = expected[BOB]["INBOX"]
     subject = re.search(rb"^Subject: (.*)$", o1, re.M).group(1).decode().strip()
     body_marker = re.search(rb"numbers body \w+", o1).group(0).decode()
-    home = tmp_path / "home"
-    home.mkdir()
-    certs = home / "certs.pem"
-    certs.write_text(served_cert_pem(gw.imaps_port))
-    rc = home / "muttrc"
-    rc.write_text(
-        f'set folder = "imaps://127.0.0.1:{gw.imaps_port}/"\n'
-        'set spoolfile = "+INBOX"\n'
-        f'set imap_user = "{BOB}"\n'
-        f'set imap_pass = "{users[BOB]["password"]}"\n'
-        f'set certificate_file = "{certs}"\n'
-        "set ssl_verify_host = no\n"
-        "set ssl_verify_dates = no\n"
-        'set header_cache = ""\n'
-        'set message_cachedir = ""\n'
-        "set move = no\n"
-        "set delete = yes\n"
-        "set quit = yes\n"
-        "set mark_old = no\n"
-        "set sort = mailbox-order\n"
-        "set wait_key = no\n"
-        "set sleep_time = 0\n"
-        "set timeout = 1\n"
-        "set beep = no\n"
-        "set pager_index_lines = 0\n"
-        "set pager_stop = yes\n"
-        "set resolve = no\n"
-        "set confirmappend = no\n"
-        'set index_format = "%4C %Z %s"\n'
-        'set status_format = "STATUS %f %r"\n'
-    )
-    tm = Tmux(tmp_path / "tmux.sock")
-    cmd = (f"env HOME={home} TERM=xterm {neomutt} -n -F {rc}; "
-           "echo NEOMUTT-EXITED-$?; sleep 120")
-    tm.run("new-session", "-d", "-s", "jg", "-x", "160", "-y", "40", cmd)
+    tm = start_neomutt(tmp_path, f"imaps://127.0.0.1:{gw.imaps_port}/", BOB,
+                       users[BOB]["password"], served_cert_pem(gw.imaps_port),
+                       extra='set status_format = "STATUS %f %r"\n')
     try:
-        def accept_cert(s):
-            if "(o)nce" in s or "ccept once" in s:
-                tm.keys("o")
-
+        accept_cert = tm.accept_cert
         s = tm.wait_for(lambda s: subject in s, "the INBOX index with the subject",
                         on_screen=accept_cert)
         assert "Re: Quarterly" not in s, f"bob's Sent message shown in his INBOX:\n{s}"

@@ -22,17 +22,8 @@ from imapharness import (  # noqa: F401  (igw, make_igw are fixtures)
     build_message, fetch_bodies, fill, igw, imaplib_connect, imaplib_login, make_igw,
     message_count, raw_login, self_signed_cert, served_cert_pem, uid_map,
 )
+from clientharness import lf, need, start_neomutt
 from jgharness import send_smtp, strip_received, unverified_ctx
-
-
-def need(exe):
-    path = shutil.which(exe)
-    assert path, f"{exe} is not installed (tests/run.sh installs it)"
-    return path
-
-
-def lf(b: bytes) -> bytes:
-    return b.replace(b"\r\n", b"\n")
 
 
 def contains_message(collected: bytes, msg: bytes) -> bool:
@@ -469,83 +460,12 @@ def test_fetchmail_imap_delete(igw, tmp_path, tls):
 # ------------------------------------------------------------------ neomutt under tmux
 
 
-class Tmux:
-    def __init__(self, sock: Path):
-        self.exe = need("tmux")
-        self.sock = str(sock)
-
-    def run(self, *args, check=True):
-        p = subprocess.run([self.exe, "-S", self.sock, *args], capture_output=True, text=True,
-                           stdin=subprocess.DEVNULL, timeout=30)
-        if check:
-            assert p.returncode == 0, (args, p.stderr)
-        return p
-
-    def screen(self) -> str:
-        p = self.run("capture-pane", "-p", "-t", "jg", check=False)
-        return p.stdout
-
-    def keys(self, *keys):
-        self.run("send-keys", "-t", "jg", *keys)
-
-    def wait_for(self, pred, what, timeout=20.0, on_screen=None):
-        deadline = time.monotonic() + timeout
-        s = ""
-        while time.monotonic() < deadline:
-            s = self.screen()
-            if on_screen:
-                on_screen(s)
-            if pred(s):
-                return s
-            time.sleep(0.2)
-        raise AssertionError(f"timed out waiting for {what}; screen:\n{s}")
-
-    def kill(self):
-        self.run("kill-server", check=False)
-
-
 def test_neomutt_read_and_delete(igw, tmp_path):
-    neomutt = need("neomutt")
     mbx, msgs = fill(igw, 3)
-    home = tmp_path / "home"
-    home.mkdir()
-    certs = home / "certs.pem"
-    certs.write_text(served_cert_pem(igw.imaps_port))
-    rc = home / "muttrc"
-    rc.write_text(
-        f'set folder = "imaps://{mbx["id"]}@127.0.0.1:{igw.imaps_port}/"\n'
-        'set spoolfile = "+INBOX"\n'
-        f'set imap_user = "{mbx["id"]}"\n'
-        f'set imap_pass = "{mbx["password"]}"\n'
-        f'set certificate_file = "{certs}"\n'
-        "set ssl_verify_host = no\n"
-        "set ssl_verify_dates = no\n"
-        'set header_cache = ""\n'
-        'set message_cachedir = ""\n'
-        "set move = no\n"
-        "set delete = yes\n"
-        "set quit = yes\n"
-        "set mark_old = no\n"
-        "set sort = mailbox-order\n"
-        "set wait_key = no\n"
-        "set sleep_time = 0\n"
-        "set timeout = 1\n"
-        "set beep = no\n"
-        "set pager_index_lines = 0\n"
-        "set pager_stop = yes\n"
-        "set resolve = no\n"
-        "set confirmappend = no\n"
-        'set index_format = "%4C %Z %s"\n'
-    )
-    tm = Tmux(tmp_path / "tmux.sock")
-    cmd = (f"env HOME={home} TERM=xterm {neomutt} -n -F {rc}; "
-           "echo NEOMUTT-EXITED-$?; sleep 120")
-    tm.run("new-session", "-d", "-s", "jg", "-x", "160", "-y", "40", cmd)
+    tm = start_neomutt(tmp_path, f"imaps://{mbx['id']}@127.0.0.1:{igw.imaps_port}/",
+                       mbx["id"], mbx["password"], served_cert_pem(igw.imaps_port))
     try:
-        def accept_cert(s):
-            if "(o)nce" in s or "ccept once" in s:
-                tm.keys("o")
-
+        accept_cert = tm.accept_cert
         markers = [m for m, _ in msgs]
         tm.wait_for(lambda s: all(m in s for m in markers), "the index with 3 messages",
                     on_screen=accept_cert)
