@@ -10,7 +10,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 log() { printf '\n==> %s\n' "$*"; }
 
 # ---------------------------------------------------------------- system packages
-APT_PACKAGES=(swaks libnet-ssleay-perl curl fetchmail getmail6 ca-certificates openssl age pebble isync offlineimap3 neomutt tmux)
+APT_PACKAGES=(swaks libnet-ssleay-perl curl fetchmail getmail6 ca-certificates openssl age pebble isync offlineimap3 neomutt tmux python3-pip)
 have_all=1
 for cmd in swaks curl fetchmail getmail openssl age pebble pebble-challtestsrv mbsync offlineimap neomutt tmux; do
   command -v "$cmd" >/dev/null 2>&1 || have_all=0
@@ -18,6 +18,7 @@ done
 [ -e /etc/ssl/certs/ca-certificates.crt ] || have_all=0
 # swaks --tls needs Net::SSLeay, which is only a Recommends of the swaks package
 perl -MNet::SSLeay -e1 >/dev/null 2>&1 || have_all=0
+python3 -m pip --version >/dev/null 2>&1 || have_all=0
 if [ "$have_all" = 0 ]; then
   log "installing system packages: ${APT_PACKAGES[*]}"
   SUDO=()
@@ -32,8 +33,9 @@ fi
 
 # ---------------------------------------------------------------- python packages
 log "python test dependencies"
-python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
-  -r tests/requirements.txt </dev/null
+PIP=(python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -r tests/requirements.txt)
+# Debian's own python3 refuses pip installs (PEP 668) unless told that this machine is a test box.
+"${PIP[@]}" </dev/null || "${PIP[@]}" --break-system-packages </dev/null
 
 # ---------------------------------------------------------------- rust
 if [ "${JG_SKIP_BUILD:-0}" != 1 ]; then
