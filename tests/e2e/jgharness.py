@@ -42,6 +42,10 @@ MBX_ID_RE = re.compile(r"^mbx-[0-9a-f]{32}$")
 
 
 _rng = random.SystemRandom()
+# Ports already handed out by this test process: a random pick must not repeat one that a
+# server of the same test is about to bind (seen: pebble-challtestsrv and journalgate's
+# ACME http-01 listener were given the same port).
+_given: set[int] = set()
 
 
 def _ephemeral_low() -> int:
@@ -63,15 +67,20 @@ def free_port() -> int:
     if low > 12000:
         for _ in range(100):
             port = _rng.randint(max(10000, low - 12000), low - 1)
+            if port in _given:
+                continue
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
                 try:
                     s.bind(("127.0.0.1", port))
                 except OSError:
                     continue
+                _given.add(port)
                 return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port = s.getsockname()[1]
+        _given.add(port)
+        return port
 
 
 def unverified_ctx() -> ssl.SSLContext:
