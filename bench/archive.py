@@ -20,7 +20,7 @@ Needs target/release/journalgate and target/release/examples/loadgen
     peak RSS (VmHWM) over the whole run, and a byte-for-byte check of the archived original
     fetched over IMAP.
 
-Prints a markdown table and writes it to bench/archive-results-<date>[-quick].md.
+Prints a markdown table and writes it to bench/results/archive-results-<date>[-quick].md.
 """
 
 import base64
@@ -246,7 +246,9 @@ def main():
     text = "\n".join(out) + "\n"
     print(text)
     name = f"archive-results-{datetime.date.today()}{'-quick' if QUICK else ''}.md"
-    (ROOT / "bench" / name).write_text(text)
+    results = ROOT / "bench" / "results"
+    results.mkdir(exist_ok=True)
+    (results / name).write_text(text)
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -20,7 +20,7 @@
 # Needs root (apt install, Dovecot privilege drop). Switches: --quick, --no-install,
 # --no-build (use the binaries in target/release), --keep (keep the temp dir).
 # BENCH_BUDGET_SECS (default 720) bounds the run; later cases are skipped.
-# Prints a markdown table and writes it to bench/imap-results-<date>[-quick].md.
+# Prints a markdown table and writes it to bench/results/imap-results-<date>[-quick].md.
 set -euo pipefail
 
 QUICK=0 INSTALL=1 BUILD=1 KEEP=0
@@ -52,6 +52,9 @@ cd "$ROOT"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 JG="$CARGO_TARGET_DIR/release/journalgate"
 LG="$CARGO_TARGET_DIR/release/examples/loadgen"
+# log, run_logged, check_budget, free_port, jget, fmt*, human_n, samplers, report parts
+BENCH_TAG=imap-bench
+. "$ROOT/bench/lib.sh"
 
 [ "$(id -u)" = 0 ] || { echo "bench/imap.sh needs root (Dovecot drops privileges to nobody)" >&2; exit 1; }
 
@@ -63,8 +66,6 @@ CMDS="$WORK/commands.txt"
 
 BG_PIDS=()
 JG_PID="" DC_PIDFILE="" SAMPLER_PID=""
-
-log() { printf '[imap-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 stop_jg() {
   if [ -n "$JG_PID" ] && kill -0 "$JG_PID" 2>/dev/null; then
@@ -81,24 +82,13 @@ cleanup() {
   set +e
   for p in "${BG_PIDS[@]}"; do kill "$p" 2>/dev/null; done
   stop_jg
-  if [ -n "$DC_PIDFILE" ] && [ -f "$DC_PIDFILE" ]; then
-    local dp; dp=$(tr -dc 0-9 <"$DC_PIDFILE")
-    if [ -n "$dp" ]; then
-      kill -TERM "$dp" 2>/dev/null
-      for _ in $(seq 30); do kill -0 "$dp" 2>/dev/null || break; sleep 0.1; done
-      pkill -KILL -P "$dp" 2>/dev/null; kill -KILL "$dp" 2>/dev/null
-    fi
-  fi
+  kill_dovecot
   if [ "$KEEP" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
   exit $rc
 }
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM
 
-run_logged() {
-  printf '%s\n' "$*" >>"$CMDS"
-  "$@"
-}
 # like run_logged, but with the value of --pass masked in the log
 run_masked() {
   local masked=() prev=""
@@ -110,73 +100,11 @@ run_masked() {
   "$@"
 }
 
-time_left() { echo $(( RUN_BUDGET - ($(date +%s) - RUN_START) )); }
-check_budget() {
-  if [ "$(time_left)" -le 0 ]; then
-    log "run budget of ${RUN_BUDGET}s exhausted; skipping: $*"
-    return 1
-  fi
-}
-
-free_port() {
-  local p
-  for _ in $(seq 200); do
-    p=$(( 20000 + RANDOM % 30000 ))
-    if ! ss -Htln "sport = :$p" 2>/dev/null | grep -q . ; then
-      if ! grep -qx "$p" "$WORK/ports" 2>/dev/null; then echo "$p" >>"$WORK/ports"; echo "$p"; return; fi
-    fi
-  done
-  echo "no free port" >&2; return 1
-}
-
-# jget FILE KEY -> scalar JSON value
-jget() {
-  [ -f "$1" ] || return 0
-  sed -n "s/.*\"$2\":\"\\{0,1\\}\\([^,\"}]*\\).*/\\1/p" "$1" 2>/dev/null | head -1 || true
-}
-fmt1() { awk -v x="${1:-0}" 'BEGIN{ if (x == "") x = 0; printf "%.1f", x }'; }
-fmt0() { awk -v x="${1:-0}" 'BEGIN{ if (x == "") x = 0; printf "%.0f", x }'; }
-human_n() { awk -v n="${1:-0}" 'BEGIN{ s=sprintf("%d", n); o=""; while (length(s) > 3) { o="," substr(s, length(s)-2) o; s=substr(s, 1, length(s)-3) } print s o }'; }
-
-# Memory sampler: every 0.25 s, the sum of Rss and Pss (kB) of the given root
-# processes and their direct children.
-mem_sampler() {
-  set +e
-  local out=$1; shift
-  while :; do
-    local pids="$*"
-    for r in "$@"; do pids="$pids $(ps -o pid= --ppid "$r" 2>/dev/null | tr '\n' ' ')"; done
-    for p in $pids; do cat "/proc/$p/smaps_rollup" 2>/dev/null; done |
-      awk '/^Rss:/{r+=$2} /^Pss:/{p+=$2} END{printf "%d %d\n", r, p}' >>"$out"
-    sleep 0.25
-  done
-}
-start_sampler() { # name roots...
-  local name=$1; shift
-  : >"$WORK/res/$name.mem"
-  mem_sampler "$WORK/res/$name.mem" "$@" &
-  SAMPLER_PID=$!
-  BG_PIDS+=("$SAMPLER_PID")
-}
-stop_sampler() { # name
-  kill "$SAMPLER_PID" 2>/dev/null; wait "$SAMPLER_PID" 2>/dev/null || true
-  awk '{ if ($1>r) r=$1; if ($2>p) p=$2 } END{ printf "%.1f %.1f\n", r/1024, p/1024 }' "$WORK/res/$1.mem" >"$WORK/res/$1.peak"
-}
-hwm_mb() { { for p in "$@"; do grep -s '^VmHWM:' "/proc/$p/status" || true; done; } | awk '{s+=$2} END{printf "%.1f", s/1024}'; }
 settle() { timeout 180 sync || true; sleep 2; }
-note_load() { echo "$1: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$WORK/res/loadavg.txt"; }
 
 # ------------------------------------------------------------------ setup
 log "work dir $WORK"
-LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-if awk -v l="${LOAD_START%% *}" 'BEGIN{ exit !(l > 1.0) }'; then
-  log "warning: load average is $LOAD_START; other work on this machine will disturb the figures"
-fi
-HW_CPU=$(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)
-HW_MEM=$(awk '/^MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)
-HW_FS=$(df -PT "$WORK" | awk 'NR==2{print $2" on "$1}')
-HW_LINE="$(nproc) cores (${HW_CPU:-unknown CPU}), $HW_MEM RAM, temp dir on $HW_FS, kernel $(uname -r)"
-log "hardware: $HW_LINE"
+probe_machine
 
 if [ "$INSTALL" = 1 ]; then
   if ! command -v dovecot >/dev/null || [ ! -x /usr/lib/dovecot/imap ] || [ ! -x /usr/lib/dovecot/lmtp ]; then
@@ -520,7 +448,7 @@ cmp_line() { # LABEL JG DC UNIT higher|lower
 DATE=$(date +%F)
 SUFFIX="" QARG=""
 [ "$QUICK" = 1 ] && { SUFFIX="-quick"; QARG=" --quick"; }
-OUT="$ROOT/bench/imap-results-$DATE$SUFFIX.md"
+OUT=$(results_file "imap-results-$DATE$SUFFIX.md")
 {
   echo "# journalgate IMAP benchmark results, $(date -u +'%F %H:%M UTC')$QARG"
   echo
@@ -554,36 +482,8 @@ OUT="$ROOT/bench/imap-results-$DATE$SUFFIX.md"
     echo '```'
     echo
   fi
-  echo "## Load average (1, 5, 15 min) at the start of each case"
-  echo
-  echo '```'
-  cat "$R/loadavg.txt" 2>/dev/null || true
-  echo '```'
-  echo
-  echo "## Commands"
-  echo
-  echo '```'
-  cat "$CMDS"
-  echo '```'
-  echo
-  echo "## Raw loadgen output"
-  echo
-  echo '```'
-  for f in "$R"/*.json; do printf '%s: %s\n' "$(basename "$f" .json)" "$(cat "$f")"; done
-  echo '```'
-  echo
-  echo "## Configurations"
-  for f in journalgate.toml dovecot.conf; do
-    echo; echo "### $f"; echo; echo '```'; cat "$R/$f"; echo '```'
-  done
+  report_appendix journalgate.toml dovecot.conf
 } >"$OUT"
 
-echo
-cat "$TABLE"
-echo
-cat "$TARGETS"
-echo
-echo "Commands:"
-cat "$CMDS"
-echo
+print_summary "$TABLE" "$TARGETS"
 log "results written to $OUT (measured part $(( $(date +%s) - RUN_START )) s)"

@@ -14,7 +14,7 @@
 # Development switches: --skip-journalgate, --skip-mta, --skip-ceiling,
 # --no-install, --keep (keep the temp dir).
 #
-# Prints a markdown table and writes it to bench/results-<date>[-quick].md.
+# Prints a markdown table and writes it to bench/results/results-<date>[-quick].md.
 # Everything runs in a private temp dir with private ports; the system's own
 # Postfix / Dovecot configuration is never read or changed. Each case has a
 # time limit; all processes and temp dirs are removed on exit.
@@ -53,6 +53,9 @@ cd "$ROOT"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 JG="$CARGO_TARGET_DIR/release/journalgate"
 LG="$CARGO_TARGET_DIR/release/examples/loadgen"
+# log, run_logged, check_budget, free_port, jget, fmt*, human_n, samplers, report parts
+BENCH_TAG=bench
+. "$ROOT/bench/lib.sh"
 
 WORK=$(mktemp -d /tmp/jg-bench.XXXXXX)
 chmod 755 "$WORK"            # postfix / dovecot users must traverse it
@@ -61,9 +64,7 @@ CMDS="$WORK/commands.txt"
 : >"$CMDS"
 
 BG_PIDS=()
-JG_PID="" PF_DIR="" DC_PIDFILE="" SINK_PID=""
-
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+JG_PID="" PF_DIR="" DC_PIDFILE="" SINK_PID="" SAMPLER_PID=""
 
 cleanup() {
   local rc=$?
@@ -79,93 +80,18 @@ cleanup() {
     local mp; mp=$(tr -dc 0-9 <"$PF_DIR/queue/pid/master.pid")
     [ -n "$mp" ] && { sleep 0.5; pkill -KILL -P "$mp" 2>/dev/null; kill -KILL "$mp" 2>/dev/null; }
   fi
-  if [ -n "$DC_PIDFILE" ] && [ -f "$DC_PIDFILE" ]; then
-    local dp; dp=$(tr -dc 0-9 <"$DC_PIDFILE")
-    if [ -n "$dp" ]; then
-      kill -TERM "$dp" 2>/dev/null
-      for _ in $(seq 30); do kill -0 "$dp" 2>/dev/null || break; sleep 0.1; done
-      pkill -KILL -P "$dp" 2>/dev/null; kill -KILL "$dp" 2>/dev/null
-    fi
-  fi
+  kill_dovecot
   if [ "$KEEP" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
   exit $rc
 }
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM
 
-# Run a command, appending it to the command log first.
-run_logged() {
-  printf '%s\n' "$*" >>"$CMDS"
-  "$@"
-}
-
-time_left() { echo $(( RUN_BUDGET - ($(date +%s) - RUN_START) )); }
-check_budget() {
-  if [ "$(time_left)" -le 0 ]; then
-    log "run budget of ${RUN_BUDGET}s exhausted; skipping: $*"
-    return 1
-  fi
-}
-
-free_port() {
-  local p
-  for _ in $(seq 200); do
-    p=$(( 20000 + RANDOM % 30000 ))
-    if ! ss -Htln "sport = :$p" 2>/dev/null | grep -q . ; then
-      if ! grep -qx "$p" "$WORK/ports" 2>/dev/null; then echo "$p" >>"$WORK/ports"; echo "$p"; return; fi
-    fi
-  done
-  echo "no free port" >&2; return 1
-}
-
-# jget FILE KEY -> scalar JSON value (numbers / booleans / strings without quotes)
-jget() {
-  [ -f "$1" ] || return 0
-  sed -n "s/.*\"$2\":\"\\{0,1\\}\\([^,\"}]*\\).*/\\1/p" "$1" 2>/dev/null | head -1 || true
-}
-fmt1() { awk -v x="${1:-0}" 'BEGIN{ if (x == "") x = 0; printf "%.1f", x }'; }
-fmt0() { awk -v x="${1:-0}" 'BEGIN{ if (x == "") x = 0; printf "%.0f", x }'; }
-
-# Memory sampler: every 0.25 s, the sum of Rss and Pss (kB) of the given root
-# processes and their direct children. Runs until killed.
-mem_sampler() {
-  set +e
-  local out=$1; shift
-  while :; do
-    local pids="$*"
-    for r in "$@"; do pids="$pids $(ps -o pid= --ppid "$r" 2>/dev/null | tr '\n' ' ')"; done
-    for p in $pids; do cat "/proc/$p/smaps_rollup" 2>/dev/null; done |
-      awk '/^Rss:/{r+=$2} /^Pss:/{p+=$2} END{printf "%d %d\n", r, p}' >>"$out"
-    sleep 0.25
-  done
-}
-start_sampler() { # name roots...
-  local name=$1; shift
-  : >"$WORK/res/$name.mem"
-  mem_sampler "$WORK/res/$name.mem" "$@" &
-  SAMPLER_PID=$!
-  BG_PIDS+=("$SAMPLER_PID")
-}
-stop_sampler() { # name -> prints peak Rss and peak Pss in MB
-  kill "$SAMPLER_PID" 2>/dev/null; wait "$SAMPLER_PID" 2>/dev/null || true
-  awk '{ if ($1>r) r=$1; if ($2>p) p=$2 } END{ printf "%.1f %.1f\n", r/1024, p/1024 }' "$WORK/res/$1.mem" >"$WORK/res/$1.peak"
-}
-hwm_mb() { # pids... -> sum of VmHWM in MB (live processes only)
-  { for p in "$@"; do grep -s '^VmHWM:' "/proc/$p/status" || true; done; } | awk '{s+=$2} END{printf "%.1f", s/1024}'
-}
 settle() { sync; sleep 2; }
 
 # ------------------------------------------------------------------ setup
 log "work dir $WORK"
-LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-if awk -v l="${LOAD_START%% *}" 'BEGIN{ exit !(l > 1.0) }'; then
-  log "warning: load average is $LOAD_START; other work on this machine will disturb the figures"
-fi
-HW_CPU=$(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)
-HW_MEM=$(awk '/^MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)
-HW_FS=$(df -PT "$WORK" | awk 'NR==2{print $2" on "$1}')
-HW_LINE="$(nproc) cores (${HW_CPU:-unknown CPU}), $HW_MEM RAM, temp dir on $HW_FS, kernel $(uname -r)"
-log "hardware: $HW_LINE"
+probe_machine
 
 if [ "$INSTALL" = 1 ] && [ "$SKIP_MTA$SKIP_CEIL" != 11 ]; then
   if ! command -v postfix >/dev/null || ! command -v dovecot >/dev/null || [ ! -x /usr/sbin/smtp-sink ] \
@@ -202,7 +128,7 @@ smtp_case() {
   local extra=()
   [ -n "$maildir" ] && extra=(--wait-maildir "$maildir")
   log "case $name: $count x $size B, concurrency $conc -> $addr"
-  echo "$name: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$WORK/res/loadavg.txt"
+  note_load "$name"
   run_logged timeout $((CASE_TIMEOUT + 120)) "$LG" smtp --addr "$addr" --to "$to" --count "$count" \
     --size "$size" --concurrency "$conc" --timeout "$CASE_TIMEOUT" "${extra[@]}" \
     >"$WORK/res/$name.json" 2>"$WORK/res/$name.err" || true
@@ -211,7 +137,7 @@ smtp_case() {
 pop3_case() { # NAME ADDR USER PASS
   local name=$1 addr=$2 user=$3 pass=$4
   log "case $name: POP3 RETR+DELE all messages of $user via $addr (implicit TLS)"
-  echo "$name: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$WORK/res/loadavg.txt"
+  note_load "$name"
   printf '%s\n' "timeout $CASE_TIMEOUT $LG pop3 --addr $addr --tls --user $user --pass '***' --batch 100 --delete" >>"$CMDS"
   timeout "$CASE_TIMEOUT" "$LG" pop3 --addr "$addr" --tls --user "$user" --pass "$pass" --batch 100 --delete \
     >"$WORK/res/$name.json" 2>"$WORK/res/$name.err" || true
@@ -565,7 +491,6 @@ fi
 
 # ------------------------------------------------------------------ d. report
 R="$WORK/res"
-human_n() { awk -v n="$1" 'BEGIN{ s=sprintf("%d", n); o=""; while (length(s) > 3) { o="," substr(s, length(s)-2) o; s=substr(s, 1, length(s)-3) } print s o }'; }
 SZ_S="20 KB" SZ_B="5 MB"
 row() { # system case conc file rate_key mb_key peakfile note
   local sys=$1 cs=$2 conc=$3 f=$4 rk=$5 mk=$6 peak=$7 note=${8:-}
@@ -636,7 +561,7 @@ TARGETS="$WORK/targets.md"
 DATE=$(date +%F)
 SUFFIX="" QNOTE="" QARG=""
 if [ "$QUICK" = 1 ]; then SUFFIX="-quick" QNOTE=" (--quick)" QARG=" --quick"; fi
-OUT="$ROOT/bench/results-$DATE$SUFFIX.md"
+OUT=$(results_file "results-$DATE$SUFFIX.md")
 {
   echo "# journalgate benchmark results, $(date -u +'%F %H:%M UTC')$QNOTE"
   echo
@@ -670,37 +595,8 @@ OUT="$ROOT/bench/results-$DATE$SUFFIX.md"
     echo '```'
     echo
   fi
-  echo "## Load average (1, 5, 15 min) at the start of each case"
-  echo
-  echo '```'
-  cat "$R/loadavg.txt" 2>/dev/null || true
-  echo '```'
-  echo
-  echo "## Commands"
-  echo
-  echo '```'
-  cat "$CMDS"
-  echo '```'
-  echo
-  echo "## Raw loadgen output"
-  echo
-  echo '```'
-  for f in "$R"/*.json; do printf '%s: %s\n' "$(basename "$f" .json)" "$(cat "$f")"; done
-  echo '```'
-  echo
-  echo "## Configurations"
-  for f in journalgate.toml postfix-main.cf postfix-master.cf dovecot.conf; do
-    [ -f "$R/$f" ] || continue
-    echo; echo "### $f"; echo; echo '```'; cat "$R/$f"; echo '```'
-  done
+  report_appendix journalgate.toml postfix-main.cf postfix-master.cf dovecot.conf
 } >"$OUT"
 
-echo
-cat "$TABLE"
-echo
-cat "$TARGETS"
-echo
-echo "Commands:"
-cat "$CMDS"
-echo
+print_summary "$TABLE" "$TARGETS"
 log "results written to $OUT (total $(( $(date +%s) - RUN_START )) s)"

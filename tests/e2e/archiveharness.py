@@ -1,6 +1,6 @@
 """Helpers and fixture builders for the per-user journal archive (issue 4).
 
-Builds on jgharness/imapharness without changing them.
+Builds on jgharness/imapharness.
 
 Gateway
   `archive_gw(...)`  fixture (factory): a gateway with IMAP listeners and an `[archive]` section,
@@ -48,38 +48,15 @@ import uuid
 
 import pytest
 
-import jgharness
 from imapharness import (  # noqa: F401  (make_igw is a fixture re-exported for test modules)
-    RawIMAP, imaplib_connect, make_igw, parse_sexp, quote,
+    RawIMAP, imaplib_connect, make_igw, parse_sexp, quote, raw_connect,
 )
-from jgharness import Gateway, deep_merge, send_smtp, smtp_connect, strip_received
-
-imaplib._MAXLINE = 1 << 24
+from jgharness import Gateway, RawSMTP, deep_merge, send_smtp, smtp_connect, strip_received
 
 JOURNAL_NDR = "journal.ndr@contoso.example"
 EXCHANGE_SENDER = "<MicrosoftExchange329e71ec88ae4615bbc36ab6ce41109e@contoso.onmicrosoft.com>"
 UNKNOWN = "Unknown Addresses"
 STATS_TIMEOUT = 60
-
-
-# --------------------------------------------------------------------------- TOML
-
-# `[archive] envelope_headers = [{network = "...", header = "..."}]` needs inline tables, which
-# jgharness.toml_value does not write. Extend it (dicts only; everything else unchanged) so
-# that Gateway writes such a config, also when it rewrites the file after re-picking ports.
-_plain_toml_value = jgharness.toml_value
-
-
-def _toml_value(v):
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return _plain_toml_value(v)
-
-
-if getattr(jgharness.toml_value, "__name__", "") != "_toml_value":
-    jgharness.toml_value = _toml_value
 
 
 # --------------------------------------------------------------------------- gateway
@@ -152,7 +129,7 @@ def send_bdat(gw: Gateway, msg: bytes, sender=JOURNAL_NDR, rcpt=None, chunk=None
               body="8BITMIME"):
     """Send with BDAT chunks (CHUNKING) after STARTTLS; asserts every reply."""
     rcpt = rcpt or gw.jmbx["address"]
-    with contextlib.closing(jgharness.RawSMTP(gw.smtp_port)) as c:
+    with contextlib.closing(RawSMTP(gw.smtp_port)) as c:
         exts = {k.split()[0].upper() for k in c.ehlo()}
         assert "CHUNKING" in exts, exts
         c.starttls()
@@ -250,11 +227,7 @@ def imap_user(gw: Gateway, login: str, password: str, mode="starttls") -> imapli
 
 
 def raw_user(gw: Gateway, login: str, password: str, mode="starttls") -> RawIMAP:
-    if mode == "tls":
-        c = RawIMAP(gw.imaps_port, implicit_tls=True)
-    else:
-        c = RawIMAP(gw.imap_port)
-        c.starttls()
+    c = raw_connect(gw, mode)
     r = c.cmd(f"LOGIN {quote(login)} {quote(password)}")
     assert r.ok, f"LOGIN {login}: {r}\n{gw.log_tail()}"
     return c

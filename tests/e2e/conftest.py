@@ -3,6 +3,7 @@
 `gw`        a running gateway with default test config (function scope).
 `make_gw`   factory: make_gw(overrides={...}, start=True, data_dir=None) -> Gateway.
 `tmpfs_dir` a 4 MB tmpfs mount (root only; skips when mount is not permitted).
+`maildir_for_getmail`  (Maildir, deliver-as user or None) for jgharness.run_getmail.
 
 The Gateway class and client helpers live in jgharness.py (imported by the tests).
 """
@@ -11,9 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -102,3 +107,23 @@ def tmpfs_dir(tmp_path):
     else:
         with contextlib.suppress(Exception):
             subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.fixture
+def maildir_for_getmail():
+    """A Maildir getmail may deliver into: (path, user to deliver as or None). getmail
+    refuses to deliver as root, so when we are root it delivers as `nobody` into a
+    directory nobody can write."""
+    base = Path(tempfile.mkdtemp(prefix="jg-getmail-"))
+    md = base / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (md / sub).mkdir(parents=True)
+    user = None
+    if os.geteuid() == 0:
+        user = "nobody"
+        pw = pwd.getpwnam(user)
+        base.chmod(0o755)
+        for d in (md, md / "cur", md / "new", md / "tmp"):
+            os.chown(d, pw.pw_uid, pw.pw_gid)
+    yield md, user
+    shutil.rmtree(base, ignore_errors=True)

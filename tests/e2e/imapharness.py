@@ -1,13 +1,14 @@
 """IMAP helpers for the journalgate end-to-end suite (issue 3).
 
-Builds on jgharness/conftest without changing them:
+Builds on jgharness (the gateway, the socket line client, message builders) and conftest:
 
 `make_igw(overrides=None, start=True, data_dir=None, imap=None)`  fixture: a gateway whose
     `[imap]` section listens on two free loopback ports (STARTTLS and implicit TLS); extra
     `[imap]` keys (max_connections, idle_timeout_secs, ...) go in `imap={...}`. The ports are
     `g.imap_port` and `g.imaps_port`.
 `igw`       fixture: `make_igw()` with the defaults.
-`RawIMAP`   a line-level IMAP client (literals handled) for exact protocol checks.
+`RawIMAP`   a line-level IMAP client (literals handled) for exact protocol checks, on
+    jgharness.LineClient; `raw_connect`/`raw_login` open one on a gateway.
 `parse_sexp`, `parse_fetch`, `fetch_items`  parse FETCH responses (ENVELOPE, BODYSTRUCTURE, ...).
 `imaplib_connect`, `imaplib_login`  the standard library client.
 
@@ -26,8 +27,9 @@ import time
 
 import pytest
 
-from jgharness import (
-    HOSTNAME, SOCK_TIMEOUT, Gateway, free_port, send_smtp, strip_received, unverified_ctx,
+from jgharness import (  # noqa: F401  (build_message, strip_received: re-exported for tests)
+    HOSTNAME, SOCK_TIMEOUT, Gateway, LineClient, build_message, free_port, send_smtp,
+    strip_received, unverified_ctx,
 )
 
 # imaplib refuses lines over 1 MB by default; a corpus message can have longer literals lines
@@ -57,8 +59,7 @@ def make_igw(make_gw):
         for attempt in range(3):
             ov, p, ps = imap_overrides(overrides, imap)
             g = make_gw(ov, start=False, data_dir=data_dir)
-            g.imap_port, g.imaps_port = p, ps
-            g.ports["imap"], g.ports["imaps"] = p, ps
+            g.ports["imap"], g.ports["imaps"] = p, ps  # g.imap_port, g.imaps_port
             if not start:
                 return g
             try:
@@ -91,22 +92,6 @@ def served_cert_pem(port: int) -> str:
 
 
 # --------------------------------------------------------------------------- messages
-
-
-def build_message(subject="test", body: bytes | str = b"hello\r\n", sender="alice@contoso.example",
-                  to="journal@gw.test", date="Mon, 16 Nov 2026 10:00:00 +0000", msgid=None,
-                  extra_headers=(), content_type="text/plain; charset=utf-8",
-                  cte="8bit") -> bytes:
-    if isinstance(body, str):
-        body = body.encode("utf-8")
-    if msgid is None:
-        msgid = f"<{os.urandom(8).hex()}@contoso.example>"
-    hdrs = [f"From: {sender}", f"To: {to}", f"Subject: {subject}", f"Date: {date}",
-            f"Message-ID: {msgid}", "MIME-Version: 1.0", f"Content-Type: {content_type}"]
-    if cte:
-        hdrs.append(f"Content-Transfer-Encoding: {cte}")
-    hdrs += list(extra_headers)
-    return ("\r\n".join(hdrs) + "\r\n\r\n").encode("utf-8") + body
 
 
 def fill(gw: Gateway, n=3, mbx=None, prefix="imap-marker"):
@@ -301,62 +286,25 @@ class Continuation(Exception):
     pass
 
 
-class RawIMAP:
+class RawIMAP(LineClient):
     """Minimal IMAP client over a real socket: exact bytes in, exact bytes out."""
 
     def __init__(self, port, implicit_tls=False, timeout=SOCK_TIMEOUT, greet=True):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.timeout = timeout
-        if implicit_tls:
-            self.sock = unverified_ctx().wrap_socket(self.sock, server_hostname=HOSTNAME)
-        self.buf = b""
+        super().__init__(port, timeout=timeout, implicit_tls=implicit_tls)
         self.n = 0
         self.greeting = self.read_response() if greet else None
 
-    def close(self):
-        with contextlib.suppress(OSError):
-            self.sock.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        self.close()
-
     # ---- low level
-    def _fill(self):
-        chunk = self.sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("server closed the connection")
-        self.buf += chunk
-
-    def _line(self) -> bytes:
-        while True:
-            i = self.buf.find(b"\r\n")
-            if i >= 0:
-                line, self.buf = self.buf[:i], self.buf[i + 2:]
-                return line
-            self._fill()
-
     def read_response(self) -> bytes:
         """One response with literals inlined verbatim (`{n}\\r\\n<n bytes>`), CRLF stripped."""
         out = b""
         while True:
-            line = self._line()
+            line = self.readline()
             out += line
             m = re.search(rb"\{(\d+)\}$", line)
             if not m:
                 return out
-            ln = int(m.group(1))
-            while len(self.buf) < ln:
-                self._fill()
-            out += b"\r\n" + self.buf[:ln]
-            self.buf = self.buf[ln:]
-
-    def send(self, data: bytes | str):
-        if isinstance(data, str):
-            data = data.encode("utf-8")
-        self.sock.sendall(data)
+            out += b"\r\n" + self.take(int(m.group(1)))
 
     def next_tag(self) -> str:
         self.n += 1
@@ -432,7 +380,7 @@ class RawIMAP:
         r = self.cmd("STARTTLS")
         assert r.ok, r
         assert not self.buf, f"data after the STARTTLS reply: {self.buf!r}"
-        self.sock = unverified_ctx().wrap_socket(self.sock, server_hostname=HOSTNAME)
+        self._wrap_tls()
         return r
 
     def login(self, user, password) -> Resp:
@@ -444,22 +392,6 @@ class RawIMAP:
         r = self.cmd(f"SELECT {mailbox}")
         assert r.ok, r
         return r
-
-    def closed_by_server(self, timeout=10) -> bool:
-        """True when the server closes the connection within timeout (data is kept in buf)."""
-        self.sock.settimeout(timeout)
-        try:
-            while True:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    return True
-                self.buf += chunk
-        except (ConnectionResetError, BrokenPipeError, ssl.SSLError, ssl.SSLEOFError):
-            return True
-        except socket.timeout:
-            return False
-        finally:
-            self.sock.settimeout(self.timeout)
 
     def read_until(self, pred, timeout) -> list[bytes]:
         """Read responses until pred(response) is true; AssertionError after timeout.
@@ -498,13 +430,18 @@ def caps_of(text: bytes) -> set[str]:
     return {c.decode().upper() for c in m.group(1).split()}
 
 
-def raw_login(gw: Gateway, mbx: dict, mode="tls", select=False) -> RawIMAP:
+def raw_connect(gw: Gateway, mode: str) -> RawIMAP:
     """mode: 'tls' (implicit, imaps port) or 'starttls' (plain port + STARTTLS)."""
     if mode == "tls":
-        c = RawIMAP(gw.imaps_port, implicit_tls=True)
-    else:
-        c = RawIMAP(gw.imap_port)
-        c.starttls()
+        return RawIMAP(gw.imaps_port, implicit_tls=True)
+    c = RawIMAP(gw.imap_port)
+    c.starttls()
+    return c
+
+
+def raw_login(gw: Gateway, mbx: dict, mode="tls", select=False) -> RawIMAP:
+    """Logged in as the mailbox; mode as for raw_connect."""
+    c = raw_connect(gw, mode)
     assert c.greeting.startswith(b"* OK"), c.greeting
     c.login(mbx["id"], mbx["password"])
     if select:
@@ -572,6 +509,6 @@ def imaplib_login(gw: Gateway, mbx: dict, mode="starttls"):
 __all__ = [
     "Atom", "RawIMAP", "Resp", "as_int", "astr", "build_message", "caps_of", "fetch_bodies",
     "fill", "igw", "imap_overrides", "imaplib_connect", "imaplib_login", "make_igw",
-    "message_count", "norm_ws", "parse_fetch", "parse_sexp", "quote", "raw_login",
+    "message_count", "norm_ws", "parse_fetch", "parse_sexp", "quote", "raw_connect", "raw_login",
     "self_signed_cert", "served_cert_pem", "strip_received", "uid_map",
 ]

@@ -91,6 +91,10 @@ def unverified_ctx() -> ssl.SSLContext:
 
 
 def toml_value(v) -> str:
+    """A TOML value; a dict (below a table) is written as an inline table, e.g.
+    `[archive] envelope_headers = [{network = "...", header = "..."}]`."""
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + "}"
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int):
@@ -152,25 +156,25 @@ def wait_until(pred, timeout=10.0, interval=0.05, what="condition"):
         time.sleep(interval)
 
 
-def make_message(subject="test", body="hello\r\n", sender="alice@contoso.example",
-                 to="journal@gw.test", extra_headers=(), msgid=None) -> bytes:
+def build_message(subject="test", body: bytes | str = b"hello\r\n", sender="alice@contoso.example",
+                  to="journal@gw.test", date="Mon, 16 Nov 2026 10:00:00 +0000", msgid=None,
+                  extra_headers=(), content_type="text/plain; charset=utf-8",
+                  cte="8bit") -> bytes:
     """Build a small CRLF message as bytes (body may be str or bytes)."""
     if isinstance(body, str):
         body = body.encode("utf-8")
     if msgid is None:
         msgid = f"<{os.urandom(8).hex()}@contoso.example>"
-    hdrs = [
-        f"From: {sender}",
-        f"To: {to}",
-        f"Subject: {subject}",
-        "Date: Mon, 16 Nov 2026 10:00:00 +0000",
-        f"Message-ID: {msgid}",
-        "MIME-Version: 1.0",
-        "Content-Type: text/plain; charset=utf-8",
-        "Content-Transfer-Encoding: 8bit",
-        *extra_headers,
-    ]
+    hdrs = [f"From: {sender}", f"To: {to}", f"Subject: {subject}", f"Date: {date}",
+            f"Message-ID: {msgid}", "MIME-Version: 1.0", f"Content-Type: {content_type}"]
+    if cte:
+        hdrs.append(f"Content-Transfer-Encoding: {cte}")
+    hdrs += list(extra_headers)
     return ("\r\n".join(hdrs) + "\r\n\r\n").encode("utf-8") + body
+
+
+# the SMTP/POP3 tests' name for it (every caller passes keywords)
+make_message = build_message
 
 
 # --------------------------------------------------------------------------- gateway
@@ -213,22 +217,14 @@ class Gateway:
         self.stderr_path = self.base / "server.stderr"
         self.proc: subprocess.Popen | None = None
 
-    # ports
-    @property
-    def smtp_port(self):
-        return self.ports["smtp"]
-
-    @property
-    def smtps_port(self):
-        return self.ports["smtps"]
-
-    @property
-    def pop3_port(self):
-        return self.ports["pop3"]
-
-    @property
-    def pop3s_port(self):
-        return self.ports["pop3s"]
+    # ports, by listener name (imap and imaps only on gateways with IMAP listeners, made by
+    # imapharness.make_igw); current after the listeners were moved to fresh ports on EADDRINUSE
+    smtp_port = property(lambda self: self.ports["smtp"])
+    smtps_port = property(lambda self: self.ports["smtps"])
+    pop3_port = property(lambda self: self.ports["pop3"])
+    pop3s_port = property(lambda self: self.ports["pop3s"])
+    imap_port = property(lambda self: self.ports["imap"])
+    imaps_port = property(lambda self: self.ports["imaps"])
 
     # process control
     @property
@@ -431,15 +427,17 @@ def send_smtp(gw: Gateway, rcpts, msg: bytes, sender="journal@contoso.example", 
     return refused
 
 
-class RawSMTP:
-    """Line-level SMTP client for the cases smtplib can't express."""
+class LineClient:
+    """A CRLF line client over a real loopback socket (implicit TLS optional): the plumbing
+    RawSMTP, RawPOP3 and imapharness.RawIMAP share. `buf` holds what was read but not yet
+    consumed; `timeout` is the socket timeout the client returns to."""
 
-    def __init__(self, port, timeout=SOCK_TIMEOUT, implicit_tls=False, greet=True):
+    def __init__(self, port, timeout=SOCK_TIMEOUT, implicit_tls=False):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.timeout = timeout
         if implicit_tls:
             self.sock = unverified_ctx().wrap_socket(self.sock, server_hostname=HOSTNAME)
         self.buf = b""
-        self.greeting = self.reply() if greet else None
 
     def close(self):
         with contextlib.suppress(OSError):
@@ -451,17 +449,65 @@ class RawSMTP:
     def __exit__(self, *a):
         self.close()
 
-    def _fill(self):
+    def recv_some(self) -> bytes:
+        """The next bytes from the socket (ConnectionError at EOF); not added to buf."""
         chunk = self.sock.recv(65536)
         if not chunk:
             raise ConnectionError("server closed the connection")
-        self.buf += chunk
+        return chunk
+
+    def _fill(self):
+        self.buf += self.recv_some()
 
     def readline(self) -> bytes:
-        while b"\r\n" not in self.buf:
+        """The next CRLF-terminated line, without its CRLF."""
+        while True:
+            i = self.buf.find(b"\r\n")
+            if i >= 0:
+                line, self.buf = self.buf[:i], self.buf[i + 2:]
+                return line
             self._fill()
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
+
+    def take(self, n: int) -> bytes:
+        """Exactly the next n bytes."""
+        while len(self.buf) < n:
+            self._fill()
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def send(self, data: bytes | str):
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        self.sock.sendall(data)
+
+    def _wrap_tls(self):
+        """Switch the connection to TLS (after the server's STARTTLS/STLS go-ahead)."""
+        self.sock = unverified_ctx().wrap_socket(self.sock, server_hostname=HOSTNAME)
+
+    def closed_by_server(self, timeout=10) -> bool:
+        """True when the server closes the connection (EOF/reset) within timeout; what it
+        sent before is kept in buf."""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return True
+                self.buf += chunk
+        except (ConnectionResetError, BrokenPipeError, ssl.SSLError):
+            return True
+        except socket.timeout:
+            return False
+        finally:
+            self.sock.settimeout(self.timeout)
+
+
+class RawSMTP(LineClient):
+    """Line-level SMTP client for the cases smtplib can't express."""
+
+    def __init__(self, port, timeout=SOCK_TIMEOUT, implicit_tls=False, greet=True):
+        super().__init__(port, timeout=timeout, implicit_tls=implicit_tls)
+        self.greeting = self.reply() if greet else None
 
     def reply(self):
         """Read one (possibly multi-line) reply -> (code:int, text:str of all lines)."""
@@ -476,11 +522,6 @@ class RawSMTP:
         except ValueError:
             raise AssertionError(f"malformed SMTP reply {lines!r}") from None
         return code, "\n".join(lines)
-
-    def send(self, data: bytes | str):
-        if isinstance(data, str):
-            data = data.encode("utf-8")
-        self.sock.sendall(data)
 
     def cmd(self, line: str | bytes):
         if isinstance(line, str):
@@ -497,21 +538,7 @@ class RawSMTP:
         code, text = self.cmd("STARTTLS")
         assert code == 220, text
         assert not self.buf, "data after STARTTLS reply"
-        self.sock = unverified_ctx().wrap_socket(self.sock, server_hostname=HOSTNAME)
-
-    def closed_by_server(self, timeout=10) -> bool:
-        """True when the server closes the connection (EOF/reset) within timeout."""
-        self.sock.settimeout(timeout)
-        try:
-            while True:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    return True
-                self.buf += chunk
-        except (ConnectionResetError, BrokenPipeError, ssl.SSLError):
-            return True
-        except socket.timeout:
-            return False
+        self._wrap_tls()
 
 
 def dot_stuff(msg: bytes) -> bytes:
@@ -588,53 +615,104 @@ def pop3_error_text(exc: Exception) -> bytes:
     return arg if isinstance(arg, bytes) else str(arg).encode()
 
 
+class RawPOP3(LineClient):
+    """Line-level POP3 client, implicit TLS by default; the greeting must be +OK."""
+
+    def __init__(self, port, timeout=SOCK_TIMEOUT, implicit_tls=True):
+        super().__init__(port, timeout=timeout, implicit_tls=implicit_tls)
+        assert self.readline().startswith(b"+OK")
+
+    def cmd(self, c: str) -> bytes:
+        """Send one command line; its first response line."""
+        self.send(c.encode() + b"\r\n")
+        return self.readline()
+
+
 def pop3_retr_raw(gw: Gateway, mbx: dict, timeout=SOCK_TIMEOUT, lf_lines=False) -> list[bytes]:
     """Retrieve every message over POP3S with a byte-level reader: a response ends
     only at CRLF.CRLF; CRLF-delimited lines are unstuffed (RFC 1939), and with
     lf_lines=True also lines that follow a bare LF (for servers that stuff those too)."""
-    sock = unverified_ctx().wrap_socket(
-        socket.create_connection(("127.0.0.1", gw.pop3s_port), timeout=timeout),
-        server_hostname=HOSTNAME)
-    buf = b""
+    c = RawPOP3(gw.pop3s_port, timeout=timeout)
 
-    def line():
-        nonlocal buf
-        while b"\r\n" not in buf:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("POP3 server closed the connection")
-            buf += chunk
-        ln, buf = buf.split(b"\r\n", 1)
-        return ln
-
-    def cmd(c):
-        sock.sendall(c.encode() + b"\r\n")
-        r = line()
-        assert r.startswith(b"+OK"), (c.split()[0], r)
+    def cmd(line):
+        r = c.cmd(line)
+        assert r.startswith(b"+OK"), (line.split()[0], r)
         return r
 
     try:
-        assert line().startswith(b"+OK")
         cmd(f"USER {mbx['id']}")
         cmd(f"PASS {mbx['password']}")
         count = int(cmd("STAT").split()[1])
         out = []
         for n in range(1, count + 1):
             cmd(f"RETR {n}")
-            data = b"\r\n" + buf
+            data = b"\r\n" + c.buf
             while b"\r\n.\r\n" not in data:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    raise ConnectionError("closed during RETR")
-                data += chunk
-            body, buf = data[2:].split(b"\r\n.\r\n", 1) if not data.startswith(b"\r\n.\r\n") \
+                data += c.recv_some()
+            body, c.buf = data[2:].split(b"\r\n.\r\n", 1) if not data.startswith(b"\r\n.\r\n") \
                 else (b"", data[5:])
             lines = body.split(b"\r\n") if body else []
             msg = b"".join((ln[1:] if ln.startswith(b".") else ln) + b"\r\n" for ln in lines)
             if lf_lines:
                 msg = re.sub(rb"(?<!\r)\n\.", b"\n", msg)
             out.append(msg)
-        sock.sendall(b"QUIT\r\n")
+        c.send(b"QUIT\r\n")
         return out
     finally:
-        sock.close()
+        c.close()
+
+
+# --------------------------------------------------------------------------- fetchmail, getmail6
+
+
+def fetchmail_rc(home: Path, proto: str, port: int, implicit_tls: bool, mbx: dict):
+    """Write home/fetchmailrc: poll 127.0.0.1:port with `proto` (IMAP or POP3) as the
+    mailbox, over implicit TLS or STARTTLS/STLS, no certificate check, fetch and delete
+    everything and append it to home/collected.mbox. Returns (rc, mbox, env to run
+    fetchmail with)."""
+    home.mkdir()
+    out = home / "collected.mbox"
+    ssl_opts = "ssl" if implicit_tls else 'sslproto "auto"'
+    rc = home / "fetchmailrc"
+    rc.write_text(
+        "set no syslog\n"
+        f"poll 127.0.0.1 with proto {proto} port {port} timeout 60\n"
+        f'  user "{mbx["id"]}" there with password "{mbx["password"]}" is "root" here\n'
+        f"  {ssl_opts} no sslcertck\n"
+        "  no keep fetchall\n"
+        f'  mda "cat >> {out}"\n'
+    )
+    rc.chmod(0o600)
+    return rc, out, dict(os.environ, HOME=str(home), FETCHMAILHOME=str(home))
+
+
+def run_getmail(exe: str, gdir: Path, retriever: str, port: int, mbx: dict, maildir: Path,
+                deliver_as: str | None, retriever_options: str = "") -> subprocess.CompletedProcess:
+    """Write gdir/getmailrc and run getmail (getmail6) once with it: `retriever`
+    (e.g. SimplePOP3SSLRetriever) on 127.0.0.1:port logged in as the mailbox (plus the
+    `retriever_options` lines), delivering into `maildir` (as `deliver_as` when given: see
+    the conftest fixture maildir_for_getmail), reading and deleting every message."""
+    gdir.mkdir()
+    rc = gdir / "getmailrc"
+    rc.write_text(
+        "[retriever]\n"
+        f"type = {retriever}\n"
+        "server = 127.0.0.1\n"
+        f"port = {port}\n"
+        f"username = {mbx['id']}\n"
+        f"password = {mbx['password']}\n"
+        + retriever_options
+        + "timeout = 60\n\n"
+        "[destination]\n"
+        "type = Maildir\n"
+        f"path = {maildir}/\n"
+        + (f"user = {deliver_as}\n" if deliver_as else "")
+        + "\n[options]\n"
+        "verbose = 1\n"
+        "read_all = true\n"
+        "delete = true\n"
+        "delivered_to = false\n"
+        "received = false\n"
+    )
+    return subprocess.run([exe, "--getmaildir", str(gdir), "--rcfile", str(rc)],
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)

@@ -7,14 +7,10 @@ import contextlib
 import hashlib
 import imaplib
 import os
-import pwd
 import re
-import shutil
 import ssl
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
@@ -23,7 +19,7 @@ from imapharness import (  # noqa: F401  (igw, make_igw are fixtures)
     message_count, raw_login, self_signed_cert, served_cert_pem, uid_map,
 )
 from clientharness import lf, need, start_neomutt
-from jgharness import send_smtp, strip_received, unverified_ctx
+from jgharness import fetchmail_rc, run_getmail, send_smtp, strip_received, unverified_ctx
 
 
 def contains_message(collected: bytes, msg: bytes) -> bool:
@@ -362,54 +358,12 @@ def test_offlineimap_readonly(igw, tmp_path):
 # ------------------------------------------------------------------ getmail6
 
 
-@pytest.fixture
-def maildir_for_getmail():
-    """A Maildir getmail may deliver into (as `nobody` when we are root: getmail refuses
-    to deliver as root)."""
-    base = Path(tempfile.mkdtemp(prefix="jg-imap-getmail-"))
-    md = base / "Maildir"
-    for sub in ("cur", "new", "tmp"):
-        (md / sub).mkdir(parents=True)
-    user = None
-    if os.geteuid() == 0:
-        user = "nobody"
-        pw = pwd.getpwnam(user)
-        base.chmod(0o755)
-        for d in (md, md / "cur", md / "new", md / "tmp"):
-            os.chown(d, pw.pw_uid, pw.pw_gid)
-    yield md, user
-    shutil.rmtree(base, ignore_errors=True)
-
-
 def test_getmail6_imap_delete(igw, tmp_path, maildir_for_getmail):
     exe = need("getmail")
     mbx, msgs = fill(igw, 3)
     maildir, deliver_as = maildir_for_getmail
-    gdir = tmp_path / "getmail"
-    gdir.mkdir()
-    rc = gdir / "getmailrc"
-    rc.write_text(
-        "[retriever]\n"
-        "type = SimpleIMAPSSLRetriever\n"
-        "server = 127.0.0.1\n"
-        f"port = {igw.imaps_port}\n"
-        f"username = {mbx['id']}\n"
-        f"password = {mbx['password']}\n"
-        'mailboxes = ("INBOX",)\n'
-        "timeout = 60\n\n"
-        "[destination]\n"
-        "type = Maildir\n"
-        f"path = {maildir}/\n"
-        + (f"user = {deliver_as}\n" if deliver_as else "")
-        + "\n[options]\n"
-        "verbose = 1\n"
-        "read_all = true\n"
-        "delete = true\n"
-        "delivered_to = false\n"
-        "received = false\n"
-    )
-    p = subprocess.run([exe, "--getmaildir", str(gdir), "--rcfile", str(rc)], capture_output=True,
-                       text=True, stdin=subprocess.DEVNULL, timeout=120)
+    p = run_getmail(exe, tmp_path / "getmail", "SimpleIMAPSSLRetriever", igw.imaps_port, mbx,
+                    maildir, deliver_as, retriever_options='mailboxes = ("INBOX",)\n')
     assert p.returncode == 0, p.stdout + p.stderr
     files = list((maildir / "new").iterdir())
     assert len(files) == 3, (files, p.stdout)
@@ -425,24 +379,8 @@ def test_getmail6_imap_delete(igw, tmp_path, maildir_for_getmail):
 def test_fetchmail_imap_delete(igw, tmp_path, tls):
     exe = need("fetchmail")
     mbx, msgs = fill(igw, 3)
-    home = tmp_path / "fm"
-    home.mkdir()
-    out = home / "collected.mbox"
-    if tls == "imaps":
-        port, ssl_opts = igw.imaps_port, "ssl"
-    else:
-        port, ssl_opts = igw.imap_port, 'sslproto "auto"'
-    rc = home / "fetchmailrc"
-    rc.write_text(
-        "set no syslog\n"
-        f"poll 127.0.0.1 with proto IMAP port {port} timeout 60\n"
-        f'  user "{mbx["id"]}" there with password "{mbx["password"]}" is "root" here\n'
-        f"  {ssl_opts} no sslcertck\n"
-        "  no keep fetchall\n"
-        f'  mda "cat >> {out}"\n'
-    )
-    rc.chmod(0o600)
-    env = dict(os.environ, HOME=str(home), FETCHMAILHOME=str(home))
+    port = igw.imaps_port if tls == "imaps" else igw.imap_port
+    rc, out, env = fetchmail_rc(tmp_path / "fm", "IMAP", port, tls == "imaps", mbx)
     p = subprocess.run([exe, "-f", str(rc), "-v", "--nodetach"], capture_output=True, text=True,
                        stdin=subprocess.DEVNULL, env=env, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr

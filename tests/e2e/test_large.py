@@ -8,9 +8,7 @@ import time
 
 import pytest
 
-from jgharness import RawSMTP, make_message, unverified_ctx
-
-import socket
+from jgharness import RawPOP3, RawSMTP, make_message
 
 LINE_LEN = 1000  # 998 octets + CRLF
 LINES_PER_CHUNK = 1024
@@ -28,26 +26,8 @@ def chunks(header: bytes):
         yield first + b"".join(base[1:])
 
 
-class RawPOP3:
-    def __init__(self, port, timeout):
-        self.sock = unverified_ctx().wrap_socket(
-            socket.create_connection(("127.0.0.1", port), timeout=timeout),
-            server_hostname="gw.test")
-        self.buf = b""
-        assert self.line().startswith(b"+OK")
-
-    def line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            data = self.sock.recv(65536)
-            if not data:
-                raise ConnectionError("POP3 server closed the connection")
-            self.buf += data
-        ln, self.buf = self.buf.split(b"\r\n", 1)
-        return ln
-
-    def cmd(self, c: str) -> bytes:
-        self.sock.sendall(c.encode() + b"\r\n")
-        return self.line()
+class StreamingPOP3(RawPOP3):
+    """RawPOP3 (POP3S) that hashes a RETR while it streams in."""
 
     def retr_hash_without_received(self, n: int):
         """RETR n, streaming: drop the first header field, unstuff, hash the rest."""
@@ -81,9 +61,6 @@ class RawPOP3:
             if not data:
                 raise ConnectionError("connection closed during RETR")
             buf += data
-
-    def close(self):
-        self.sock.close()
 
 
 @pytest.mark.slow
@@ -119,7 +96,7 @@ def test_150mb_message_streams_with_bounded_memory(gw):
     print(f"\n150MB intake: {size} bytes in {t_in:.1f}s; VmRSS {rss_before} -> {rss_after} kB; "
           f"VmHWM {hwm_before} -> {hwm_after} kB")
 
-    p = RawPOP3(gw.pop3s_port, LARGE_TIMEOUT)
+    p = StreamingPOP3(gw.pop3s_port, LARGE_TIMEOUT)
     try:
         assert p.cmd(f"USER {mbx['id']}").startswith(b"+OK")
         assert p.cmd(f"PASS {mbx['password']}").startswith(b"+OK")

@@ -5,21 +5,19 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
-import pwd
 import poplib
 import shutil
 import socket
 import ssl
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
 from jgharness import (
     HOSTNAME, auth_plain_b64, make_message, pop3_connect, pop3_error_text, pop3_fetch_all,
-    pop3_login, pop3_retr, pop3_stat, send_smtp, strip_received, unverified_ctx, wait_until,
+    fetchmail_rc, pop3_login, pop3_retr, pop3_stat, run_getmail, send_smtp, strip_received,
+    unverified_ctx, wait_until,
 )
 
 
@@ -331,27 +329,11 @@ def test_fetchmail_collects_and_deletes(gw, tmp_path, tls):
     exe = shutil.which("fetchmail")
     assert exe, "fetchmail is not installed"
     mbx, msgs = fill(gw, 3)
-    home = tmp_path / "fm"
-    home.mkdir()
-    out = home / "collected.mbox"
-    if tls == "pop3s":
-        port, ssl_opts = gw.pop3s_port, "ssl"
-    else:
-        port, ssl_opts = gw.pop3_port, 'sslproto "auto"'
-    rc = home / "fetchmailrc"
-    rc.write_text(
-        "set no syslog\n"
-        f"poll 127.0.0.1 with proto POP3 port {port} timeout 60\n"
-        f'  user "{mbx["id"]}" there with password "{mbx["password"]}" is "root" here\n'
-        f"  {ssl_opts} no sslcertck\n"
-        "  no keep fetchall\n"
-        f'  mda "cat >> {out}"\n'
-    )
-    rc.chmod(0o600)
-    env = dict(os.environ, HOME=str(home), FETCHMAILHOME=str(home))
+    port = gw.pop3s_port if tls == "pop3s" else gw.pop3_port
+    rc, out, env = fetchmail_rc(tmp_path / "fm", "POP3", port, tls == "pop3s", mbx)
     # own pid file: as root fetchmail defaults to /var/run/fetchmail.pid, which would make
     # parallel runs (xdist) refuse with "another foreground fetchmail is running"
-    base_args = [exe, "-f", str(rc), "--nodetach", "--pidfile", str(home / "fetchmail.pid")]
+    base_args = [exe, "-f", str(rc), "--nodetach", "--pidfile", str(rc.parent / "fetchmail.pid")]
     p = subprocess.run([*base_args, "-v"], capture_output=True, text=True,
                        stdin=subprocess.DEVNULL, env=env, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
@@ -367,55 +349,13 @@ def test_fetchmail_collects_and_deletes(gw, tmp_path, tls):
     assert p.returncode == 1, p.stdout + p.stderr
 
 
-@pytest.fixture
-def maildir_for_getmail():
-    """A Maildir getmail may deliver into. getmail refuses to deliver as root, so
-    when we are root it delivers as `nobody` into a directory nobody can write."""
-    base = Path(tempfile.mkdtemp(prefix="jg-getmail-"))
-    md = base / "Maildir"
-    for sub in ("cur", "new", "tmp"):
-        (md / sub).mkdir(parents=True)
-    user = None
-    if os.geteuid() == 0:
-        user = "nobody"
-        pw = pwd.getpwnam(user)
-        base.chmod(0o755)
-        for d in (md, md / "cur", md / "new", md / "tmp"):
-            os.chown(d, pw.pw_uid, pw.pw_gid)
-    yield md, user
-    shutil.rmtree(base, ignore_errors=True)
-
-
 def test_getmail6_collects_and_deletes(gw, tmp_path, maildir_for_getmail):
     exe = shutil.which("getmail")
     assert exe, "getmail (getmail6) is not installed"
     mbx, msgs = fill(gw, 3)
-    gdir = tmp_path / "getmail"
     maildir, deliver_as = maildir_for_getmail
-    gdir.mkdir()
-    rc = gdir / "getmailrc"
-    rc.write_text(
-        "[retriever]\n"
-        "type = SimplePOP3SSLRetriever\n"
-        "server = 127.0.0.1\n"
-        f"port = {gw.pop3s_port}\n"
-        f"username = {mbx['id']}\n"
-        f"password = {mbx['password']}\n"
-        "timeout = 60\n\n"
-        "[destination]\n"
-        "type = Maildir\n"
-        f"path = {maildir}/\n"
-        + (f"user = {deliver_as}\n" if deliver_as else "")
-        + "\n"
-        "[options]\n"
-        "verbose = 1\n"
-        "read_all = true\n"
-        "delete = true\n"
-        "delivered_to = false\n"
-        "received = false\n"
-    )
-    p = subprocess.run([exe, "--getmaildir", str(gdir), "--rcfile", str(rc)], capture_output=True,
-                       text=True, stdin=subprocess.DEVNULL, timeout=120)
+    p = run_getmail(exe, tmp_path / "getmail", "SimplePOP3SSLRetriever", gw.pop3s_port, mbx,
+                    maildir, deliver_as)
     assert p.returncode == 0, p.stdout + p.stderr
     files = list((maildir / "new").iterdir())
     assert len(files) == 3, (files, p.stdout)
