@@ -2,6 +2,8 @@
 //! whether or not `serve` runs: mailbox files are shared safely (atomic renames), and index
 //! maintenance goes through the server's admin socket when it holds the index.
 
+mod cert;
+
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
@@ -18,7 +20,7 @@ use crate::spool::{self, Spool};
 #[command(
     name = "journalgate",
     version,
-    about = "Journal-report gateway: SMTP in, encrypted spool, POP3 out"
+    about = "Journal-report gateway: SMTP journal receiver, sealed gateway mailboxes collected over POP3/IMAP, read-only per-user IMAP archive"
 )]
 pub struct Cli {
     /// Configuration file (default: ./journalgate.toml if present, else built-in defaults).
@@ -147,8 +149,8 @@ pub fn run(config: &Config, command: Command) -> Result<i32> {
         Command::Mailbox(cmd) => mailbox(config, cmd),
         Command::Check(flag) => maintenance(config, Request::Check, flag.json),
         Command::RebuildIndex(flag) => maintenance(config, Request::RebuildIndex, flag.json),
-        Command::Cert(CertCommand::Status(flag)) => crate::acme::cli(config, false, flag.json),
-        Command::Cert(CertCommand::Renew(flag)) => crate::acme::cli(config, true, flag.json),
+        Command::Cert(CertCommand::Status(flag)) => cert::run(config, false, flag.json),
+        Command::Cert(CertCommand::Renew(flag)) => cert::run(config, true, flag.json),
         Command::User(cmd) => user(config, cmd),
         Command::Archive(ArchiveCommand::Stats(flag)) => archive_stats(config, flag.json),
     }

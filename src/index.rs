@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use crate::mailbox::MailboxId;
-use crate::spool::{Flags, MessageMeta};
+use crate::message::{Flags, MessageMeta};
 
 /// (mailbox id, uid) -> (size, received unix time, envelope length, flags)
 const MESSAGES: TableDefinition<(&str, u32), Value> = TableDefinition::new("messages-v2");

@@ -11,7 +11,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use mail_parser::MessageParser;
 
-use crate::imap::mime::{self, Kind, Part};
+use crate::mime::{self, Kind, Part};
 
 /// Which field of the report named a recipient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

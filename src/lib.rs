@@ -4,21 +4,26 @@
 //! The binary (`src/main.rs`) is a thin shell around [`cli`] and [`server`]; the library form
 //! exists so that fuzz targets and tests can drive the protocol sessions directly.
 
+pub mod accounts;
 pub mod acme;
 pub mod admin;
 pub mod archive;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod crypto;
 pub mod fsutil;
 pub mod imap;
 pub mod index;
 pub mod journal;
 pub mod mailbox;
+pub mod message;
+pub mod mime;
 pub mod net;
 pub mod pop3;
 pub mod server;
 pub mod smtp;
 pub mod spool;
+pub mod store;
 pub mod tls;

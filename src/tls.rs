@@ -1,6 +1,6 @@
 //! TLS for every listener: one rustls configuration whose certificate resolver can be swapped
 //! at runtime (renewal without restart). Sources: a self-signed certificate made by rcgen and
-//! kept in the data dir, PEM files, or ACME (see `crate::acme`; until the first ACME certificate
+//! kept in the data dir, PEM files, or ACME (see the `acme` module; until the first ACME certificate
 //! arrives the self-signed one is served).
 //!
 //! TLS-ALPN-01 (RFC 8737) is answered here too: [`Acceptor`] reads the ClientHello first and, when
@@ -200,8 +200,12 @@ pub fn server_config(resolver: Arc<CertResolver>) -> Arc<ServerConfig> {
     Arc::new(config)
 }
 
-/// Loads the certificate the configuration asks for.
-pub fn load_certificate(config: &Config) -> Result<CertifiedKey, TlsError> {
+/// Loads the certificate the configuration asks for. For `source = "acme"` the caller hands
+/// in the stored ACME certificate, if it is still usable.
+pub fn load_certificate(
+    config: &Config,
+    stored_acme: Option<CertifiedKey>,
+) -> Result<CertifiedKey, TlsError> {
     match config.tls.source {
         TlsSource::SelfSigned => self_signed(&config.data_dir.join("tls"), &config.hostname),
         TlsSource::Files => {
@@ -211,7 +215,7 @@ pub fn load_certificate(config: &Config) -> Result<CertifiedKey, TlsError> {
         }
         // The stored ACME certificate if it is still usable, else the self-signed one until
         // the first issuance (the listeners never wait for the CA).
-        TlsSource::Acme => match crate::acme::load_stored(config) {
+        TlsSource::Acme => match stored_acme {
             Some(key) => Ok(key),
             None => self_signed(&config.data_dir.join("tls"), &config.hostname),
         },

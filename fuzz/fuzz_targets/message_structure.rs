@@ -5,8 +5,9 @@
 #![no_main]
 
 use journalgate::archive::skeleton::Skeleton;
-use journalgate::imap::mime;
+use journalgate::imap::structure;
 use journalgate::journal::{self, Classification};
+use journalgate::mime;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|raw: &[u8]| {
@@ -28,8 +29,8 @@ fuzz_target!(|raw: &[u8]| {
     }
     let root = mime::parse(raw);
     let mut out = Vec::new();
-    mime::body_structure(raw, &root, true, &mut out);
-    mime::envelope(&raw[root.header.clone()], &mut out);
+    structure::body_structure(raw, &root, true, &mut out);
+    structure::envelope(&raw[root.header.clone()], &mut out);
     for a in 1..4 {
         for b in 0..3 {
             let path: Vec<u32> = if b == 0 { vec![a] } else { vec![a, b] };

@@ -12,7 +12,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::crypto::{self, Recipient};
-use crate::spool::Envelope;
+use crate::message::Envelope;
 
 use super::fingerprint::Normalizer;
 use super::plan::Plan;

@@ -3,7 +3,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::imap::mime;
+use crate::mime;
 
 /// A duplicate key is computed over the original's header up to this size.
 const HASH_HEADER_MAX: usize = 1 << 20;

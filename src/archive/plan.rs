@@ -7,9 +7,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 
 use crate::config::UnknownAddresses;
-use crate::imap::mime;
 use crate::journal::{self, Classification, Report};
-use crate::spool::Envelope;
+use crate::message::Envelope;
+use crate::mime;
 
 use super::skeleton::Skeleton;
 use super::users::UserRecord;

@@ -3,7 +3,7 @@
 //!
 //! MIME structure lives in header blocks and `--boundary` lines; a 150 MB journal report is
 //! large because of attachment bodies. The skeleton keeps every header block and delimiter
-//! line and the start of every body, so [`crate::imap::mime::parse`] and
+//! line and the start of every body, so [`crate::mime::parse`] and
 //! [`crate::journal::classify`] find the same parts in it, and a range found in the skeleton
 //! maps back to exact byte positions of the message, which is then copied as a stream.
 
@@ -177,7 +177,7 @@ impl Builder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::imap::mime::{self, Kind};
+    use crate::mime::{self, Kind};
 
     fn big_report(body_lines: usize, crlf: &str) -> Vec<u8> {
         let mut attachment = String::new();

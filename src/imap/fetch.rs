@@ -1,478 +1,215 @@
-//! FETCH (RFC 3501 §6.4.5, RFC 3516 BINARY): turns the requested items into response chunks.
-//!
-//! Messages up to [`IN_MEMORY_MAX`] are decrypted into memory once per FETCH and every item is
-//! cut from them. Larger messages are never held whole: only their header is read, and the
-//! whole-message items (`BODY[]`, `RFC822`, `BODY[TEXT]`, partials) are streamed from the
-//! sealed file as they are sent.
+//! The FETCH command: resolves the sequence set, decrypts the chosen messages ahead on
+//! blocking threads (so decryption overlaps sending), sets `\Seen` where the items imply it,
+//! and writes each response as `render` cuts it, streaming large bodies from the store.
 
-use std::num::NonZeroU32;
-use std::sync::OnceLock;
+use std::collections::VecDeque;
+use std::io::Read;
+use std::sync::Arc;
 
-use imap_codec::imap_types::fetch::{
-    Macro, MacroOrMessageDataItemNames, MessageDataItemName, Part, Section,
-};
+use imap_codec::imap_types::core::Tag;
+use imap_codec::imap_types::fetch::MessageDataItemName;
+use imap_codec::imap_types::sequence::SequenceSet;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
-use crate::spool::{Flags, MessageMeta};
+use super::render::{self, Chunk, Content};
+use super::state::{Authed, Conn, Selected, FLUSH_AT};
+use crate::message::{Flags, MessageMeta};
+use crate::net::Stream;
+use crate::store::{FolderInfo, MailStore, StoreError};
 
-use super::mime;
-use super::wire::{flag_list, internal_date, literal};
+/// FETCH decrypts following messages ahead while this much is not yet sent.
+const PREFETCH_BYTES: u64 = 4 * 1024 * 1024;
 
-/// Messages up to this size are handled in memory.
-pub const IN_MEMORY_MAX: u64 = 32 * 1024 * 1024;
-/// Largest header read from a large message.
-pub const MAX_HEADER: usize = 1024 * 1024;
-
-/// One piece of a FETCH response.
-pub enum Chunk {
-    Bytes(Vec<u8>),
-    /// `len` octets of the message from `start`, streamed from the spool.
-    Stream {
-        start: u64,
-        len: u64,
-    },
+/// What a FETCH asks for.
+pub(super) struct Request<'a> {
+    pub set: &'a SequenceSet,
+    pub items: &'a [MessageDataItemName<'static>],
+    pub uid: bool,
 }
 
-/// The message content available to the renderer.
-pub struct Content {
-    /// The whole message, or only its header for a large message.
-    pub raw: Vec<u8>,
-    pub whole: bool,
-    pub size: u64,
-    root: OnceLock<mime::Part>,
-}
-
-impl Content {
-    pub fn whole(raw: Vec<u8>) -> Content {
-        let size = raw.len() as u64;
-        Content {
-            raw,
-            whole: true,
-            size,
-            root: OnceLock::new(),
-        }
+pub(super) async fn command(
+    conn: &mut Conn,
+    authed: &Authed,
+    selected: &mut Selected,
+    tag: &Tag<'_>,
+    request: Request<'_>,
+    stream: &mut Stream,
+) -> std::io::Result<()> {
+    let Request { set, items, uid } = request;
+    let view = &selected.view;
+    if !uid && view.out_of_range(set) {
+        conn.bad(tag, "Invalid message sequence number");
+        return Ok(());
     }
-
-    /// A large message of which only the header (`raw`) was read.
-    pub fn header_only(mut raw: Vec<u8>, size: u64) -> Content {
-        let end = mime::header_end(&raw);
-        raw.truncate(end);
-        Content {
-            raw,
-            whole: false,
-            size,
-            root: OnceLock::new(),
-        }
-    }
-
-    fn header_len(&self) -> usize {
-        mime::header_end(&self.raw)
-    }
-
-    fn root(&self) -> &mime::Part {
-        self.root.get_or_init(|| {
-            let mut root = mime::parse(&self.raw);
-            if !self.whole {
-                // Degrade: the body is not here, so it is one opaque part of the right size.
-                root.kind = mime::Kind::Single;
-                root.body =
-                    root.header.end..root.header.end + (self.size as usize - root.header.end);
+    let chosen = view.select(set, uid);
+    let needs = render::needs_content(items);
+    let sets_seen = render::sets_seen(items) && !view.read_only;
+    let mut vanished = false;
+    let mut ahead: VecDeque<(JoinHandle<Result<Content, StoreError>>, u64)> = VecDeque::new();
+    let (mut next, mut ahead_bytes) = (0usize, 0u64);
+    for (k, &i) in chosen.iter().enumerate() {
+        if needs {
+            while next < chosen.len() && (next == k || ahead_bytes < PREFETCH_BYTES) {
+                let m = selected.view.messages[chosen[next]];
+                let size = m.size.min(render::IN_MEMORY_MAX);
+                ahead.push_back((start_load(authed, &selected.view.folder, &m), size));
+                ahead_bytes += size;
+                next += 1;
             }
-            root
-        })
-    }
-}
-
-/// Expands macros; UID FETCH always returns the UID.
-pub fn item_names(
-    names: MacroOrMessageDataItemNames<'static>,
-    uid: bool,
-) -> Vec<MessageDataItemName<'static>> {
-    use MessageDataItemName as N;
-    let mut items = match names {
-        MacroOrMessageDataItemNames::Macro(m) => match m {
-            Macro::Fast => vec![N::Flags, N::InternalDate, N::Rfc822Size],
-            Macro::All => vec![N::Flags, N::InternalDate, N::Rfc822Size, N::Envelope],
-            Macro::Full => vec![
-                N::Flags,
-                N::InternalDate,
-                N::Rfc822Size,
-                N::Envelope,
-                N::Body,
-            ],
-            _ => vec![N::Flags, N::InternalDate, N::Rfc822Size],
-        },
-        MacroOrMessageDataItemNames::MessageDataItemNames(items) => items,
-    };
-    if uid && !items.contains(&N::Uid) {
-        items.insert(0, N::Uid);
-    }
-    items
-}
-
-/// True if any item needs the message content.
-pub fn needs_content(items: &[MessageDataItemName<'_>]) -> bool {
-    use MessageDataItemName as N;
-    items
-        .iter()
-        .any(|i| !matches!(i, N::Uid | N::Flags | N::InternalDate | N::Rfc822Size))
-}
-
-/// True if any item sets \Seen (non-PEEK body fetches).
-pub fn sets_seen(items: &[MessageDataItemName<'_>]) -> bool {
-    use MessageDataItemName as N;
-    items.iter().any(|i| match i {
-        N::BodyExt { peek, .. } | N::Binary { peek, .. } => !peek,
-        N::Rfc822 | N::Rfc822Text => true,
-        _ => false,
-    })
-}
-
-/// Renders `* seq FETCH (...)` for one message.
-pub fn render(
-    seq: u32,
-    meta: &MessageMeta,
-    flags: Flags,
-    items: &[MessageDataItemName<'_>],
-    content: Option<&Content>,
-    add_flags: bool,
-) -> Vec<Chunk> {
-    let mut r = Renderer {
-        chunks: Vec::new(),
-        buf: format!("* {seq} FETCH (").into_bytes(),
-        first: true,
-    };
-    for item in items {
-        r.item(meta, flags, item, content);
-    }
-    if add_flags && !items.contains(&MessageDataItemName::Flags) {
-        r.sep();
-        r.buf
-            .extend_from_slice(format!("FLAGS {}", flag_list(flags)).as_bytes());
-    }
-    r.buf.extend_from_slice(b")\r\n");
-    r.finish()
-}
-
-struct Renderer {
-    chunks: Vec<Chunk>,
-    buf: Vec<u8>,
-    first: bool,
-}
-
-impl Renderer {
-    fn sep(&mut self) {
-        if !self.first {
-            self.buf.push(b' ');
         }
-        self.first = false;
-    }
-
-    fn finish(mut self) -> Vec<Chunk> {
-        if !self.buf.is_empty() {
-            self.chunks
-                .push(Chunk::Bytes(std::mem::take(&mut self.buf)));
-        }
-        self.chunks
-    }
-
-    fn stream(&mut self, start: u64, len: u64) {
-        self.buf
-            .extend_from_slice(format!("{{{len}}}\r\n").as_bytes());
-        self.chunks
-            .push(Chunk::Bytes(std::mem::take(&mut self.buf)));
-        self.chunks.push(Chunk::Stream { start, len });
-    }
-
-    fn item(
-        &mut self,
-        meta: &MessageMeta,
-        flags: Flags,
-        item: &MessageDataItemName<'_>,
-        content: Option<&Content>,
-    ) {
-        use MessageDataItemName as N;
-        self.sep();
-        let label_and = |r: &mut Self, label: &str| r.buf.extend_from_slice(label.as_bytes());
-        match item {
-            N::Uid => label_and(self, &format!("UID {}", meta.uid)),
-            N::Flags => label_and(self, &format!("FLAGS {}", flag_list(flags))),
-            N::InternalDate => label_and(
-                self,
-                &format!("INTERNALDATE {}", internal_date(meta.received)),
-            ),
-            N::Rfc822Size => label_and(self, &format!("RFC822.SIZE {}", meta.size)),
-            N::Envelope => {
-                label_and(self, "ENVELOPE ");
-                match content {
-                    Some(c) => mime::envelope(&c.raw[..c.header_len()], &mut self.buf),
-                    None => self.buf.extend_from_slice(b"NIL"),
+        let mut meta = selected.view.messages[i];
+        let content = if needs {
+            let (handle, size) = ahead.pop_front().expect("loaded ahead");
+            ahead_bytes -= size;
+            match joined(handle).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    if !matches!(e, StoreError::NoSuchMessage) {
+                        tracing::error!(uid = meta.uid, error = %e, "cannot read message");
+                    }
+                    vanished = true;
+                    continue;
                 }
             }
-            N::Body | N::BodyStructure => {
-                let extended = matches!(item, N::BodyStructure);
-                label_and(self, if extended { "BODYSTRUCTURE " } else { "BODY " });
-                match content {
-                    Some(c) => mime::body_structure(&c.raw, c.root(), extended, &mut self.buf),
-                    None => self.buf.extend_from_slice(b"NIL"),
-                }
-            }
-            N::Rfc822 => {
-                label_and(self, "RFC822 ");
-                self.section(content, None, None);
-            }
-            N::Rfc822Header => {
-                label_and(self, "RFC822.HEADER ");
-                self.section(content, Some(&Section::Header(None)), None);
-            }
-            N::Rfc822Text => {
-                label_and(self, "RFC822.TEXT ");
-                self.section(content, Some(&Section::Text(None)), None);
-            }
-            N::BodyExt {
-                section, partial, ..
-            } => {
-                label_and(self, &format!("BODY[{}]", section_label(section.as_ref())));
-                if let Some((origin, _)) = partial {
-                    label_and(self, &format!("<{origin}>"));
-                }
-                self.buf.push(b' ');
-                self.section(content, section.as_ref(), *partial);
-            }
-            N::Binary {
-                section, partial, ..
-            } => {
-                label_and(self, &format!("BINARY[{}]", path_label(section)));
-                if let Some((origin, _)) = partial {
-                    label_and(self, &format!("<{origin}>"));
-                }
-                self.buf.push(b' ');
-                self.binary(content, section, *partial, false);
-            }
-            N::BinarySize { section } => {
-                label_and(self, &format!("BINARY.SIZE[{}] ", path_label(section)));
-                self.binary(content, section, None, true);
-            }
-            #[allow(unreachable_patterns)]
-            _ => label_and(self, "NIL"),
-        }
-    }
-
-    /// Writes a body section (or NIL when it does not exist).
-    fn section(
-        &mut self,
-        content: Option<&Content>,
-        section: Option<&Section<'_>>,
-        partial: Option<(u32, NonZeroU32)>,
-    ) {
-        let Some(c) = content else {
-            self.buf.extend_from_slice(b"NIL");
-            return;
-        };
-        // Whole-message and TEXT sections of a large message are streamed.
-        if !c.whole {
-            let range = match section {
-                None => Some((0, c.size)),
-                Some(Section::Text(None)) => Some((c.header_len() as u64, c.size)),
-                _ => None,
-            };
-            if let Some((start, end)) = range {
-                let (s, e) = window(start, end, partial);
-                self.stream(s, e - s);
-                return;
-            }
-        }
-        match select(c, section) {
-            Some(bytes) => {
-                let (s, e) = window(0, bytes.len() as u64, partial);
-                literal(&mut self.buf, &bytes[s as usize..e as usize]);
-            }
-            None => self.buf.extend_from_slice(b"NIL"),
-        }
-    }
-
-    fn binary(
-        &mut self,
-        content: Option<&Content>,
-        path: &[NonZeroU32],
-        partial: Option<(u32, NonZeroU32)>,
-        size_only: bool,
-    ) {
-        let Some(c) = content else {
-            self.buf.extend_from_slice(b"NIL");
-            return;
-        };
-        if path.is_empty() {
-            // The whole message: nothing to decode.
-            if size_only {
-                self.buf.extend_from_slice(c.size.to_string().as_bytes());
-            } else if !c.whole {
-                let (s, e) = window(0, c.size, partial);
-                self.stream(s, e - s);
-            } else {
-                let (s, e) = window(0, c.raw.len() as u64, partial);
-                literal(&mut self.buf, &c.raw[s as usize..e as usize]);
-            }
-            return;
-        }
-        let path: Vec<u32> = path.iter().map(|n| n.get()).collect();
-        let decoded = if c.whole {
-            mime::resolve(c.root(), &path)
-                .map(|p| mime::decode_body(p.info.encoding.as_deref(), &c.raw[p.body.clone()]))
         } else {
             None
         };
-        match (decoded, size_only) {
-            (Some(d), true) => self.buf.extend_from_slice(d.len().to_string().as_bytes()),
-            (Some(d), false) => {
-                let (s, e) = window(0, d.len() as u64, partial);
-                let bytes = &d[s as usize..e as usize];
-                if bytes.contains(&0) {
-                    self.buf
-                        .extend_from_slice(format!("~{{{}}}\r\n", bytes.len()).as_bytes());
-                    self.buf.extend_from_slice(bytes);
-                } else {
-                    literal(&mut self.buf, bytes);
+        let mut add_flags = false;
+        if sets_seen && !meta.flags.contains(Flags::SEEN) {
+            if let Some(flags) = mark_seen(authed, &selected.view.folder, &meta).await {
+                meta.flags = flags;
+                selected.view.messages[i].flags = flags;
+                add_flags = true;
+            }
+        }
+        let seq = i as u32 + 1;
+        let chunks = render::render(seq, &meta, meta.flags, items, content.as_ref(), add_flags);
+        drop(content);
+        for chunk in chunks {
+            match chunk {
+                Chunk::Bytes(b) => {
+                    conn.bytes(&b);
+                    if conn.buffered() >= FLUSH_AT {
+                        conn.flush(stream).await?;
+                    }
+                }
+                Chunk::Stream { start, len } => {
+                    conn.flush(stream).await?;
+                    let store = authed.account.store.clone();
+                    let folder = selected.view.folder.clone();
+                    stream_body(stream, store, folder, meta, start, len).await?;
                 }
             }
-            (None, _) => self.buf.extend_from_slice(b"NIL"),
         }
     }
-}
-
-/// The `<origin.count>` window of `start..end`.
-fn window(start: u64, end: u64, partial: Option<(u32, NonZeroU32)>) -> (u64, u64) {
-    match partial {
-        None => (start, end),
-        Some((origin, count)) => {
-            let s = (start + u64::from(origin)).min(end);
-            (s, (s + u64::from(count.get())).min(end))
-        }
+    selected.sync(conn, authed, uid);
+    if vanished {
+        conn.tagged(
+            tag,
+            "NO [EXPUNGEISSUED] Some messages were expunged meanwhile",
+        );
+    } else {
+        conn.tagged(tag, "OK FETCH completed");
     }
+    Ok(())
 }
 
-/// The bytes of a section of an in-memory (or header-only) message.
-fn select(c: &Content, section: Option<&Section<'_>>) -> Option<Vec<u8>> {
-    let raw = &c.raw;
-    let root = c.root();
-    let path = |p: &Part| p.0.as_ref().iter().map(|n| n.get()).collect::<Vec<u32>>();
-    let message_of = |p: Option<&Part>| -> Option<&mime::Part> {
-        match p {
-            None => Some(root),
-            Some(p) => mime::as_message(mime::resolve(root, &path(p))?, false),
-        }
-    };
-    let in_range = |r: std::ops::Range<usize>| raw.get(r).map(<[u8]>::to_vec);
-    match section {
-        None => c.whole.then(|| raw.clone()),
-        Some(Section::Part(p)) => {
-            let part = mime::resolve(root, &path(p))?;
-            c.whole.then(|| in_range(part.body.clone())).flatten()
-        }
-        Some(Section::Header(p)) => in_range(message_of(p.as_ref())?.header.clone()),
-        Some(Section::Text(p)) => {
-            let m = message_of(p.as_ref())?;
-            c.whole.then(|| in_range(m.body.clone())).flatten()
-        }
-        Some(Section::Mime(p)) => in_range(mime::resolve(root, &path(p))?.header.clone()),
-        Some(Section::HeaderFields(p, names)) | Some(Section::HeaderFieldsNot(p, names)) => {
-            let header = in_range(message_of(p.as_ref())?.header.clone())?;
-            let keep = matches!(section, Some(Section::HeaderFields(..)));
-            let names: Vec<Vec<u8>> = names
-                .as_ref()
-                .iter()
-                .map(|n| n.as_ref().to_ascii_lowercase())
-                .collect();
-            Some(filter_fields(&header, &names, keep))
-        }
-    }
+/// Sets `\Seen` on one message; its flags as they are now, if it still exists.
+async fn mark_seen(authed: &Authed, folder: &FolderInfo, meta: &MessageMeta) -> Option<Flags> {
+    let (store, folder) = (authed.account.store.clone(), folder.clone());
+    let change = vec![(meta.uid, meta.flags.with(Flags::SEEN))];
+    let updated = tokio::task::spawn_blocking(move || store.set_flags(&folder, &change))
+        .await
+        .ok()?
+        .ok()?;
+    updated.first().map(|u| u.flags)
 }
 
-/// The header fields whose names are (or, with `keep = false`, are not) in `names`, followed
-/// by the blank line.
-fn filter_fields(header: &[u8], names: &[Vec<u8>], keep: bool) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut current_keeps = false;
-    for line in header.split_inclusive(|b| *b == b'\n') {
-        let trimmed = line.trim_ascii_end();
-        if trimmed.is_empty() {
-            break;
+async fn joined(handle: JoinHandle<Result<Content, StoreError>>) -> Result<Content, StoreError> {
+    handle.await.map_err(StoreError::unavailable)?
+}
+
+/// Decrypts a message: whole when small, only its header when large.
+pub(super) async fn load(
+    authed: &Authed,
+    folder: &FolderInfo,
+    meta: &MessageMeta,
+) -> Result<Content, StoreError> {
+    joined(start_load(authed, folder, meta)).await
+}
+
+/// Starts decrypting a message on a blocking thread (FETCH reads ahead with this).
+fn start_load(
+    authed: &Authed,
+    folder: &FolderInfo,
+    meta: &MessageMeta,
+) -> JoinHandle<Result<Content, StoreError>> {
+    let (store, folder, meta) = (authed.account.store.clone(), folder.clone(), *meta);
+    tokio::task::spawn_blocking(move || {
+        let reader = store.open(&folder, &meta)?;
+        let io = |e: std::io::Error| StoreError::unavailable(e);
+        if meta.size <= render::IN_MEMORY_MAX {
+            let mut raw = Vec::with_capacity(meta.size as usize);
+            reader
+                .take(render::IN_MEMORY_MAX)
+                .read_to_end(&mut raw)
+                .map_err(io)?;
+            Ok(Content::whole(raw))
+        } else {
+            let mut head = Vec::new();
+            reader
+                .take(render::MAX_HEADER as u64)
+                .read_to_end(&mut head)
+                .map_err(io)?;
+            Ok(Content::header_only(head, meta.size))
         }
-        if line[0] == b' ' || line[0] == b'\t' {
-            if current_keeps {
-                out.extend_from_slice(line);
+    })
+}
+
+/// Streams `len` octets of a message from `start`, decrypting on a blocking thread.
+async fn stream_body(
+    stream: &mut Stream,
+    store: Arc<dyn MailStore>,
+    folder: FolderInfo,
+    meta: MessageMeta,
+    start: u64,
+    len: u64,
+) -> std::io::Result<()> {
+    let (tx, mut rx) = mpsc::channel::<std::io::Result<Vec<u8>>>(4);
+    tokio::task::spawn_blocking(move || {
+        let result = (|| -> std::io::Result<()> {
+            let mut reader = store
+                .open(&folder, &meta)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            std::io::copy(&mut (&mut reader).take(start), &mut std::io::sink())?;
+            let mut reader = reader.take(len);
+            loop {
+                let mut buf = vec![0u8; 64 * 1024];
+                let n = reader.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                buf.truncate(n);
+                if tx.blocking_send(Ok(buf)).is_err() {
+                    return Ok(());
+                }
             }
-            continue;
+        })();
+        if let Err(e) = result {
+            let _ = tx.blocking_send(Err(e));
         }
-        let name = line
-            .split(|b| *b == b':')
-            .next()
-            .unwrap_or_default()
-            .trim_ascii()
-            .to_ascii_lowercase();
-        current_keeps = names.contains(&name) == keep;
-        if current_keeps {
-            out.extend_from_slice(line);
-        }
+    });
+    let mut sent = 0u64;
+    while let Some(chunk) = rx.recv().await {
+        let chunk = chunk?;
+        sent += chunk.len() as u64;
+        stream.write_all(&chunk).await?;
     }
-    out.extend_from_slice(b"\r\n");
-    out
-}
-
-fn path_label(path: &[NonZeroU32]) -> String {
-    path.iter()
-        .map(|n| n.to_string())
-        .collect::<Vec<_>>()
-        .join(".")
-}
-
-fn section_label(section: Option<&Section<'_>>) -> String {
-    let part = |p: &Option<Part>| match p {
-        Some(p) => format!("{}.", path_label(p.0.as_ref())),
-        None => String::new(),
-    };
-    let names =
-        |n: &imap_codec::imap_types::core::Vec1<imap_codec::imap_types::core::AString<'_>>| {
-            n.as_ref()
-                .iter()
-                .map(|a| String::from_utf8_lossy(a.as_ref()).to_ascii_uppercase())
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-    match section {
-        None => String::new(),
-        Some(Section::Part(p)) => path_label(p.0.as_ref()),
-        Some(Section::Header(p)) => format!("{}HEADER", part(p)),
-        Some(Section::Text(p)) => format!("{}TEXT", part(p)),
-        Some(Section::Mime(p)) => format!("{}.MIME", path_label(p.0.as_ref())),
-        Some(Section::HeaderFields(p, n)) => format!("{}HEADER.FIELDS ({})", part(p), names(n)),
-        Some(Section::HeaderFieldsNot(p, n)) => {
-            format!("{}HEADER.FIELDS.NOT ({})", part(p), names(n))
-        }
+    if sent != len {
+        // The literal length is already on the wire: the response cannot be repaired.
+        return Err(std::io::Error::other("message shorter than announced"));
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn header_fields_filter() {
-        let h = b"From: a\r\nSubject: x\r\n y\r\nTo: b\r\n\r\n";
-        assert_eq!(
-            filter_fields(h, &[b"subject".to_vec()], true),
-            b"Subject: x\r\n y\r\n\r\n"
-        );
-        assert_eq!(
-            filter_fields(h, &[b"subject".to_vec()], false),
-            b"From: a\r\nTo: b\r\n\r\n"
-        );
-    }
-
-    #[test]
-    fn partial_windows() {
-        let nz = |n| NonZeroU32::new(n).unwrap();
-        assert_eq!(window(0, 10, Some((2, nz(3)))), (2, 5));
-        assert_eq!(window(0, 10, Some((20, nz(3)))), (10, 10));
-        assert_eq!(window(4, 10, Some((2, nz(100)))), (6, 10));
-    }
+    Ok(())
 }

@@ -1,271 +1,76 @@
-//! SEARCH evaluation (RFC 3501 §6.4.4): every search key, over flags, sizes, dates, headers
-//! and text. Text matching is case-insensitive; header keys also match decoded values
-//! (RFC 2047 words), so a search for a non-ASCII subject finds it.
+//! The SEARCH command (RFC 3501 §6.4.4): charset check, then each message of the selected
+//! folder tested against the criteria (see `criteria`), decrypting only when a key needs the
+//! message content.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
-
-use chrono::{DateTime, NaiveDate, Utc};
+use imap_codec::imap_types::core::{Charset, Tag, Vec1};
 use imap_codec::imap_types::search::SearchKey;
-use mail_parser::MessageParser;
 
-use crate::spool::{Flags, MessageMeta};
+use super::criteria::{self, Bounds, Candidate};
+use super::fetch::load;
+use super::state::{Authed, Conn, Selected};
 
-use super::mime;
-use super::view::Ranges;
-
-/// One message under test.
-pub struct Candidate<'a> {
-    pub seq: u32,
-    pub meta: &'a MessageMeta,
-    /// The message bytes, when any key needs them.
-    pub raw: Option<&'a [u8]>,
-}
-
-/// Sizes the search needs to resolve `*`.
-pub struct Bounds {
-    pub exists: u32,
-    pub largest_uid: u32,
-}
-
-/// True when evaluating `key` requires the message content.
-pub fn needs_content(key: &SearchKey<'_>) -> bool {
-    use SearchKey::*;
-    match key {
-        And(keys) => keys.as_ref().iter().any(needs_content),
-        Not(k) => needs_content(k),
-        Or(a, b) => needs_content(a) || needs_content(b),
-        Bcc(_) | Body(_) | Cc(_) | From(_) | Header(..) | SentBefore(_) | SentOn(_)
-        | SentSince(_) | Subject(_) | Text(_) | To(_) => true,
-        _ => false,
+pub(super) async fn command(
+    conn: &mut Conn,
+    authed: &Authed,
+    selected: &mut Selected,
+    tag: &Tag<'_>,
+    charset: Option<Charset<'static>>,
+    criteria: Vec1<SearchKey<'static>>,
+    uid: bool,
+) {
+    let charset_ok = charset.as_ref().is_none_or(|c| {
+        let c: &str = c.as_ref();
+        c.eq_ignore_ascii_case("UTF-8") || c.eq_ignore_ascii_case("US-ASCII")
+    });
+    let key = SearchKey::And(criteria);
+    if !charset_ok {
+        conn.tagged(tag, "NO [BADCHARSET (UTF-8 US-ASCII)] Unsupported charset");
+    } else if !criteria::strings_are_utf8(&key) {
+        conn.bad(tag, "Search string is not valid UTF-8");
+    } else {
+        search(conn, authed, selected, tag, key, uid).await;
     }
 }
 
-/// True when every string argument is valid UTF-8 (the charsets accepted are UTF-8 and
-/// its subset US-ASCII).
-pub fn strings_are_utf8(key: &SearchKey<'_>) -> bool {
-    use SearchKey::*;
-    let ok = |s: &[u8]| std::str::from_utf8(s).is_ok();
-    match key {
-        And(keys) => keys.as_ref().iter().all(strings_are_utf8),
-        Not(k) => strings_are_utf8(k),
-        Or(a, b) => strings_are_utf8(a) && strings_are_utf8(b),
-        Bcc(s) | Body(s) | Cc(s) | From(s) | Subject(s) | Text(s) | To(s) => ok(s.as_ref()),
-        Header(n, v) => ok(n.as_ref()) && ok(v.as_ref()),
-        _ => true,
-    }
-}
-
-pub fn matches(key: &SearchKey<'_>, c: &Candidate<'_>, bounds: &Bounds) -> bool {
-    use SearchKey::*;
-    let flags = c.meta.flags;
-    match key {
-        And(keys) => keys.as_ref().iter().all(|k| matches(k, c, bounds)),
-        SequenceSet(set) => Ranges::new(set, bounds.exists).contains(c.seq),
-        Uid(set) => Ranges::new(set, bounds.largest_uid).contains(c.meta.uid),
-        All => true,
-        Answered => flags.contains(Flags::ANSWERED),
-        Deleted => flags.contains(Flags::DELETED),
-        Draft => flags.contains(Flags::DRAFT),
-        Flagged => flags.contains(Flags::FLAGGED),
-        Seen => flags.contains(Flags::SEEN),
-        Unanswered => !flags.contains(Flags::ANSWERED),
-        Undeleted => !flags.contains(Flags::DELETED),
-        Undraft => !flags.contains(Flags::DRAFT),
-        Unflagged => !flags.contains(Flags::FLAGGED),
-        Unseen => !flags.contains(Flags::SEEN),
-        // \Recent is not kept: no message is recent, every message is old.
-        New | Recent => false,
-        Old => true,
-        // Keywords are not stored (PERMANENTFLAGS has no \*).
-        Keyword(_) => false,
-        Unkeyword(_) => true,
-        Larger(n) => c.meta.size > u64::from(*n),
-        Smaller(n) => c.meta.size < u64::from(*n),
-        Before(d) => internal_date(c.meta) < *d.as_ref(),
-        On(d) => internal_date(c.meta) == *d.as_ref(),
-        Since(d) => internal_date(c.meta) >= *d.as_ref(),
-        SentBefore(d) => sent_date(c).is_some_and(|s| s < *d.as_ref()),
-        SentOn(d) => sent_date(c).is_some_and(|s| s == *d.as_ref()),
-        SentSince(d) => sent_date(c).is_some_and(|s| s >= *d.as_ref()),
-        From(s) => header_contains(c, "From", s.as_ref()),
-        To(s) => header_contains(c, "To", s.as_ref()),
-        Cc(s) => header_contains(c, "Cc", s.as_ref()),
-        Bcc(s) => header_contains(c, "Bcc", s.as_ref()),
-        Subject(s) => header_contains(c, "Subject", s.as_ref()),
-        Header(name, value) => {
-            header_contains(c, &String::from_utf8_lossy(name.as_ref()), value.as_ref())
-        }
-        Body(s) => body_contains(c, s.as_ref()),
-        Text(s) => {
-            let raw = c.raw.unwrap_or_default();
-            contains(raw, s.as_ref()) || body_contains(c, s.as_ref())
-        }
-        Not(k) => !matches(k, c, bounds),
-        Or(a, b) => matches(a, c, bounds) || matches(b, c, bounds),
-        #[allow(unreachable_patterns)]
-        _ => false,
-    }
-}
-
-fn internal_date(meta: &MessageMeta) -> NaiveDate {
-    DateTime::<Utc>::from_timestamp(meta.received, 0)
-        .unwrap_or_default()
-        .date_naive()
-}
-
-fn header_of<'a>(c: &Candidate<'a>) -> &'a [u8] {
-    let raw = c.raw.unwrap_or_default();
-    &raw[..mime::header_end(raw)]
-}
-
-fn sent_date(c: &Candidate<'_>) -> Option<NaiveDate> {
-    let header = header_of(c);
-    let parsed = catch_unwind(AssertUnwindSafe(|| {
-        MessageParser::new()
-            .parse_headers(header)
-            .and_then(|m| m.date().map(|d| (d.year, d.month, d.day)))
-    }))
-    .ok()
-    .flatten()?;
-    NaiveDate::from_ymd_opt(
-        i32::from(parsed.0),
-        u32::from(parsed.1),
-        u32::from(parsed.2),
-    )
-}
-
-/// Every value of header fields named `name` contains `needle` (raw or RFC 2047-decoded).
-fn header_contains(c: &Candidate<'_>, name: &str, needle: &[u8]) -> bool {
-    let header = header_of(c);
-    let values = mime::raw_fields(header, name);
-    if values.is_empty() {
-        return false;
-    }
-    if needle.is_empty() || values.iter().any(|v| contains(v, needle)) {
-        return true;
-    }
-    // Decoded form (encoded words, address display names).
-    let decoded = catch_unwind(AssertUnwindSafe(|| {
-        let message = MessageParser::new().parse_headers(header)?;
-        let value = message.header(name)?;
-        Some(match value {
-            mail_parser::HeaderValue::Text(t) => t.to_string(),
-            mail_parser::HeaderValue::TextList(l) => l.join(" "),
-            mail_parser::HeaderValue::Address(a) => a
-                .iter()
-                .map(|addr| {
-                    format!(
-                        "{} {}",
-                        addr.name.as_deref().unwrap_or(""),
-                        addr.address.as_deref().unwrap_or("")
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(" "),
-            _ => String::new(),
-        })
-    }))
-    .ok()
-    .flatten();
-    decoded.is_some_and(|d| contains(d.as_bytes(), needle))
-}
-
-fn body_contains(c: &Candidate<'_>, needle: &[u8]) -> bool {
-    let raw = c.raw.unwrap_or_default();
-    let body = &raw[mime::header_end(raw)..];
-    if contains(body, needle) {
-        return true;
-    }
-    // Decoded text parts (base64, quoted-printable).
-    let root = mime::parse(raw);
-    any_decoded_part_contains(raw, &root, needle)
-}
-
-fn any_decoded_part_contains(raw: &[u8], part: &mime::Part, needle: &[u8]) -> bool {
-    match &part.kind {
-        mime::Kind::Multipart(children) => children
-            .iter()
-            .any(|p| any_decoded_part_contains(raw, p, needle)),
-        mime::Kind::Message(inner) => any_decoded_part_contains(raw, inner, needle),
-        mime::Kind::Single => {
-            let enc = part.info.encoding.as_deref();
-            enc.is_some_and(|e| {
-                e.eq_ignore_ascii_case("base64") || e.eq_ignore_ascii_case("quoted-printable")
-            }) && contains(&mime::decode_body(enc, &raw[part.body.clone()]), needle)
-        }
-    }
-}
-
-/// Case-insensitive (ASCII) substring test.
-pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    if needle.is_empty() {
-        return true;
-    }
-    let needle = needle.to_ascii_lowercase();
-    let hay = haystack.to_ascii_lowercase();
-    memchr::memmem::find(&hay, &needle).is_some()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use imap_codec::imap_types::core::AString;
-
-    const MSG: &[u8] = b"From: Alice <alice@example.com>\r\nTo: bob@example.com\r\nTo: carol@example.com\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?= report\r\nDate: Tue, 3 Mar 2026 10:00:00 +0100\r\n\r\nThe Body text\r\n";
-
-    fn cand(meta: &MessageMeta) -> Candidate<'_> {
-        Candidate {
-            seq: 1,
+async fn search(
+    conn: &mut Conn,
+    authed: &Authed,
+    selected: &mut Selected,
+    tag: &Tag<'_>,
+    key: SearchKey<'static>,
+    uid: bool,
+) {
+    let view = &selected.view;
+    let bounds = Bounds {
+        exists: view.exists(),
+        largest_uid: view.messages.last().map(|m| m.uid).unwrap_or(0),
+    };
+    let needs = criteria::needs_content(&key);
+    let mut found = Vec::new();
+    for (i, meta) in view.messages.iter().enumerate() {
+        let content = if needs {
+            match load(authed, &view.folder, meta).await {
+                Ok(c) => Some(c),
+                Err(_) => continue,
+            }
+        } else {
+            None
+        };
+        let candidate = Candidate {
+            seq: i as u32 + 1,
             meta,
-            raw: Some(MSG),
+            raw: content.as_ref().map(|c| c.raw.as_slice()),
+        };
+        if criteria::matches(&key, &candidate, &bounds) {
+            found.push(if uid { meta.uid } else { i as u32 + 1 });
         }
     }
-
-    fn astr(s: &str) -> AString<'static> {
-        AString::try_from(s.to_owned()).unwrap()
+    let list: Vec<String> = found.iter().map(u32::to_string).collect();
+    if list.is_empty() {
+        conn.line("* SEARCH");
+    } else {
+        conn.line(format!("* SEARCH {}", list.join(" ")));
     }
-
-    #[test]
-    fn keys() {
-        let meta = MessageMeta {
-            uid: 7,
-            size: 100,
-            received: 1_772_000_000,
-            envelope_len: 1,
-            flags: Flags::SEEN,
-        };
-        let b = Bounds {
-            exists: 1,
-            largest_uid: 7,
-        };
-        let c = cand(&meta);
-        assert!(matches(&SearchKey::From(astr("ALICE")), &c, &b));
-        assert!(matches(&SearchKey::To(astr("carol")), &c, &b));
-        assert!(matches(&SearchKey::Subject(astr("grüße")), &c, &b));
-        assert!(matches(&SearchKey::Body(astr("body TEXT")), &c, &b));
-        assert!(!matches(&SearchKey::Body(astr("alice")), &c, &b));
-        assert!(matches(&SearchKey::Text(astr("alice")), &c, &b));
-        assert!(matches(&SearchKey::Seen, &c, &b));
-        assert!(!matches(&SearchKey::Unseen, &c, &b));
-        assert!(matches(&SearchKey::Larger(99), &c, &b));
-        assert!(matches(
-            &SearchKey::Header(astr("subject"), astr("")),
-            &c,
-            &b
-        ));
-        assert!(!matches(
-            &SearchKey::Header(astr("x-none"), astr("")),
-            &c,
-            &b
-        ));
-        let d = |s| {
-            imap_codec::imap_types::datetime::NaiveDate::try_from(
-                NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap(),
-            )
-            .unwrap()
-        };
-        assert!(matches(&SearchKey::SentOn(d("2026-03-03")), &c, &b));
-        assert!(matches(&SearchKey::SentBefore(d("2026-03-04")), &c, &b));
-        assert!(!matches(&SearchKey::SentSince(d("2026-03-04")), &c, &b));
-    }
+    selected.sync(conn, authed, uid);
+    conn.tagged(tag, "OK SEARCH completed");
 }

@@ -3,34 +3,13 @@
 
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 
-use crate::mailbox::MailboxId;
-use crate::spool::MessageMeta;
+use crate::message::MessageMeta;
+use crate::store::FolderInfo;
 
 use super::wire::flag_list;
 
-/// A selectable folder: the INBOX of a gateway mailbox, or an archive folder.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Folder {
-    Gateway(MailboxId),
-    /// `key` names it in the archive store, `name` is its IMAP name.
-    Archive {
-        key: String,
-        name: String,
-    },
-}
-
-impl Folder {
-    /// What change notifications for this folder carry.
-    pub fn change_key(&self) -> String {
-        match self {
-            Folder::Gateway(id) => id.to_string(),
-            Folder::Archive { key, .. } => crate::archive::change_key(key),
-        }
-    }
-}
-
 pub struct View {
-    pub mailbox: Folder,
+    pub folder: FolderInfo,
     pub read_only: bool,
     /// Messages in sequence order (ascending UID).
     pub messages: Vec<MessageMeta>,
@@ -164,7 +143,7 @@ fn set(s: &str) -> SequenceSet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::Flags;
+    use crate::message::Flags;
 
     fn meta(uid: u32) -> MessageMeta {
         MessageMeta {
@@ -178,9 +157,12 @@ mod tests {
 
     fn view(uids: &[u32]) -> View {
         View {
-            mailbox: Folder::Gateway(
-                MailboxId::parse("mbx-0123456789abcdef0123456789abcdef").unwrap(),
-            ),
+            folder: FolderInfo {
+                name: "INBOX".into(),
+                key: "k".into(),
+                special_use: None,
+                read_only: false,
+            },
             read_only: false,
             messages: uids.iter().map(|u| meta(*u)).collect(),
         }

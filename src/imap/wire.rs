@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::spool::Flags;
+use crate::message::Flags;
 
 /// A quoted string when that is safe, else a literal.
 pub fn string(out: &mut Vec<u8>, s: &[u8]) {

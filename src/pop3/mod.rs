@@ -4,7 +4,7 @@
 //! session; messages are decrypted as they are sent, never held whole in memory. DELE takes
 //! effect at QUIT. One session per mailbox at a time.
 
-mod command;
+pub mod command;
 mod stuff;
 
 use std::io::Read;
@@ -16,11 +16,13 @@ use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::auth::{AuthError, Session as Login};
+use crate::accounts::{self, Account};
+use crate::auth::{self, AuthError};
+use crate::context::{self, State};
 use crate::mailbox::MailboxId;
+use crate::message::MessageMeta;
 use crate::net::{self, Line, Stream};
-use crate::server::{self, State};
-use crate::spool::MessageMeta;
+use crate::store::FolderInfo;
 use command::{Command, ParseError};
 use stuff::{DotStuffer, TopLimit};
 
@@ -39,31 +41,45 @@ const MAX_ERRORS: u32 = 20;
 
 /// Accepts POP3 connections until shutdown; `implicit_tls` for port 995.
 pub async fn run(listener: TcpListener, implicit_tls: bool, state: Arc<State>) {
-    let how = server::Listener {
+    let how = context::Listener {
         protocol: if implicit_tls { "pop3s" } else { "pop3" },
         implicit_tls,
         limit: state.pop3_limit.clone(),
         busy: b"-ERR [SYS/TEMP] Too many connections\r\n",
     };
-    server::accept_loop(listener, how, state, serve_connection).await
+    context::accept_loop(listener, how, state, serve_connection).await
 }
 
 /// Runs one POP3 session on an accepted (and, for implicit TLS, handshaken) stream.
-async fn serve_connection(
+pub async fn serve_connection(
     stream: Stream,
     peer: SocketAddr,
     state: Arc<State>,
 ) -> std::io::Result<()> {
-    let mut session = Session {
-        peer,
-        state,
-        login: None,
-        user: None,
-        messages: Vec::new(),
-        deleted: Vec::new(),
-        errors: 0,
-    };
+    Session::new(peer, state).handle(stream).await
+}
+
+/// A session that starts in the TRANSACTION state for an already unwrapped mailbox key, for
+/// tests and the fuzz target (no scrypt per run). Nothing happens if the mailbox is locked.
+pub async fn serve_preauth(
+    stream: Stream,
+    peer: SocketAddr,
+    state: Arc<State>,
+    login: auth::Session,
+) -> std::io::Result<()> {
+    let mut session = Session::new(peer, state);
+    if session.open_maildrop(login).is_err() {
+        return Ok(());
+    }
     session.handle(stream).await
+}
+
+/// The open maildrop of a logged-in session (RFC 1939 TRANSACTION state).
+struct Maildrop {
+    account: Account,
+    folder: FolderInfo,
+    uidvalidity: u32,
+    _lock: LockGuard,
 }
 
 /// Removes the mailbox lock when the session ends, however it ends.
@@ -81,7 +97,7 @@ impl Drop for LockGuard {
 struct Session {
     peer: SocketAddr,
     state: Arc<State>,
-    login: Option<(Login, LockGuard)>,
+    login: Option<Maildrop>,
     user: Option<String>,
     messages: Vec<MessageMeta>,
     deleted: Vec<bool>,
@@ -95,6 +111,18 @@ enum Next {
 }
 
 impl Session {
+    fn new(peer: SocketAddr, state: Arc<State>) -> Session {
+        Session {
+            peer,
+            state,
+            login: None,
+            user: None,
+            messages: Vec::new(),
+            deleted: Vec::new(),
+            errors: 0,
+        }
+    }
+
     async fn handle(&mut self, stream: Stream) -> std::io::Result<()> {
         let mut conn = buffered(stream);
         send(&mut conn, "+OK journalgate POP3 ready\r\n").await?;
@@ -351,40 +379,51 @@ impl Session {
                 .await;
             }
         };
+        let reply = match self.open_maildrop(login) {
+            Ok(text) | Err(text) => text,
+        };
+        send(conn, &reply).await
+    }
+
+    /// Takes the exclusive lock and lists the mailbox (the TRANSACTION state). Returns the
+    /// reply line either way.
+    fn open_maildrop(&mut self, login: auth::Session) -> Result<String, String> {
         let id = login.record.id.clone();
+        let account = accounts::gateway(&self.state, login);
         if !self.state.pop3_locks.lock().unwrap().insert(id.clone()) {
             tracing::info!(client = %self.peer, mailbox = %id, "pop3 login refused: mailbox in use");
-            return send(
-                conn,
-                "-ERR [IN-USE] Mailbox is locked by another POP3 session\r\n",
-            )
-            .await;
+            return Err("-ERR [IN-USE] Mailbox is locked by another POP3 session\r\n".into());
         }
         let guard = LockGuard {
             state: self.state.clone(),
             id: id.clone(),
         };
-        let messages = match self.state.spool.list(&id) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::error!(mailbox = %id, error = %e, "cannot list mailbox");
-                return send(
-                    conn,
-                    "-ERR [SYS/TEMP] Cannot open the mailbox, try again later\r\n",
-                )
-                .await;
-            }
-        };
+        let unavailable = "-ERR [SYS/TEMP] Cannot open the mailbox, try again later\r\n";
+        let folder = account.store.folders().into_iter().next().ok_or_else(|| {
+            tracing::error!(mailbox = %id, "the mailbox has no folder");
+            unavailable.to_owned()
+        })?;
+        let opened = account
+            .store
+            .numbers(&folder)
+            .and_then(|(uidvalidity, _)| Ok((uidvalidity, account.store.list(&folder)?)));
+        let (uidvalidity, messages) = opened.map_err(|e| {
+            tracing::error!(mailbox = %id, error = %e, "cannot list mailbox");
+            unavailable.to_owned()
+        })?;
         tracing::info!(client = %self.peer, mailbox = %id, messages = messages.len(), "pop3 login");
         self.deleted = vec![false; messages.len()];
         self.messages = messages;
-        self.login = Some((login, guard));
+        self.login = Some(Maildrop {
+            account,
+            folder,
+            uidvalidity,
+            _lock: guard,
+        });
         let (n, size) = self.totals();
-        send(
-            conn,
-            &format!("+OK Mailbox open, {n} messages ({size} octets)\r\n"),
-        )
-        .await
+        Ok(format!(
+            "+OK Mailbox open, {n} messages ({size} octets)\r\n"
+        ))
     }
 
     fn totals(&self) -> (usize, u64) {
@@ -404,11 +443,7 @@ impl Session {
     fn describe(&self, i: usize, uidl: bool) -> String {
         let m = &self.messages[i];
         if uidl {
-            let uidvalidity = self
-                .login
-                .as_ref()
-                .map(|(l, _)| l.record.uidvalidity)
-                .unwrap_or(0);
+            let uidvalidity = self.login.as_ref().map(|l| l.uidvalidity).unwrap_or(0);
             format!("{uidvalidity}.{}", m.uid)
         } else {
             m.size.to_string()
@@ -422,16 +457,13 @@ impl Session {
         i: usize,
         top: Option<usize>,
     ) -> std::io::Result<()> {
-        let (login, _) = self.login.as_ref().expect("logged in");
+        let login = self.login.as_ref().expect("logged in");
         let meta = self.messages[i];
-        let id = login.record.id.clone();
-        let spool = self.state.spool.clone();
-        let identity = login.identity.clone();
+        let id = login.account.id.clone();
+        let (store, folder) = (login.account.store.clone(), login.folder.clone());
         if meta.size <= SMALL_MESSAGE {
             let data = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
-                let mut reader = spool
-                    .open_message(&id, &meta, &identity)
-                    .map_err(|e| e.to_string())?;
+                let mut reader = store.open(&folder, &meta).map_err(|e| e.to_string())?;
                 let mut buf = Vec::with_capacity(meta.size as usize);
                 reader.read_to_end(&mut buf).map_err(|e| e.to_string())?;
                 if let Some(lines) = top {
@@ -459,7 +491,7 @@ impl Session {
         }
         let (tx, mut rx) = mpsc::channel::<Result<Vec<u8>, String>>(4);
         tokio::task::spawn_blocking(move || {
-            let mut reader = match spool.open_message(&id, &meta, &identity) {
+            let mut reader = match store.open(&folder, &meta) {
                 Ok(r) => r,
                 Err(e) => {
                     let _ = tx.blocking_send(Err(e.to_string()));
@@ -493,7 +525,7 @@ impl Session {
             let chunk = match chunk {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::error!(mailbox = %self.login.as_ref().expect("login").0.record.id, uid = meta.uid, error = %e, "cannot read message");
+                    tracing::error!(mailbox = %id, uid = meta.uid, error = %e, "cannot read message");
                     if started {
                         // Mid-transfer failure: the response cannot be repaired; drop the connection.
                         return Err(std::io::Error::other(e));
@@ -519,7 +551,7 @@ impl Session {
 
     /// The UPDATE state: removes the messages marked deleted.
     async fn update(&mut self) -> String {
-        let Some((login, _)) = self.login.as_ref() else {
+        let Some(login) = self.login.as_ref() else {
             return "+OK Bye\r\n".into();
         };
         let uids: Vec<u32> = self
@@ -532,13 +564,10 @@ impl Session {
         if uids.is_empty() {
             return "+OK Bye\r\n".into();
         }
-        let id = login.record.id.clone();
-        let spool = self.state.spool.clone();
+        let id = login.account.id.clone();
+        let (store, folder) = (login.account.store.clone(), login.folder.clone());
         let count = uids.len();
-        let result = {
-            let id = id.clone();
-            tokio::task::spawn_blocking(move || spool.expunge(&id, &uids)).await
-        };
+        let result = tokio::task::spawn_blocking(move || store.expunge(&folder, &uids)).await;
         match result {
             Ok(Ok(())) => {
                 tracing::info!(client = %self.peer, mailbox = %id, deleted = count, "pop3 messages deleted");

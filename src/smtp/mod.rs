@@ -4,25 +4,24 @@
 //! message is acknowledged with 250 only after every copy is durable in the spool. Transient
 //! problems (disk, shutdown, load) get 4xx, never 5xx: Exchange turns a 5xx into an NDR.
 
-mod command;
-mod data;
+pub mod command;
+pub mod data;
+mod deliver;
+mod transfer;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
-use crate::crypto;
+use crate::context::{self, State};
 use crate::fsutil;
 use crate::mailbox::{MailboxError, MailboxId, Status};
 use crate::net::{self, Conn, Line, Stream};
-use crate::server::{self, State};
-use crate::spool::{Delivery, Envelope, SpoolError, Target};
+use crate::spool::Delivery;
 use command::{Command, Param, ParseError};
-use data::DotDecoder;
 
 /// Longest command line accepted (RFC 5321 asks for at least 512).
 const MAX_LINE: usize = 4096;
@@ -34,13 +33,13 @@ const MAX_COMMANDS: u32 = 100_000;
 /// Accepts SMTP connections on `listener` until shutdown. `implicit_tls` listeners (465)
 /// handshake before the greeting.
 pub async fn run(listener: TcpListener, implicit_tls: bool, state: Arc<State>) {
-    let how = server::Listener {
+    let how = context::Listener {
         protocol: if implicit_tls { "smtps" } else { "smtp" },
         implicit_tls,
         limit: state.smtp_limit.clone(),
         busy: b"421 4.3.2 Too many connections, try again later\r\n",
     };
-    server::accept_loop(listener, how, state, handle).await
+    context::accept_loop(listener, how, state, serve_connection).await
 }
 
 /// How a session's command loop ended.
@@ -49,7 +48,11 @@ enum Outcome {
     Close,
 }
 
-async fn handle(stream: Stream, peer: SocketAddr, state: Arc<State>) -> std::io::Result<()> {
+pub async fn serve_connection(
+    stream: Stream,
+    peer: SocketAddr,
+    state: Arc<State>,
+) -> std::io::Result<()> {
     let mut conn = net::buffered(stream);
     let allowed = state.config.smtp.allowed_networks.is_empty()
         || state
@@ -428,290 +431,12 @@ impl Session {
         }
     }
 
-    /// Opens the spool delivery for the current transaction and writes the trace header.
-    fn begin_delivery(&self) -> Result<Delivery, Reply> {
-        let tx = self.tx.as_ref().expect("transaction");
-        let queue_id = crypto::random_hex128()[..16].to_owned();
-        let received = Utc::now();
-        let mut mailboxes: Vec<MailboxId> = Vec::new();
-        for (_, id) in &tx.rcpts {
-            if !mailboxes.contains(id) {
-                mailboxes.push(id.clone());
-            }
-        }
-        let mut targets = Vec::new();
-        for id in mailboxes {
-            let record = match self.state.spool.mailboxes().load(&id) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(mailbox = %id, error = %e, "cannot load mailbox");
-                    return Err("451 4.3.0 Temporary failure, try again later".into());
-                }
-            };
-            let recipient = crypto::parse_recipient(&record.public_key).map_err(|e| {
-                tracing::error!(mailbox = %id, error = %e, "mailbox key unusable");
-                "451 4.3.0 Temporary failure, try again later".to_owned()
-            })?;
-            let rcpt_to = tx
-                .rcpts
-                .iter()
-                .filter(|(_, m)| *m == id)
-                .map(|(a, _)| a.clone())
-                .collect();
-            targets.push(Target {
-                mailbox: id,
-                recipient,
-                envelope: Envelope {
-                    id: queue_id.clone(),
-                    mail_from: tx.mail_from.clone(),
-                    rcpt_to,
-                    client: self.peer.to_string(),
-                    helo: self.helo.as_ref().map(|h| h.0.clone()).unwrap_or_default(),
-                    tls: self.tls.clone(),
-                    received: received.timestamp(),
-                },
-            });
-        }
-        // The archive gets a copy once it has someone to file mail for.
-        let archive = self
-            .state
-            .archive
-            .as_ref()
-            .is_some_and(|a| !a.user_list().is_empty());
-        let mut delivery = self.state.spool.begin(targets, archive);
-        delivery.write(self.trace_header(&queue_id, received).as_bytes());
-        Ok(delivery)
-    }
-
-    fn trace_header(&self, queue_id: &str, when: chrono::DateTime<Utc>) -> String {
-        let tx = self.tx.as_ref().expect("transaction");
-        let (helo, extended) = self.helo.clone().unwrap_or_default();
-        let helo: String = helo.chars().filter(|c| !c.is_control()).collect();
-        let protocol = match (tx.smtputf8, extended, self.tls.is_some()) {
-            (true, _, true) => "UTF8SMTPS",
-            (true, _, false) => "UTF8SMTP",
-            (false, true, true) => "ESMTPS",
-            (false, true, false) => "ESMTP",
-            (false, false, _) => "SMTP",
-        };
-        let tls = self
-            .tls
-            .as_ref()
-            .map(|v| format!("\r\n\t(using {v})"))
-            .unwrap_or_default();
-        let rcpt = match tx.rcpts.as_slice() {
-            [(only, _)] => format!("\r\n\tfor <{only}>"),
-            _ => String::new(),
-        };
-        format!(
-            "Received: from {helo} ([{ip}])\r\n\tby {host} (journalgate) with {protocol} id {queue_id}{tls}{rcpt};\r\n\t{date}\r\n",
-            ip = self.peer.ip(),
-            host = self.state.config.hostname,
-            date = when.to_rfc2822(),
-        )
-    }
-
     /// Checks that a message may start (DATA or first BDAT); returns the refusal otherwise.
     fn ready_for_message(&self) -> Option<Reply> {
         match &self.tx {
             None => Some("503 5.5.1 Need MAIL and RCPT first".into()),
             Some(tx) if tx.rcpts.is_empty() => Some("554 5.5.1 No valid recipients".into()),
             Some(tx) => self.low_disk(tx.declared_size),
-        }
-    }
-
-    async fn data(&mut self, conn: &mut Conn) -> std::io::Result<()> {
-        if self.tx.as_ref().is_some_and(|tx| tx.chunks.is_some()) {
-            self.error("503 5.5.1 DATA not allowed after BDAT");
-            return Ok(());
-        }
-        if let Some(reply) = self.ready_for_message() {
-            if reply.starts_with('5') {
-                self.error(reply);
-            } else {
-                self.reply(reply);
-            }
-            return Ok(());
-        }
-        let mut delivery = match self.begin_delivery() {
-            Ok(d) => Some(d),
-            Err(reply) => {
-                self.reply(reply);
-                return Ok(());
-            }
-        };
-        self.reply("354 Start mail input; end with <CRLF>.<CRLF>");
-        self.flush(conn).await?;
-        let max = self.state.config.smtp.max_message_size;
-        let mut decoder = DotDecoder::default();
-        let mut out = Vec::with_capacity(64 * 1024);
-        let mut body_size: u64 = 0;
-        let mut too_big = false;
-        loop {
-            let buf = tokio::time::timeout(self.timeout(), conn.fill_buf())
-                .await
-                .map_err(|_| {
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, "DATA timed out")
-                })??;
-            if buf.is_empty() {
-                tracing::info!(client = %self.peer, "client vanished during DATA; nothing stored");
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            out.clear();
-            let end = decoder.feed(buf, &mut out);
-            let consumed = end.unwrap_or(buf.len());
-            conn.consume(consumed);
-            body_size += out.len() as u64;
-            if !too_big && body_size > max {
-                too_big = true;
-                delivery = None;
-            }
-            if let Some(d) = delivery.as_mut() {
-                d.write(&out);
-            }
-            if end.is_some() {
-                break;
-            }
-        }
-        if too_big {
-            tracing::info!(client = %self.peer, size = body_size, "smtp message refused: too big");
-            self.tx = None;
-            self.error("552 5.3.4 Message size exceeds fixed maximum message size");
-            return Ok(());
-        }
-        let delivery = delivery.expect("not too big");
-        self.finish_message(delivery).await;
-        Ok(())
-    }
-
-    async fn bdat(&mut self, conn: &mut Conn, size: u64, last: bool) -> std::io::Result<()> {
-        let refusal = match &self.tx {
-            Some(tx) if tx.chunks.is_some() => None,
-            _ => self.ready_for_message(),
-        };
-        if let Some(reply) = refusal {
-            // The chunk must still be read and thrown away (RFC 3030 §2).
-            self.discard(conn, size).await?;
-            self.tx = None;
-            if reply.starts_with('5') {
-                self.error(reply);
-            } else {
-                self.reply(reply);
-            }
-            return Ok(());
-        }
-        if self.tx.as_ref().expect("tx").chunks.is_none() {
-            let delivery = match self.begin_delivery() {
-                Ok(d) => d,
-                Err(reply) => {
-                    self.discard(conn, size).await?;
-                    self.tx = None;
-                    self.reply(reply);
-                    return Ok(());
-                }
-            };
-            self.tx.as_mut().expect("tx").chunks = Some(Chunks {
-                delivery: Some(delivery),
-                received: 0,
-                too_big: false,
-            });
-        }
-        let max = self.state.config.smtp.max_message_size;
-        let timeout = self.timeout();
-        let chunks = self
-            .tx
-            .as_mut()
-            .expect("tx")
-            .chunks
-            .as_mut()
-            .expect("chunks");
-        let mut remaining = size;
-        while remaining > 0 {
-            let buf = tokio::time::timeout(timeout, conn.fill_buf())
-                .await
-                .map_err(|_| {
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, "BDAT timed out")
-                })??;
-            if buf.is_empty() {
-                tracing::info!(client = %self.peer, "client vanished during BDAT; nothing stored");
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            let n = buf
-                .len()
-                .min(usize::try_from(remaining).unwrap_or(usize::MAX));
-            chunks.received += n as u64;
-            if chunks.received > max {
-                chunks.too_big = true;
-                chunks.delivery = None;
-            }
-            if let Some(d) = chunks.delivery.as_mut() {
-                d.write(&buf[..n]);
-            }
-            conn.consume(n);
-            remaining -= n as u64;
-        }
-        if chunks.too_big {
-            tracing::info!(client = %self.peer, "smtp message refused: too big");
-            self.tx = None;
-            self.error("552 5.3.4 Message size exceeds fixed maximum message size");
-            return Ok(());
-        }
-        if !last {
-            self.reply(format!("250 2.0.0 {size} octets received"));
-            return Ok(());
-        }
-        let delivery = chunks.delivery.take().expect("not too big");
-        self.finish_message(delivery).await;
-        Ok(())
-    }
-
-    async fn discard(&mut self, conn: &mut Conn, mut size: u64) -> std::io::Result<()> {
-        let timeout = self.timeout();
-        while size > 0 {
-            let buf = tokio::time::timeout(timeout, conn.fill_buf())
-                .await
-                .map_err(|_| {
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, "BDAT timed out")
-                })??;
-            if buf.is_empty() {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            let n = buf.len().min(usize::try_from(size).unwrap_or(usize::MAX));
-            conn.consume(n);
-            size -= n as u64;
-        }
-        Ok(())
-    }
-
-    /// Commits the message durably and answers; ends the transaction either way.
-    async fn finish_message(&mut self, delivery: Delivery) {
-        let size = delivery.size();
-        let tx = self.tx.take();
-        match delivery.commit().await {
-            Ok(uids) => {
-                for (mailbox, uid) in &uids {
-                    tracing::info!(
-                        mailbox = %mailbox, uid, size, client = %self.peer,
-                        tls = self.tls.as_deref().unwrap_or("none"),
-                        "message accepted"
-                    );
-                }
-                let rcpts = tx.map(|t| t.rcpts.len()).unwrap_or(0);
-                self.reply(format!(
-                    "250 2.0.0 OK: {size} octets stored for {rcpts} recipient(s)"
-                ));
-            }
-            Err(SpoolError::DiskFull) => {
-                tracing::warn!(client = %self.peer, size, "message refused: disk full");
-                self.reply("452 4.3.1 Insufficient system storage");
-            }
-            Err(SpoolError::ShuttingDown) => {
-                self.reply("421 4.3.2 Service shutting down, try again later");
-            }
-            Err(e) => {
-                tracing::error!(client = %self.peer, error = %e, "message could not be stored");
-                self.reply("451 4.3.0 Temporary failure storing the message, try again later");
-            }
         }
     }
 }

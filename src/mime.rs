@@ -1,16 +1,16 @@
-//! Message structure for IMAP: MIME parts as byte ranges of the stored message (so
-//! `BODY[section]` returns exact bytes), ENVELOPE and BODYSTRUCTURE rendering.
+//! MIME structure of a stored message, pure and synchronous: parts as exact byte ranges of
+//! the message (so IMAP `BODY[section]`, the journal parser and the archive skeleton all see
+//! the same bytes), raw header-field lookup, and body decoding (base64, quoted-printable).
+//! Used by `imap`, `journal` and `archive`; it knows nothing of any protocol.
 //!
-//! Part boundaries are found here; header *values* (content type, parameters, addresses) are
-//! parsed by mail-parser behind `catch_unwind`. A message that cannot be parsed still fetches:
-//! it degrades to a single text/plain part.
+//! Part boundaries are found here; header *values* (content type, parameters) are parsed by
+//! mail-parser behind `catch_unwind`. A message that cannot be parsed degrades to a single
+//! text/plain part.
 
 use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders};
-
-use super::wire::{nstring, string};
+use mail_parser::{HeaderValue, MessageParser, MimeHeaders};
 
 /// Deepest nesting of multiparts and encapsulated messages that is parsed.
 const MAX_DEPTH: usize = 32;
@@ -280,157 +280,6 @@ pub fn as_message(part: &Part, is_root: bool) -> Option<&Part> {
     }
 }
 
-/// Number of lines (LF) in a byte range.
-fn lines(raw: &[u8], range: &Range<usize>) -> usize {
-    memchr::memchr_iter(b'\n', &raw[range.clone()]).count()
-}
-
-/// Renders BODY (`extended = false`) or BODYSTRUCTURE.
-pub fn body_structure(raw: &[u8], part: &Part, extended: bool, out: &mut Vec<u8>) {
-    match &part.kind {
-        Kind::Multipart(children) => {
-            out.push(b'(');
-            for child in children {
-                body_structure(raw, child, extended, out);
-            }
-            out.push(b' ');
-            string(out, part.info.subtype.to_ascii_uppercase().as_bytes());
-            if extended {
-                out.push(b' ');
-                params(out, &part.info.params);
-                extension_tail(out, &part.info);
-            }
-            out.push(b')');
-        }
-        _ => single_structure(raw, part, extended, out),
-    }
-}
-
-fn single_structure(raw: &[u8], part: &Part, extended: bool, out: &mut Vec<u8>) {
-    let info = &part.info;
-    out.push(b'(');
-    string(out, info.ctype.to_ascii_uppercase().as_bytes());
-    out.push(b' ');
-    string(out, info.subtype.to_ascii_uppercase().as_bytes());
-    out.push(b' ');
-    params(out, &info.params);
-    out.push(b' ');
-    nstring(out, info.id.as_deref().map(str::as_bytes));
-    out.push(b' ');
-    nstring(out, info.description.as_deref().map(str::as_bytes));
-    out.push(b' ');
-    let encoding = info
-        .encoding
-        .as_deref()
-        .unwrap_or("7bit")
-        .to_ascii_uppercase();
-    string(out, encoding.as_bytes());
-    out.extend_from_slice(format!(" {}", part.body.len()).as_bytes());
-    match &part.kind {
-        Kind::Message(inner) => {
-            out.push(b' ');
-            envelope(&raw[inner.header.clone()], out);
-            out.push(b' ');
-            body_structure(raw, inner, extended, out);
-            out.extend_from_slice(format!(" {}", lines(raw, &part.body)).as_bytes());
-        }
-        _ if info.ctype.eq_ignore_ascii_case("text") => {
-            out.extend_from_slice(format!(" {}", lines(raw, &part.body)).as_bytes());
-        }
-        _ => {}
-    }
-    if extended {
-        out.push(b' ');
-        nstring(out, info.md5.as_deref().map(str::as_bytes));
-        extension_tail(out, info);
-    }
-    out.push(b')');
-}
-
-/// body-fld-dsp body-fld-lang body-fld-loc
-fn extension_tail(out: &mut Vec<u8>, info: &Info) {
-    out.push(b' ');
-    match &info.disposition {
-        Some((kind, attrs)) => {
-            out.push(b'(');
-            string(out, kind.to_ascii_uppercase().as_bytes());
-            out.push(b' ');
-            params(out, attrs);
-            out.push(b')');
-        }
-        None => out.extend_from_slice(b"NIL"),
-    }
-    out.push(b' ');
-    match info.language.as_slice() {
-        [] => out.extend_from_slice(b"NIL"),
-        [one] => string(out, one.as_bytes()),
-        many => {
-            out.push(b'(');
-            for (i, l) in many.iter().enumerate() {
-                if i > 0 {
-                    out.push(b' ');
-                }
-                string(out, l.as_bytes());
-            }
-            out.push(b')');
-        }
-    }
-    out.push(b' ');
-    nstring(out, info.location.as_deref().map(str::as_bytes));
-}
-
-fn params(out: &mut Vec<u8>, params: &[(String, String)]) {
-    if params.is_empty() {
-        out.extend_from_slice(b"NIL");
-        return;
-    }
-    out.push(b'(');
-    for (i, (name, value)) in params.iter().enumerate() {
-        if i > 0 {
-            out.push(b' ');
-        }
-        string(out, name.to_ascii_uppercase().as_bytes());
-        out.push(b' ');
-        string(out, encode_word(value).as_bytes());
-    }
-    out.push(b')');
-}
-
-/// Renders the ENVELOPE of a message header block.
-pub fn envelope(header: &[u8], out: &mut Vec<u8>) {
-    let parsed = catch_unwind(AssertUnwindSafe(|| {
-        MessageParser::new().parse_headers(header)
-    }))
-    .ok()
-    .flatten();
-    let Some(message) = parsed else {
-        out.extend_from_slice(b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)");
-        return;
-    };
-    let raw = |name: &str| raw_field(header, name);
-    out.push(b'(');
-    nstring(out, raw("Date").as_deref());
-    out.push(b' ');
-    nstring(out, raw("Subject").as_deref());
-    let from = message.from();
-    for list in [
-        from,
-        message.sender().or(from),
-        message.reply_to().or(from),
-        message.to(),
-        message.cc(),
-        message.bcc(),
-    ] {
-        out.push(b' ');
-        addresses(out, list);
-    }
-    out.push(b' ');
-    nstring(out, raw("In-Reply-To").as_deref());
-    out.push(b' ');
-    nstring(out, raw("Message-ID").as_deref());
-    out.push(b')');
-}
-
 /// The unfolded, trimmed raw value of the first header field `name` in a header block.
 pub fn raw_field(header: &[u8], name: &str) -> Option<Vec<u8>> {
     raw_fields(header, name).into_iter().next()
@@ -473,87 +322,6 @@ fn trim_cr(v: &mut Vec<u8>) {
     if v.last() == Some(&b'\r') {
         v.pop();
     }
-}
-
-fn addresses(out: &mut Vec<u8>, list: Option<&Address<'_>>) {
-    let Some(list) = list else {
-        out.extend_from_slice(b"NIL");
-        return;
-    };
-    let mut body = Vec::new();
-    match list {
-        Address::List(addrs) => {
-            for a in addrs {
-                address(&mut body, a.name.as_deref(), a.address.as_deref());
-            }
-        }
-        Address::Group(groups) => {
-            for g in groups {
-                match &g.name {
-                    Some(name) => {
-                        body.extend_from_slice(b"(NIL NIL ");
-                        string(&mut body, encode_word(name).as_bytes());
-                        body.extend_from_slice(b" NIL)");
-                        for a in &g.addresses {
-                            address(&mut body, a.name.as_deref(), a.address.as_deref());
-                        }
-                        body.extend_from_slice(b"(NIL NIL NIL NIL)");
-                    }
-                    None => {
-                        for a in &g.addresses {
-                            address(&mut body, a.name.as_deref(), a.address.as_deref());
-                        }
-                    }
-                }
-            }
-        }
-    }
-    if body.is_empty() {
-        out.extend_from_slice(b"NIL");
-    } else {
-        out.push(b'(');
-        out.extend_from_slice(&body);
-        out.push(b')');
-    }
-}
-
-fn address(out: &mut Vec<u8>, name: Option<&str>, addr: Option<&str>) {
-    // A bare word such as `postmaster` (no @) is a mailbox without a domain, not a group
-    // marker, which `(NIL NIL "x" NIL)` or `("x" NIL NIL NIL)` would mean.
-    if addr.is_none_or(|a| !a.contains('@')) {
-        if let Some(local) = addr.or(name).filter(|s| !s.contains(' ')) {
-            out.extend_from_slice(b"(NIL NIL ");
-            string(out, local.as_bytes());
-            out.extend_from_slice(b" \"MISSING_DOMAIN\")");
-            return;
-        }
-    }
-    let (mailbox, host) = match addr {
-        Some(a) => match a.rsplit_once('@') {
-            Some((m, h)) => (Some(m), Some(h)),
-            None => (Some(a), None),
-        },
-        None => (None, None),
-    };
-    out.push(b'(');
-    nstring(out, name.map(encode_word).as_deref().map(str::as_bytes));
-    out.extend_from_slice(b" NIL ");
-    nstring(out, mailbox.map(str::as_bytes));
-    out.push(b' ');
-    nstring(out, host.map(str::as_bytes));
-    out.push(b')');
-}
-
-/// ASCII text as is; anything else as an RFC 2047 encoded word, as IMAP4rev1 clients expect.
-fn encode_word(text: &str) -> String {
-    if text.is_ascii() {
-        return text.to_owned();
-    }
-    use base64::Engine;
-    format!(
-        "=?UTF-8?B?{}?=",
-        base64::engine::general_purpose::STANDARD.encode(text.as_bytes())
-    )
 }
 
 /// Decodes a body for BINARY (base64 and quoted-printable; others as they are).
@@ -633,62 +401,6 @@ mod tests {
         assert_eq!(&MULTI[inner.header.clone()], b"Subject: inner\r\n\r\n");
         assert!(resolve(&root, &[3]).is_none());
         assert!(resolve(&root, &[1, 1]).is_some());
-    }
-
-    #[test]
-    fn renders_structure_and_envelope() {
-        let root = parse(MULTI);
-        let mut out = Vec::new();
-        body_structure(MULTI, &root, false, &mut out);
-        let s = String::from_utf8(out).unwrap();
-        assert!(
-            s.starts_with("((\"TEXT\" \"PLAIN\" (\"CHARSET\" \"utf-8\") NIL NIL \"7BIT\" 5 0)"),
-            "{s}"
-        );
-        assert!(s.contains("\"MESSAGE\" \"RFC822\""), "{s}");
-        assert!(s.ends_with(" \"MIXED\")"), "{s}");
-        let mut env = Vec::new();
-        envelope(&MULTI[root.header.clone()], &mut env);
-        let e = String::from_utf8(env).unwrap();
-        assert!(
-            e.starts_with("(NIL \"hi\" ((\"A\" NIL \"a\" \"example.com\"))"),
-            "{e}"
-        );
-        assert!(
-            e.contains("((NIL NIL \"b\" \"example.com\")(\"C D\" NIL \"c\" \"example.com\"))"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn garbage_degrades_to_single_part() {
-        for raw in [
-            &b""[..],
-            b"no header at all",
-            b"\r\n\r\n",
-            b"Content-Type: multipart/mixed; boundary=\r\n\r\n--\r\n",
-        ] {
-            let root = parse(raw);
-            let mut out = Vec::new();
-            body_structure(raw, &root, true, &mut out);
-            assert!(
-                out.starts_with(b"(\"TEXT\" \"PLAIN\"") || out.starts_with(b"(\"MULTIPART"),
-                "{out:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn deep_nesting_is_bounded() {
-        let mut msg = Vec::new();
-        for _ in 0..200 {
-            msg.extend_from_slice(b"Content-Type: message/rfc822\r\n\r\n");
-        }
-        msg.extend_from_slice(b"Subject: bottom\r\n\r\nx");
-        let root = parse(&msg);
-        let mut out = Vec::new();
-        body_structure(&msg, &root, true, &mut out);
-        assert!(!out.is_empty());
     }
 
     #[test]

@@ -1,0 +1,179 @@
+//! Reading the archive: the folders a user may see, their entries, and message bytes; and
+//! [`ArchiveStore`], an archive user's read-only [`MailStore`] for IMAP.
+
+use tokio::sync::broadcast;
+
+use super::*;
+use crate::message::Flags;
+use crate::store::{ChangeKey, FolderInfo, MailStore, MessageReader, StoreError as MailStoreError};
+
+impl Archive {
+    /// The folders a user may see.
+    pub fn folders_for(&self, user: &UserRecord) -> Vec<FolderView> {
+        let own = |prefix: &str, u: &UserRecord| {
+            [
+                FolderView {
+                    name: format!("{prefix}INBOX"),
+                    key: format!("{}/INBOX", u.id),
+                    special_use: None,
+                },
+                FolderView {
+                    name: format!("{prefix}Sent"),
+                    key: format!("{}/Sent", u.id),
+                    special_use: Some("\\Sent"),
+                },
+            ]
+        };
+        let mut out: Vec<FolderView> = own("", user).into_iter().collect();
+        if user.auditor {
+            for u in self.user_list().iter() {
+                out.extend(
+                    own(&format!("Users/{}/", u.login), u)
+                        .into_iter()
+                        .map(|mut f| {
+                            f.special_use = None;
+                            f
+                        }),
+                );
+            }
+            out.push(FolderView {
+                name: UNKNOWN_NAME.to_owned(),
+                key: UNKNOWN_FOLDER.to_owned(),
+                special_use: None,
+            });
+        }
+        out
+    }
+
+    /// The messages of a folder that the holder of `public_key` can read, as IMAP metadata
+    /// (an auditor added later, or a user after a password reset, cannot open older items).
+    pub fn list(&self, folder: &str, public_key: &str) -> Result<Vec<MessageMeta>, ArchiveError> {
+        let readable = self.store.readable(public_key)?;
+        Ok(self
+            .store
+            .entries(folder)?
+            .into_iter()
+            .filter(|e| readable.contains(&e.item))
+            .map(|e: Entry| MessageMeta {
+                uid: e.uid,
+                size: e.size,
+                received: e.received,
+                envelope_len: 0,
+                flags: crate::message::Flags::default(),
+            })
+            .collect())
+    }
+
+    /// (UIDVALIDITY, UIDNEXT) of a folder.
+    pub fn numbers(&self, folder: &str) -> Result<(u32, u32), ArchiveError> {
+        Ok(self.store.folder(folder)?)
+    }
+
+    /// Opens an archived message for reading. Blocking.
+    pub fn open_message(
+        &self,
+        folder: &str,
+        uid: u32,
+        identity: &Identity,
+    ) -> Result<impl Read + Send + use<>, ArchiveError> {
+        let entries = self.store.entries(folder)?;
+        let entry = entries
+            .iter()
+            .find(|e| e.uid == uid)
+            .ok_or(ArchiveError::NoSuchMessage)?;
+        let file = File::open(self.item_path(entry.item)).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => ArchiveError::NoSuchMessage,
+            _ => e.into(),
+        })?;
+        let reader = crypto::open(identity, BufReader::with_capacity(64 << 10, file))?;
+        Ok(reader.take(entry.size))
+    }
+}
+
+/// An archive user's folders as a read-only [`MailStore`]: only items sealed to the user's
+/// current key are listed, flags are not kept, nothing can be expunged.
+pub struct ArchiveStore {
+    archive: Arc<Archive>,
+    user: UserRecord,
+    identity: Identity,
+}
+
+impl ArchiveStore {
+    pub fn new(archive: Arc<Archive>, user: UserRecord, identity: Identity) -> ArchiveStore {
+        ArchiveStore {
+            archive,
+            user,
+            identity,
+        }
+    }
+}
+
+impl From<ArchiveError> for crate::store::StoreError {
+    fn from(e: ArchiveError) -> Self {
+        match e {
+            ArchiveError::NoSuchMessage => crate::store::StoreError::NoSuchMessage,
+            e => crate::store::StoreError::unavailable(e),
+        }
+    }
+}
+
+impl MailStore for ArchiveStore {
+    fn folders(&self) -> Vec<FolderInfo> {
+        self.archive
+            .folders_for(&self.user)
+            .into_iter()
+            .map(|f| FolderInfo {
+                name: f.name,
+                key: f.key,
+                special_use: f.special_use,
+                read_only: true,
+            })
+            .collect()
+    }
+
+    fn list(&self, folder: &FolderInfo) -> Result<Vec<MessageMeta>, MailStoreError> {
+        Ok(self.archive.list(&folder.key, &self.user.public_key)?)
+    }
+
+    fn numbers(&self, folder: &FolderInfo) -> Result<(u32, u32), MailStoreError> {
+        Ok(self.archive.numbers(&folder.key)?)
+    }
+
+    fn open(
+        &self,
+        folder: &FolderInfo,
+        meta: &MessageMeta,
+    ) -> Result<MessageReader, MailStoreError> {
+        let reader = self
+            .archive
+            .open_message(&folder.key, meta.uid, &self.identity)?;
+        Ok(Box::new(reader))
+    }
+
+    fn set_flags(
+        &self,
+        _folder: &FolderInfo,
+        _changes: &[(u32, Flags)],
+    ) -> Result<Vec<MessageMeta>, MailStoreError> {
+        Err(MailStoreError::ReadOnly)
+    }
+
+    fn expunge(&self, _folder: &FolderInfo, _uids: &[u32]) -> Result<(), MailStoreError> {
+        Err(MailStoreError::ReadOnly)
+    }
+
+    fn watch(&self) -> broadcast::Receiver<ChangeKey> {
+        self.archive.spool.subscribe()
+    }
+
+    fn change_key(&self, folder: &FolderInfo) -> ChangeKey {
+        change_key(&folder.key)
+    }
+
+    fn still_valid(&self) -> bool {
+        self.archive
+            .user_list()
+            .iter()
+            .any(|u| u.id == self.user.id && u.key_generation == self.user.key_generation)
+    }
+}

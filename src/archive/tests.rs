@@ -1,0 +1,177 @@
+//! Unit tests of the archive: filing, duplicates, retention, bifurcated reports.
+
+use super::*;
+
+/// A spool and an archive in a fresh directory, the intake on (no worker thread: tests
+/// call [`archive_all`]), and a gateway mailbox to deliver to.
+fn setup(
+    config: ArchiveConfig,
+) -> (
+    PathBuf,
+    Arc<Spool>,
+    Arc<Archive>,
+    crate::mailbox::MailboxRecord,
+) {
+    let dir = std::env::temp_dir().join(format!("jg-archive-{}", crypto::random_hex128()));
+    let spool = Spool::open(&dir).unwrap();
+    let archive = Archive::open(&config, spool.clone()).unwrap();
+    let (tx, _rx) = mpsc::channel();
+    spool.set_intake(Intake {
+        dir: archive.intake_dir.clone(),
+        recipient: archive.intake_identity.to_public(),
+        notify: tx,
+        wants_copy: Box::new(|| true),
+    });
+    let (mbx, _) = spool.mailboxes().create("m", "").unwrap();
+    (dir, spool, archive, mbx)
+}
+
+/// Archives every intake file in one commit.
+fn archive_all(archive: &Archive) {
+    let mut pending = Pending::default();
+    for name in archive.pending_files().unwrap() {
+        archive.process(&name, &mut pending).unwrap();
+    }
+    archive.commit(&mut pending).unwrap();
+    assert!(archive.pending_files().unwrap().is_empty());
+}
+
+/// Delivers `raw` from 127.0.0.1 to `mbx`, arrived at `received`.
+async fn deliver(
+    spool: &Arc<Spool>,
+    mbx: &crate::mailbox::MailboxRecord,
+    raw: &[u8],
+    received: i64,
+) {
+    let target = crate::spool::Target {
+        mailbox: mbx.id.clone(),
+        recipient: crypto::parse_recipient(&mbx.public_key).unwrap(),
+        envelope: Envelope {
+            id: "t".into(),
+            mail_from: String::new(),
+            rcpt_to: vec![format!("{}@gw.test", mbx.id)],
+            client: "127.0.0.1:1".into(),
+            helo: "h".into(),
+            tls: None,
+            received,
+        },
+    };
+    let mut d = spool.begin(vec![target]);
+    d.write(raw);
+    d.commit().await.unwrap();
+}
+
+fn bifurcated(recipient: &str, hub: &str) -> Vec<u8> {
+    let original = format!("Received: from {hub}\r\nX-MS-Exchange-Organization-Id: {hub}\r\nFrom: alice@x.example\r\nSubject: one message\r\nMessage-ID: <m1@x.example>\r\n\r\nbody\r\n");
+    format!("X-MS-Journal-Report:\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nSender: alice@x.example\r\nMessage-Id: <m1@x.example>\r\nRecipient: {recipient}\r\n\r\n--B\r\nContent-Type: message/rfc822\r\n\r\n{original}\r\n--B--\r\n").into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bifurcated_reports_are_stored_once_within_and_across_commits() {
+    let (dir, spool, archive, mbx) = setup(ArchiveConfig {
+        journal_sources: vec!["127.0.0.0/8".parse().unwrap()],
+        ..ArchiveConfig::default()
+    });
+    let mut people = Vec::new();
+    for name in ["bob", "carol", "dave"] {
+        people.push(
+            archive
+                .users()
+                .add(&format!("{name}@x.example"), &[], "", false)
+                .unwrap(),
+        );
+    }
+    // bob and carol in one commit, dave in a later one; each copy passed different hubs.
+    let now = chrono::Utc::now().timestamp();
+    deliver(&spool, &mbx, &bifurcated("bob@x.example", "hub1"), now).await;
+    deliver(&spool, &mbx, &bifurcated("carol@x.example", "hub2"), now).await;
+    archive_all(&archive);
+    deliver(&spool, &mbx, &bifurcated("dave@x.example", "hub3"), now).await;
+    archive_all(&archive);
+    let stats = archive.stats().unwrap();
+    assert_eq!((stats.items, stats.duplicates_merged), (1, 2));
+    assert_eq!(fs::read_dir(&archive.items_dir).unwrap().count(), 1);
+    let mut seen = Vec::new();
+    for ((user, password), name) in people.iter().zip(["bob", "carol", "dave"]) {
+        let inbox = format!("{}/INBOX", user.id);
+        let listed = archive.list(&inbox, &user.public_key).unwrap();
+        assert_eq!(listed.len(), 1, "{name}");
+        let identity = crypto::unwrap_identity(
+            &archive.users().wrapped_identity(&user.id).unwrap(),
+            password,
+        )
+        .unwrap();
+        let mut raw = String::new();
+        archive
+            .open_message(&inbox, listed[0].uid, &identity)
+            .unwrap()
+            .read_to_string(&mut raw)
+            .unwrap();
+        seen.push(raw);
+    }
+    // Intake files are archived in order of arrival: the first copy is the one kept.
+    assert!(seen[0].contains("hub1"), "{}", seen[0]);
+    assert!(seen.iter().all(|r| *r == seen[0]));
+    spool.shutdown();
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_copies_are_filed_and_retention_removes_old_ones() {
+    let (dir, spool, archive, mbx) = setup(ArchiveConfig {
+        retention_days: 1,
+        envelope_headers: vec![crate::config::EnvelopeHeader {
+            network: "127.0.0.0/8".parse().unwrap(),
+            header: "X-Envelope-To".into(),
+        }],
+        ..ArchiveConfig::default()
+    });
+    let (bob, password) = archive
+        .users()
+        .add("bob@x.example", &[], "", false)
+        .unwrap();
+    let now = chrono::Utc::now().timestamp();
+    for (received, subject) in [(now - 3 * 86_400, "old"), (now, "new")] {
+        let raw = format!("X-Envelope-To: <BOB@x.example>\r\nSubject: {subject}\r\n\r\nbody\r\n");
+        deliver(&spool, &mbx, raw.as_bytes(), received).await;
+    }
+    archive_all(&archive);
+    let inbox = format!("{}/INBOX", bob.id);
+    let listed = archive.list(&inbox, &bob.public_key).unwrap();
+    assert_eq!(listed.len(), 2);
+    let identity = crypto::unwrap_identity(
+        &archive.users().wrapped_identity(&bob.id).unwrap(),
+        &password,
+    )
+    .unwrap();
+    let mut first = String::new();
+    archive
+        .open_message(&inbox, listed[0].uid, &identity)
+        .unwrap()
+        .read_to_string(&mut first)
+        .unwrap();
+    assert!(first.ends_with("Subject: old\r\n\r\nbody\r\n"), "{first}");
+    assert_eq!(archive.apply_retention().unwrap(), 1);
+    let left = archive.list(&inbox, &bob.public_key).unwrap();
+    assert_eq!(
+        left.iter().map(|m| m.uid).collect::<Vec<_>>(),
+        vec![listed[1].uid]
+    );
+    assert_eq!(fs::read_dir(&archive.items_dir).unwrap().count(), 1);
+    assert_eq!(archive.stats().unwrap().retention_removed, 1);
+    spool.shutdown();
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn intake_names() {
+    assert_eq!(
+        intake_time("1700000000.0123456789abcdef0123456789abcdef.age"),
+        Some(1_700_000_000)
+    );
+    assert_eq!(
+        intake_time("damaged-1.0123456789abcdef0123456789abcdef.age"),
+        None
+    );
+    assert_eq!(intake_time("1.x.age"), None);
+}

@@ -1,0 +1,217 @@
+//! The archive worker thread: takes intake files oldest first, files each (classify, plan,
+//! seal), commits batches durably, removes the intake files, and runs retention hourly.
+
+use super::*;
+
+impl Archive {
+    pub(super) fn work(self: Arc<Self>, rx: mpsc::Receiver<()>) {
+        lower_priority();
+        let mut last_retention: Option<Instant> = None;
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            if last_retention.is_none_or(|t| t.elapsed() >= RETENTION_EVERY) {
+                last_retention = Some(Instant::now());
+                if let Err(e) = self.apply_retention() {
+                    tracing::error!(error = %e, "archive retention failed");
+                }
+                if let Err(e) = self.sweep_recent() {
+                    tracing::error!(error = %e, "cannot clean the duplicate-merge copies");
+                }
+            }
+            match self.pending_files() {
+                Ok(files) => {
+                    let mut pending = Pending::default();
+                    for name in files {
+                        if self.stop.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        self.process_logged(&name, &mut pending);
+                        if pending.intake.len() >= COMMIT_EVERY {
+                            self.commit_logged(&mut pending);
+                        }
+                    }
+                    self.commit_logged(&mut pending);
+                    if self.stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot list the archive intake"),
+            }
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            while rx.try_recv().is_ok() {}
+        }
+    }
+
+    /// Intake files, oldest first (names are the commit time in nanoseconds).
+    pub(super) fn pending_files(&self) -> io::Result<Vec<String>> {
+        let mut names: Vec<(i64, String)> = Vec::new();
+        for entry in fs::read_dir(&self.intake_dir)? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if let Some(t) = intake_time(&name) {
+                names.push((t, name));
+            }
+        }
+        names.sort();
+        Ok(names.into_iter().map(|(_, n)| n).collect())
+    }
+
+    pub(super) fn process_logged(&self, name: &str, pending: &mut Pending) {
+        let started = Instant::now();
+        // A bug must not stop the worker: a file that makes it panic is set aside.
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.process(name, pending)))
+                .unwrap_or_else(|_| Err(ArchiveError::Damaged("archiving it panicked".into())));
+        match result {
+            Ok(()) => {
+                tracing::debug!(
+                    intake = name,
+                    ms = started.elapsed().as_millis() as u64,
+                    "archived"
+                )
+            }
+            Err(e) => {
+                // Left in place: retried at the next wake-up (a damaged file is set aside).
+                tracing::error!(intake = name, error = %e, "archiving failed");
+                if matches!(e, ArchiveError::Damaged(_) | ArchiveError::Crypto(_)) {
+                    let path = self.intake_dir.join(name);
+                    let _ = fs::rename(&path, self.intake_dir.join(format!("damaged-{name}")));
+                }
+            }
+        }
+    }
+
+    /// Archives one intake file into `pending` (committed by [`Archive::commit`]).
+    pub(super) fn process(&self, name: &str, pending: &mut Pending) -> Result<(), ArchiveError> {
+        let path = self.intake_dir.join(name);
+        if self.store.is_done(name)? {
+            return remove_if_present(&path);
+        }
+        let (envelope, envelope_len, skeleton) = self.read_intake(&path)?;
+        let plan = self.plan(&envelope, &skeleton);
+        if pending.next_item == 0 {
+            pending.next_item = self.store.next_item()?;
+        }
+        let source = Source {
+            archive: self,
+            intake: &path,
+            envelope_len,
+            skeleton: Some(&skeleton),
+        };
+        let mut delta = Delta {
+            next_item: pending.next_item,
+            counters: plan.counters.clone(),
+            ..Delta::default()
+        };
+        if let Err(e) = self.file_originals(&source, &envelope, plan, pending, &mut delta) {
+            for id in delta.published {
+                let _ = fs::remove_file(self.item_path(id));
+            }
+            return Err(e);
+        }
+        pending.merge(delta, name.to_owned(), path);
+        Ok(())
+    }
+
+    pub(super) fn commit_logged(&self, pending: &mut Pending) {
+        if let Err(e) = self.commit(pending) {
+            // Nothing is lost: the intake files stay and are archived again.
+            tracing::error!(error = %e, "archive commit failed; will retry");
+            for id in pending.items.keys() {
+                if !pending.existing.contains(id) {
+                    let _ = fs::remove_file(self.item_path(*id));
+                }
+            }
+        }
+        *pending = Pending::default();
+    }
+
+    /// Makes the pending work durable (item files, then one redb commit), tells IMAP
+    /// sessions, and only then deletes the intake files.
+    pub(super) fn commit(&self, pending: &mut Pending) -> Result<(), ArchiveError> {
+        if pending.intake.is_empty() {
+            return Ok(());
+        }
+        if !pending.items.is_empty() {
+            fsutil::sync_dir(&self.items_dir)?;
+        }
+        let batch = Batch {
+            items: pending.items.drain().collect(),
+            entries: std::mem::take(&mut pending.entries),
+            dedupe: pending.dedupe.drain().collect(),
+            counters: std::mem::take(&mut pending.counters),
+            done: std::mem::take(&mut pending.done),
+        };
+        self.store.apply(batch)?;
+        for folder in std::mem::take(&mut pending.changed) {
+            self.spool.notify_change(change_key(&folder));
+        }
+        // A file that gave a new item is kept a while (sealed to the server key, as it was)
+        // so duplicates can be merged; a lost rename only costs that.
+        for (path, keep) in std::mem::take(&mut pending.intake) {
+            let kept = keep
+                && path
+                    .file_name()
+                    .is_some_and(|name| fs::rename(&path, self.recent_dir.join(name)).is_ok());
+            if !kept {
+                remove_if_present(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Decrypts an intake file once: its envelope and the message's skeleton.
+    pub(super) fn read_intake(
+        &self,
+        path: &Path,
+    ) -> Result<(Envelope, u64, Skeleton), ArchiveError> {
+        let mut reader = self.open_intake(path)?;
+        let mut line = Vec::new();
+        (&mut reader).take(1 << 20).read_until(b'\n', &mut line)?;
+        let json = line
+            .strip_prefix(b"JG1 ")
+            .ok_or_else(|| ArchiveError::Damaged("no envelope line".into()))?;
+        let envelope: Envelope = serde_json::from_slice(json)
+            .map_err(|e| ArchiveError::Damaged(format!("envelope: {e}")))?;
+        let skeleton = Skeleton::build(reader)?;
+        Ok((envelope, line.len() as u64, skeleton))
+    }
+
+    pub(super) fn open_intake(&self, path: &Path) -> Result<impl BufRead + use<>, ArchiveError> {
+        let file = File::open(path)?;
+        let reader = crypto::open(
+            &self.intake_identity,
+            BufReader::with_capacity(64 << 10, file),
+        )?;
+        Ok(BufReader::with_capacity(64 << 10, reader))
+    }
+
+    /// Item files with no record (a crash between writing and recording) are removed.
+    pub(super) fn remove_orphans(&self) -> Result<(), ArchiveError> {
+        let known: BTreeSet<u64> = self.store.item_ids()?.into_iter().collect();
+        let mut removed = 0;
+        for entry in fs::read_dir(&self.items_dir)? {
+            let path = entry?.path();
+            let id = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".age"))
+                .and_then(|n| n.parse::<u64>().ok());
+            if id.is_none_or(|id| !known.contains(&id)) {
+                fs::remove_file(&path)?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            fsutil::sync_dir(&self.items_dir)?;
+            tracing::info!(files = removed, "removed unrecorded archive files");
+        }
+        let intake = self.intake_dir.clone();
+        self.store.forget_done(|name| intake.join(name).exists())?;
+        Ok(())
+    }
+}

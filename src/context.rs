@@ -1,0 +1,160 @@
+//! What every protocol session shares ([`State`]: config, spool, archive, logins, TLS,
+//! limits, shutdown) and the accept loop each listener runs. Protocol servers depend on this
+//! module; `server` only wires them together.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{watch, Semaphore};
+
+use crate::acme;
+use crate::archive::{Archive, ArchiveError};
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::mailbox::MailboxId;
+use crate::net;
+use crate::spool::Spool;
+use crate::tls::{self, CertResolver};
+
+/// Session counts per mailbox (or archive user), for `max_sessions_per_mailbox`.
+pub type SessionCounts = Mutex<HashMap<String, usize>>;
+
+/// What every session shares.
+pub struct State {
+    pub config: Config,
+    pub spool: Arc<Spool>,
+    /// The per-user archive (None when `archive.enabled = false`).
+    pub archive: Option<Arc<Archive>>,
+    pub auth: Arc<Authenticator>,
+    pub tls: tls::Acceptor,
+    pub resolver: Arc<CertResolver>,
+    /// The ACME client, for `source = "acme"`.
+    pub acme: Option<Arc<acme::Manager>>,
+    pub shutdown: watch::Receiver<bool>,
+    pub smtp_limit: net::Limit,
+    pub pop3_limit: net::Limit,
+    pub imap_limit: net::Limit,
+    /// Open IMAP sessions per mailbox.
+    pub imap_sessions: SessionCounts,
+    /// Mailboxes with an open POP3 session (RFC 1939 exclusive access).
+    pub pop3_locks: Mutex<HashSet<MailboxId>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Spool(#[from] crate::spool::SpoolError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Bind(#[from] net::BindError),
+    #[error("admin socket: {0}")]
+    Admin(std::io::Error),
+    #[error("listener: {0}")]
+    Listener(std::io::Error),
+    #[error("archive: {0}")]
+    Archive(#[from] ArchiveError),
+}
+
+impl State {
+    /// Opens the spool and the certificate and builds the shared state. The sender stops
+    /// every session when `true` is sent.
+    pub fn open(config: Config) -> Result<(Arc<State>, watch::Sender<bool>), ServeError> {
+        let spool = Spool::open(&config.data_dir)?;
+        let archive = match config.archive.enabled {
+            true => {
+                let archive = Archive::open(&config.archive, spool.clone())?;
+                archive.start().map_err(ArchiveError::from)?;
+                Some(archive)
+            }
+            false => None,
+        };
+        let resolver =
+            CertResolver::new(tls::load_certificate(&config, acme::load_stored(&config))?);
+        let acceptor = tls::Acceptor::new(resolver.clone());
+        let acme = acme::Manager::new(&config, resolver.clone());
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let state = Arc::new(State {
+            auth: Authenticator::new(
+                spool.mailboxes().clone(),
+                archive.as_ref().map(|a| a.users().clone()),
+                config.auth.clone(),
+            ),
+            archive,
+            smtp_limit: Arc::new(Semaphore::new(config.smtp.max_connections)),
+            pop3_limit: Arc::new(Semaphore::new(config.pop3.max_connections)),
+            imap_limit: Arc::new(Semaphore::new(config.imap.max_connections)),
+            imap_sessions: Default::default(),
+            spool: spool.clone(),
+            tls: acceptor,
+            resolver,
+            acme,
+            shutdown: shutdown_rx,
+            pop3_locks: Mutex::new(HashSet::new()),
+            config,
+        });
+        Ok((state, shutdown_tx))
+    }
+}
+
+/// How one protocol's listener treats new connections.
+pub struct Listener {
+    pub protocol: &'static str,
+    pub implicit_tls: bool,
+    pub limit: net::Limit,
+    /// Written to a client refused because `max_connections` is reached.
+    pub busy: &'static [u8],
+}
+
+/// Accepts connections until shutdown. Each one takes a connection permit (or is told `busy`
+/// and closed), completes the TLS handshake on implicit-TLS listeners, and runs `session`.
+pub async fn accept_loop<F, Fut>(
+    listener: tokio::net::TcpListener,
+    how: Listener,
+    state: Arc<State>,
+    session: F,
+) where
+    F: Fn(net::Stream, std::net::SocketAddr, Arc<State>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+{
+    use tokio::io::AsyncWriteExt;
+    let session = Arc::new(session);
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(protocol = how.protocol, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let (state, session, limit) = (state.clone(), session.clone(), how.limit.clone());
+        let (protocol, implicit_tls, busy) = (how.protocol, how.implicit_tls, how.busy);
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let mut stream = net::Stream::Plain(tcp);
+            let Ok(_permit) = limit.try_acquire_owned() else {
+                tracing::warn!(protocol, client = %peer, "connection refused: too many connections");
+                let _ = stream.write_all(busy).await;
+                return;
+            };
+            if implicit_tls {
+                stream = match stream.upgrade(&state.tls, net::TLS_HANDSHAKE_TIMEOUT).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(protocol, client = %peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                };
+            }
+            if let Err(e) = session(stream, peer, state).await {
+                tracing::debug!(protocol, client = %peer, error = %e, "session ended");
+            }
+        });
+    }
+}

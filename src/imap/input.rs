@@ -1,0 +1,134 @@
+//! Input the command parser could not take: oversized non-synchronising literals seen in the
+//! raw byte stream, unparsable lines answered with a tagged BAD, and the LIST-EXTENDED forms
+//! that are rewritten into a plain LIST. Pure functions, no I/O.
+
+use imap_codec::decode::Decoder;
+use imap_codec::imap_types::command::Command;
+use imap_codec::CommandCodec;
+use imap_next::server::Error as ServerError;
+
+use super::state::Conn;
+
+/// Looks for a `{N+}` literal announcement larger than `max` in new input (with the tail of
+/// the previous read, so an announcement split across reads is seen too).
+pub(super) fn oversized_literal(tail: &mut Vec<u8>, input: &[u8], max: u64) -> bool {
+    let mut window = std::mem::take(tail);
+    window.extend_from_slice(input);
+    let found = find_literal_plus(&window).any(|n| n > max);
+    let keep = window.len().saturating_sub(24);
+    *tail = window.split_off(keep);
+    found
+}
+
+/// Answers input imap-codec could not parse. Returns a command when the input was a
+/// LIST-EXTENDED form this server rewrites into a plain LIST.
+pub(super) fn bad_input(conn: &mut Conn, error: ServerError) -> Option<Command<'static>> {
+    let (bytes, what) = match &error {
+        ServerError::MalformedMessage { discarded_bytes } => {
+            (discarded_bytes.declassify().to_vec(), "Invalid command")
+        }
+        ServerError::ExpectedCrlfGotLf { discarded_bytes } => (
+            discarded_bytes.declassify().to_vec(),
+            "Line must end with CRLF",
+        ),
+        ServerError::CommandTooLong { discarded_bytes } => {
+            (discarded_bytes.declassify().to_vec(), "Command too long")
+        }
+        ServerError::LiteralTooLong { .. } => {
+            // imap-next already answered with a tagged BAD.
+            conn.errors += 1;
+            return None;
+        }
+    };
+    if let Some(command) = rewrite_list_extended(&bytes) {
+        return Some(command);
+    }
+    conn.errors += 1;
+    match tag_of(&bytes) {
+        Some(tag) => conn.line(format!("{tag} BAD {what}")),
+        None => conn.line(format!("* BAD {what}")),
+    }
+    None
+}
+
+/// Sizes announced by `{N+}` CRLF non-synchronising literals in `bytes`.
+fn find_literal_plus(bytes: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    memchr::memchr_iter(b'{', bytes).filter_map(move |start| {
+        let rest = &bytes[start + 1..];
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        let after = &rest[digits..];
+        let ok = digits > 0 && (after.starts_with(b"+}\r\n") || after.starts_with(b"+}\n"));
+        ok.then(|| {
+            std::str::from_utf8(&rest[..digits])
+                .ok()
+                .and_then(|d| d.parse::<u64>().ok())
+                .unwrap_or(u64::MAX)
+        })
+    })
+}
+
+/// The tag at the start of an unparsable line, if it looks like one.
+fn tag_of(bytes: &[u8]) -> Option<String> {
+    let first = bytes.split(|b| *b == b' ').next()?;
+    let ok = !first.is_empty()
+        && first.len() <= 64
+        && first
+            .iter()
+            .all(|b| b.is_ascii_graphic() && !b"(){%*\"\\+".contains(b));
+    ok.then(|| String::from_utf8_lossy(first).into_owned())
+}
+
+/// `LIST (SPECIAL-USE) "" "*"` and `LIST "" "*" RETURN (...)` (RFC 5258/6154, which
+/// imap-codec does not parse yet) become a plain LIST. This gateway has no special-use
+/// mailboxes, so the options change nothing in the answer.
+fn rewrite_list_extended(raw: &[u8]) -> Option<Command<'static>> {
+    let line = std::str::from_utf8(raw).ok()?.trim_end();
+    let (tag, rest) = line.split_once(' ')?;
+    let (verb, args) = rest.split_once(' ')?;
+    if !verb.eq_ignore_ascii_case("LIST") {
+        return None;
+    }
+    let mut args = args.trim();
+    if let Some(inner) = args.strip_prefix('(') {
+        let end = inner.find(')')?;
+        args = inner[end + 1..].trim_start();
+    }
+    if let Some(pos) = args.to_ascii_uppercase().rfind(" RETURN (") {
+        args = args[..pos].trim_end();
+    }
+    let rewritten = format!("{tag} LIST {args}\r\n");
+    let (_, command) = CommandCodec::default()
+        .decode_static(rewritten.as_bytes())
+        .ok()?;
+    Some(command)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imap_codec::imap_types::command::CommandBody;
+
+    #[test]
+    fn list_extended_is_rewritten() {
+        let c = rewrite_list_extended(b"a1 LIST (SPECIAL-USE) \"\" \"*\"\r\n").unwrap();
+        assert!(matches!(c.body, CommandBody::List { .. }));
+        let c = rewrite_list_extended(b"a2 LIST \"\" \"*\" RETURN (SPECIAL-USE)\r\n").unwrap();
+        assert!(matches!(c.body, CommandBody::List { .. }));
+        assert!(rewrite_list_extended(b"a3 FETCH 1 x\r\n").is_none());
+    }
+
+    #[test]
+    fn oversized_literals_are_seen() {
+        let sizes: Vec<u64> =
+            find_literal_plus(b"a SEARCH TEXT {4294967295+}\r\nx {12}\r\n {7+}\n").collect();
+        assert_eq!(sizes, vec![4294967295, 7]);
+        let huge: Vec<u64> = find_literal_plus(b"{99999999999999999999999+}\r\n").collect();
+        assert_eq!(huge, vec![u64::MAX]);
+    }
+
+    #[test]
+    fn tags() {
+        assert_eq!(tag_of(b"a001 GARBAGE"), Some("a001".into()));
+        assert_eq!(tag_of(b"{5}"), None);
+    }
+}

@@ -1,0 +1,479 @@
+//! FETCH (RFC 3501 §6.4.5, RFC 3516 BINARY): turns the requested items into response chunks.
+//!
+//! Messages up to [`IN_MEMORY_MAX`] are decrypted into memory once per FETCH and every item is
+//! cut from them. Larger messages are never held whole: only their header is read, and the
+//! whole-message items (`BODY[]`, `RFC822`, `BODY[TEXT]`, partials) are streamed from the
+//! sealed file as they are sent.
+
+use std::num::NonZeroU32;
+use std::sync::OnceLock;
+
+use imap_codec::imap_types::fetch::{
+    Macro, MacroOrMessageDataItemNames, MessageDataItemName, Part, Section,
+};
+
+use crate::message::{Flags, MessageMeta};
+
+use super::structure;
+use super::wire::{flag_list, internal_date, literal};
+use crate::mime;
+
+/// Messages up to this size are handled in memory.
+pub const IN_MEMORY_MAX: u64 = 32 * 1024 * 1024;
+/// Largest header read from a large message.
+pub const MAX_HEADER: usize = 1024 * 1024;
+
+/// One piece of a FETCH response.
+pub enum Chunk {
+    Bytes(Vec<u8>),
+    /// `len` octets of the message from `start`, streamed from the spool.
+    Stream {
+        start: u64,
+        len: u64,
+    },
+}
+
+/// The message content available to the renderer.
+pub struct Content {
+    /// The whole message, or only its header for a large message.
+    pub raw: Vec<u8>,
+    pub whole: bool,
+    pub size: u64,
+    root: OnceLock<mime::Part>,
+}
+
+impl Content {
+    pub fn whole(raw: Vec<u8>) -> Content {
+        let size = raw.len() as u64;
+        Content {
+            raw,
+            whole: true,
+            size,
+            root: OnceLock::new(),
+        }
+    }
+
+    /// A large message of which only the header (`raw`) was read.
+    pub fn header_only(mut raw: Vec<u8>, size: u64) -> Content {
+        let end = mime::header_end(&raw);
+        raw.truncate(end);
+        Content {
+            raw,
+            whole: false,
+            size,
+            root: OnceLock::new(),
+        }
+    }
+
+    fn header_len(&self) -> usize {
+        mime::header_end(&self.raw)
+    }
+
+    fn root(&self) -> &mime::Part {
+        self.root.get_or_init(|| {
+            let mut root = mime::parse(&self.raw);
+            if !self.whole {
+                // Degrade: the body is not here, so it is one opaque part of the right size.
+                root.kind = mime::Kind::Single;
+                root.body =
+                    root.header.end..root.header.end + (self.size as usize - root.header.end);
+            }
+            root
+        })
+    }
+}
+
+/// Expands macros; UID FETCH always returns the UID.
+pub fn item_names(
+    names: MacroOrMessageDataItemNames<'static>,
+    uid: bool,
+) -> Vec<MessageDataItemName<'static>> {
+    use MessageDataItemName as N;
+    let mut items = match names {
+        MacroOrMessageDataItemNames::Macro(m) => match m {
+            Macro::Fast => vec![N::Flags, N::InternalDate, N::Rfc822Size],
+            Macro::All => vec![N::Flags, N::InternalDate, N::Rfc822Size, N::Envelope],
+            Macro::Full => vec![
+                N::Flags,
+                N::InternalDate,
+                N::Rfc822Size,
+                N::Envelope,
+                N::Body,
+            ],
+            _ => vec![N::Flags, N::InternalDate, N::Rfc822Size],
+        },
+        MacroOrMessageDataItemNames::MessageDataItemNames(items) => items,
+    };
+    if uid && !items.contains(&N::Uid) {
+        items.insert(0, N::Uid);
+    }
+    items
+}
+
+/// True if any item needs the message content.
+pub fn needs_content(items: &[MessageDataItemName<'_>]) -> bool {
+    use MessageDataItemName as N;
+    items
+        .iter()
+        .any(|i| !matches!(i, N::Uid | N::Flags | N::InternalDate | N::Rfc822Size))
+}
+
+/// True if any item sets \Seen (non-PEEK body fetches).
+pub fn sets_seen(items: &[MessageDataItemName<'_>]) -> bool {
+    use MessageDataItemName as N;
+    items.iter().any(|i| match i {
+        N::BodyExt { peek, .. } | N::Binary { peek, .. } => !peek,
+        N::Rfc822 | N::Rfc822Text => true,
+        _ => false,
+    })
+}
+
+/// Renders `* seq FETCH (...)` for one message.
+pub fn render(
+    seq: u32,
+    meta: &MessageMeta,
+    flags: Flags,
+    items: &[MessageDataItemName<'_>],
+    content: Option<&Content>,
+    add_flags: bool,
+) -> Vec<Chunk> {
+    let mut r = Renderer {
+        chunks: Vec::new(),
+        buf: format!("* {seq} FETCH (").into_bytes(),
+        first: true,
+    };
+    for item in items {
+        r.item(meta, flags, item, content);
+    }
+    if add_flags && !items.contains(&MessageDataItemName::Flags) {
+        r.sep();
+        r.buf
+            .extend_from_slice(format!("FLAGS {}", flag_list(flags)).as_bytes());
+    }
+    r.buf.extend_from_slice(b")\r\n");
+    r.finish()
+}
+
+struct Renderer {
+    chunks: Vec<Chunk>,
+    buf: Vec<u8>,
+    first: bool,
+}
+
+impl Renderer {
+    fn sep(&mut self) {
+        if !self.first {
+            self.buf.push(b' ');
+        }
+        self.first = false;
+    }
+
+    fn finish(mut self) -> Vec<Chunk> {
+        if !self.buf.is_empty() {
+            self.chunks
+                .push(Chunk::Bytes(std::mem::take(&mut self.buf)));
+        }
+        self.chunks
+    }
+
+    fn stream(&mut self, start: u64, len: u64) {
+        self.buf
+            .extend_from_slice(format!("{{{len}}}\r\n").as_bytes());
+        self.chunks
+            .push(Chunk::Bytes(std::mem::take(&mut self.buf)));
+        self.chunks.push(Chunk::Stream { start, len });
+    }
+
+    fn item(
+        &mut self,
+        meta: &MessageMeta,
+        flags: Flags,
+        item: &MessageDataItemName<'_>,
+        content: Option<&Content>,
+    ) {
+        use MessageDataItemName as N;
+        self.sep();
+        let label_and = |r: &mut Self, label: &str| r.buf.extend_from_slice(label.as_bytes());
+        match item {
+            N::Uid => label_and(self, &format!("UID {}", meta.uid)),
+            N::Flags => label_and(self, &format!("FLAGS {}", flag_list(flags))),
+            N::InternalDate => label_and(
+                self,
+                &format!("INTERNALDATE {}", internal_date(meta.received)),
+            ),
+            N::Rfc822Size => label_and(self, &format!("RFC822.SIZE {}", meta.size)),
+            N::Envelope => {
+                label_and(self, "ENVELOPE ");
+                match content {
+                    Some(c) => structure::envelope(&c.raw[..c.header_len()], &mut self.buf),
+                    None => self.buf.extend_from_slice(b"NIL"),
+                }
+            }
+            N::Body | N::BodyStructure => {
+                let extended = matches!(item, N::BodyStructure);
+                label_and(self, if extended { "BODYSTRUCTURE " } else { "BODY " });
+                match content {
+                    Some(c) => structure::body_structure(&c.raw, c.root(), extended, &mut self.buf),
+                    None => self.buf.extend_from_slice(b"NIL"),
+                }
+            }
+            N::Rfc822 => {
+                label_and(self, "RFC822 ");
+                self.section(content, None, None);
+            }
+            N::Rfc822Header => {
+                label_and(self, "RFC822.HEADER ");
+                self.section(content, Some(&Section::Header(None)), None);
+            }
+            N::Rfc822Text => {
+                label_and(self, "RFC822.TEXT ");
+                self.section(content, Some(&Section::Text(None)), None);
+            }
+            N::BodyExt {
+                section, partial, ..
+            } => {
+                label_and(self, &format!("BODY[{}]", section_label(section.as_ref())));
+                if let Some((origin, _)) = partial {
+                    label_and(self, &format!("<{origin}>"));
+                }
+                self.buf.push(b' ');
+                self.section(content, section.as_ref(), *partial);
+            }
+            N::Binary {
+                section, partial, ..
+            } => {
+                label_and(self, &format!("BINARY[{}]", path_label(section)));
+                if let Some((origin, _)) = partial {
+                    label_and(self, &format!("<{origin}>"));
+                }
+                self.buf.push(b' ');
+                self.binary(content, section, *partial, false);
+            }
+            N::BinarySize { section } => {
+                label_and(self, &format!("BINARY.SIZE[{}] ", path_label(section)));
+                self.binary(content, section, None, true);
+            }
+            #[allow(unreachable_patterns)]
+            _ => label_and(self, "NIL"),
+        }
+    }
+
+    /// Writes a body section (or NIL when it does not exist).
+    fn section(
+        &mut self,
+        content: Option<&Content>,
+        section: Option<&Section<'_>>,
+        partial: Option<(u32, NonZeroU32)>,
+    ) {
+        let Some(c) = content else {
+            self.buf.extend_from_slice(b"NIL");
+            return;
+        };
+        // Whole-message and TEXT sections of a large message are streamed.
+        if !c.whole {
+            let range = match section {
+                None => Some((0, c.size)),
+                Some(Section::Text(None)) => Some((c.header_len() as u64, c.size)),
+                _ => None,
+            };
+            if let Some((start, end)) = range {
+                let (s, e) = window(start, end, partial);
+                self.stream(s, e - s);
+                return;
+            }
+        }
+        match select(c, section) {
+            Some(bytes) => {
+                let (s, e) = window(0, bytes.len() as u64, partial);
+                literal(&mut self.buf, &bytes[s as usize..e as usize]);
+            }
+            None => self.buf.extend_from_slice(b"NIL"),
+        }
+    }
+
+    fn binary(
+        &mut self,
+        content: Option<&Content>,
+        path: &[NonZeroU32],
+        partial: Option<(u32, NonZeroU32)>,
+        size_only: bool,
+    ) {
+        let Some(c) = content else {
+            self.buf.extend_from_slice(b"NIL");
+            return;
+        };
+        if path.is_empty() {
+            // The whole message: nothing to decode.
+            if size_only {
+                self.buf.extend_from_slice(c.size.to_string().as_bytes());
+            } else if !c.whole {
+                let (s, e) = window(0, c.size, partial);
+                self.stream(s, e - s);
+            } else {
+                let (s, e) = window(0, c.raw.len() as u64, partial);
+                literal(&mut self.buf, &c.raw[s as usize..e as usize]);
+            }
+            return;
+        }
+        let path: Vec<u32> = path.iter().map(|n| n.get()).collect();
+        let decoded = if c.whole {
+            mime::resolve(c.root(), &path)
+                .map(|p| mime::decode_body(p.info.encoding.as_deref(), &c.raw[p.body.clone()]))
+        } else {
+            None
+        };
+        match (decoded, size_only) {
+            (Some(d), true) => self.buf.extend_from_slice(d.len().to_string().as_bytes()),
+            (Some(d), false) => {
+                let (s, e) = window(0, d.len() as u64, partial);
+                let bytes = &d[s as usize..e as usize];
+                if bytes.contains(&0) {
+                    self.buf
+                        .extend_from_slice(format!("~{{{}}}\r\n", bytes.len()).as_bytes());
+                    self.buf.extend_from_slice(bytes);
+                } else {
+                    literal(&mut self.buf, bytes);
+                }
+            }
+            (None, _) => self.buf.extend_from_slice(b"NIL"),
+        }
+    }
+}
+
+/// The `<origin.count>` window of `start..end`.
+fn window(start: u64, end: u64, partial: Option<(u32, NonZeroU32)>) -> (u64, u64) {
+    match partial {
+        None => (start, end),
+        Some((origin, count)) => {
+            let s = (start + u64::from(origin)).min(end);
+            (s, (s + u64::from(count.get())).min(end))
+        }
+    }
+}
+
+/// The bytes of a section of an in-memory (or header-only) message.
+fn select(c: &Content, section: Option<&Section<'_>>) -> Option<Vec<u8>> {
+    let raw = &c.raw;
+    let root = c.root();
+    let path = |p: &Part| p.0.as_ref().iter().map(|n| n.get()).collect::<Vec<u32>>();
+    let message_of = |p: Option<&Part>| -> Option<&mime::Part> {
+        match p {
+            None => Some(root),
+            Some(p) => mime::as_message(mime::resolve(root, &path(p))?, false),
+        }
+    };
+    let in_range = |r: std::ops::Range<usize>| raw.get(r).map(<[u8]>::to_vec);
+    match section {
+        None => c.whole.then(|| raw.clone()),
+        Some(Section::Part(p)) => {
+            let part = mime::resolve(root, &path(p))?;
+            c.whole.then(|| in_range(part.body.clone())).flatten()
+        }
+        Some(Section::Header(p)) => in_range(message_of(p.as_ref())?.header.clone()),
+        Some(Section::Text(p)) => {
+            let m = message_of(p.as_ref())?;
+            c.whole.then(|| in_range(m.body.clone())).flatten()
+        }
+        Some(Section::Mime(p)) => in_range(mime::resolve(root, &path(p))?.header.clone()),
+        Some(Section::HeaderFields(p, names)) | Some(Section::HeaderFieldsNot(p, names)) => {
+            let header = in_range(message_of(p.as_ref())?.header.clone())?;
+            let keep = matches!(section, Some(Section::HeaderFields(..)));
+            let names: Vec<Vec<u8>> = names
+                .as_ref()
+                .iter()
+                .map(|n| n.as_ref().to_ascii_lowercase())
+                .collect();
+            Some(filter_fields(&header, &names, keep))
+        }
+    }
+}
+
+/// The header fields whose names are (or, with `keep = false`, are not) in `names`, followed
+/// by the blank line.
+fn filter_fields(header: &[u8], names: &[Vec<u8>], keep: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut current_keeps = false;
+    for line in header.split_inclusive(|b| *b == b'\n') {
+        let trimmed = line.trim_ascii_end();
+        if trimmed.is_empty() {
+            break;
+        }
+        if line[0] == b' ' || line[0] == b'\t' {
+            if current_keeps {
+                out.extend_from_slice(line);
+            }
+            continue;
+        }
+        let name = line
+            .split(|b| *b == b':')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii()
+            .to_ascii_lowercase();
+        current_keeps = names.contains(&name) == keep;
+        if current_keeps {
+            out.extend_from_slice(line);
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+fn path_label(path: &[NonZeroU32]) -> String {
+    path.iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn section_label(section: Option<&Section<'_>>) -> String {
+    let part = |p: &Option<Part>| match p {
+        Some(p) => format!("{}.", path_label(p.0.as_ref())),
+        None => String::new(),
+    };
+    let names =
+        |n: &imap_codec::imap_types::core::Vec1<imap_codec::imap_types::core::AString<'_>>| {
+            n.as_ref()
+                .iter()
+                .map(|a| String::from_utf8_lossy(a.as_ref()).to_ascii_uppercase())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+    match section {
+        None => String::new(),
+        Some(Section::Part(p)) => path_label(p.0.as_ref()),
+        Some(Section::Header(p)) => format!("{}HEADER", part(p)),
+        Some(Section::Text(p)) => format!("{}TEXT", part(p)),
+        Some(Section::Mime(p)) => format!("{}.MIME", path_label(p.0.as_ref())),
+        Some(Section::HeaderFields(p, n)) => format!("{}HEADER.FIELDS ({})", part(p), names(n)),
+        Some(Section::HeaderFieldsNot(p, n)) => {
+            format!("{}HEADER.FIELDS.NOT ({})", part(p), names(n))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_fields_filter() {
+        let h = b"From: a\r\nSubject: x\r\n y\r\nTo: b\r\n\r\n";
+        assert_eq!(
+            filter_fields(h, &[b"subject".to_vec()], true),
+            b"Subject: x\r\n y\r\n\r\n"
+        );
+        assert_eq!(
+            filter_fields(h, &[b"subject".to_vec()], false),
+            b"From: a\r\nTo: b\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn partial_windows() {
+        let nz = |n| NonZeroU32::new(n).unwrap();
+        assert_eq!(window(0, 10, Some((2, nz(3)))), (2, 5));
+        assert_eq!(window(0, 10, Some((20, nz(3)))), (10, 10));
+        assert_eq!(window(4, 10, Some((2, nz(100)))), (6, 10));
+    }
+}

@@ -1,0 +1,407 @@
+//! One IMAP connection: the session state (not authenticated / authenticated / selected), the
+//! read loop around imap-next, change notifications while IDLE, and the dispatcher that hands
+//! each command to its handler in the command files beside this one.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use imap_codec::imap_types::auth::AuthenticateData;
+use imap_codec::imap_types::command::{Command, CommandBody};
+use imap_codec::imap_types::core::Tag;
+use imap_next::server::{Event, Options, Server};
+use imap_next::{Interrupt, Io, State as _};
+use tokio::io::AsyncReadExt;
+use tokio::sync::broadcast;
+
+use super::input;
+use super::state::{Conn, Flow, Phase, FLUSH_AT};
+use crate::context::State;
+use crate::net::{self, Stream};
+
+/// Before login a client gets this long per command.
+const PRE_AUTH_TIMEOUT: Duration = Duration::from_secs(120);
+const MAX_ERRORS: u32 = 30;
+
+pub(super) struct Session {
+    pub conn: Conn,
+    pub phase: Phase,
+    /// Tag of the AUTHENTICATE exchange under way.
+    pub auth_tag: Option<Tag<'static>>,
+    /// Tag of the IDLE under way.
+    pub idling: Option<Tag<'static>>,
+    /// imap-next outputs to drop (its greeting, statuses replaced by our own lines).
+    pub suppress: usize,
+    /// Last bytes of the previous read, for [`input::oversized_literal`].
+    tail: Vec<u8>,
+}
+
+impl Session {
+    pub fn new(peer: SocketAddr, state: Arc<State>) -> Session {
+        Session {
+            conn: Conn::new(peer, state),
+            phase: Phase::NotAuthenticated,
+            auth_tag: None,
+            idling: None,
+            suppress: 0,
+            tail: Vec::new(),
+        }
+    }
+
+    fn new_server(&self) -> Server {
+        let mut options = Options::default();
+        let max = self.conn.state.config.imap.max_command_size.max(1024);
+        options.crlf_relaxed = true;
+        options.max_literal_size = max;
+        // `max` octets of command (literals included) plus the CRLF.
+        options.max_command_size = max.saturating_add(2);
+        let greeting =
+            imap_codec::imap_types::response::Greeting::ok(None, "journalgate IMAP ready")
+                .expect("valid greeting");
+        Server::new(options, greeting)
+    }
+
+    pub async fn handle(&mut self, mut stream: Stream) -> std::io::Result<()> {
+        self.conn.tls = stream.is_tls();
+        let mut server = self.new_server();
+        self.suppress = 1;
+        let logged_in = self.phase.authed().is_some();
+        let greeting = format!(
+            "* {} [CAPABILITY {}] journalgate IMAP ready",
+            if logged_in { "PREAUTH" } else { "OK" },
+            self.conn.capabilities(logged_in)
+        );
+        self.conn.line(greeting);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut shutdown = self.conn.state.shutdown.clone();
+        loop {
+            if self.conn.errors >= MAX_ERRORS {
+                self.conn.line("* BYE Too many errors");
+                self.conn.flush(&mut stream).await?;
+                return Ok(());
+            }
+            let flow = match server.next() {
+                Err(Interrupt::Io(Io::Output(bytes))) => {
+                    if self.suppress > 0 {
+                        self.suppress -= 1;
+                    } else {
+                        self.conn.bytes(&bytes);
+                    }
+                    Flow::Continue
+                }
+                Err(Interrupt::Io(Io::NeedMoreInput)) => {
+                    self.conn.flush(&mut stream).await?;
+                    let Some(n) = self
+                        .wait_input(&mut stream, &mut buf, &mut shutdown)
+                        .await?
+                    else {
+                        self.conn.flush(&mut stream).await?;
+                        return Ok(());
+                    };
+                    let max = u64::from(self.conn.state.config.imap.max_command_size.max(1024));
+                    if input::oversized_literal(&mut self.tail, &buf[..n], max) {
+                        // A non-synchronising literal over the limit: the client is already
+                        // sending it, so the only safe answer is to end the session (RFC 7888 §4).
+                        self.conn
+                            .line("* BYE [TOOBIG] Literal exceeds the maximum command size");
+                        self.conn.flush(&mut stream).await?;
+                        return Ok(());
+                    }
+                    server.enqueue_input(&buf[..n]);
+                    Flow::Continue
+                }
+                Err(Interrupt::Error(e)) => match input::bad_input(&mut self.conn, e) {
+                    Some(command) => self.command(command, &mut stream).await?,
+                    None => Flow::Continue,
+                },
+                Ok(Event::GreetingSent { .. }) | Ok(Event::ResponseSent { .. }) => Flow::Continue,
+                Ok(Event::CommandReceived { command }) => {
+                    self.command(command, &mut stream).await?
+                }
+                Ok(Event::CommandAuthenticateReceived {
+                    command_authenticate: a,
+                }) => {
+                    let initial = a.initial_response.map(|s| s.declassify().to_vec());
+                    self.authenticate_start(&mut server, a.tag, a.mechanism, initial)
+                        .await;
+                    Flow::Continue
+                }
+                Ok(Event::AuthenticateDataReceived { authenticate_data }) => {
+                    let data = match authenticate_data {
+                        AuthenticateData::Continue(s) => Some(s.declassify().to_vec()),
+                        AuthenticateData::Cancel => None,
+                    };
+                    self.authenticate_finish(&mut server, data).await;
+                    Flow::Continue
+                }
+                Ok(Event::IdleCommandReceived { tag }) => {
+                    self.idle_start(&mut server, tag);
+                    Flow::Continue
+                }
+                Ok(Event::IdleDoneReceived) => {
+                    if let Some(tag) = self.idling.take() {
+                        self.conn.tagged(&tag, "OK IDLE terminated");
+                    }
+                    Flow::Continue
+                }
+            };
+            match flow {
+                Flow::Continue => {}
+                Flow::Logout => {
+                    self.conn.flush(&mut stream).await?;
+                    return Ok(());
+                }
+                Flow::StartTls => {
+                    self.conn.flush(&mut stream).await?;
+                    // Anything pipelined after STARTTLS is dropped with the old parser.
+                    stream = stream
+                        .upgrade(&self.conn.state.tls, net::TLS_HANDSHAKE_TIMEOUT)
+                        .await?;
+                    self.conn.tls = true;
+                    server = self.new_server();
+                    self.suppress = 1;
+                }
+            }
+            if self.conn.buffered() >= FLUSH_AT {
+                self.conn.flush(&mut stream).await?;
+            }
+        }
+    }
+
+    /// Reads client input; while IDLE, also sends folder updates as they happen.
+    async fn wait_input(
+        &mut self,
+        stream: &mut Stream,
+        buf: &mut [u8],
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> std::io::Result<Option<usize>> {
+        let timeout = match self.phase.authed() {
+            Some(_) => Duration::from_secs(self.conn.state.config.imap.idle_timeout_secs),
+            None => PRE_AUTH_TIMEOUT,
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if *shutdown.borrow() {
+                self.conn.line("* BYE Server shutting down");
+                return Ok(None);
+            }
+            let idling = self.idling.is_some();
+            let (changes, selected_key) = match &mut self.phase {
+                Phase::NotAuthenticated => (None, None),
+                Phase::Authenticated(a) => (Some(&mut a.changes), None),
+                Phase::Selected(a, s) => {
+                    let key = a.account.store.change_key(&s.view.folder);
+                    (Some(&mut a.changes), Some(key))
+                }
+            };
+            tokio::select! {
+                read = tokio::time::timeout_at(deadline, stream.read(buf)) => {
+                    return match read {
+                        Ok(Ok(0)) => Ok(None),
+                        Ok(Ok(n)) => Ok(Some(n)),
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => {
+                            self.conn.line("* BYE Autologout; idle for too long");
+                            Ok(None)
+                        }
+                    };
+                }
+                _ = shutdown.changed() => continue,
+                change = async {
+                    match changes {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let mine = match (&change, &selected_key) {
+                        (Ok(key), Some(selected)) => key == selected,
+                        (Err(broadcast::error::RecvError::Lagged(_)), Some(_)) => true,
+                        _ => false,
+                    };
+                    if mine && !self.login_still_valid() {
+                        self.conn.line("* BYE [UNAVAILABLE] The mailbox password was reset; log in again");
+                        return Ok(None);
+                    }
+                    if let (true, Phase::Selected(authed, selected)) = (mine, &mut self.phase) {
+                        selected.dirty = true;
+                        if idling {
+                            selected.sync(&mut self.conn, authed, true);
+                            self.conn.flush(stream).await?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Marks the selected folder dirty for every change notification queued for it.
+    fn drain_changes(&mut self) {
+        let (authed, mut selected) = match &mut self.phase {
+            Phase::NotAuthenticated => return,
+            Phase::Authenticated(a) => (a, None),
+            Phase::Selected(a, s) => (a, Some(s)),
+        };
+        let key = selected
+            .as_ref()
+            .map(|s| authed.account.store.change_key(&s.view.folder));
+        loop {
+            let dirty = match authed.changes.try_recv() {
+                Ok(k) => Some(&k) == key.as_ref(),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => true,
+                Err(_) => break,
+            };
+            if let (true, Some(s)) = (dirty, selected.as_mut()) {
+                s.dirty = true;
+            }
+        }
+    }
+
+    /// False once the password was reset (or the login deleted) after this session logged
+    /// in: the old key must not keep working.
+    fn login_still_valid(&self) -> bool {
+        self.phase
+            .authed()
+            .is_none_or(|a| a.account.store.still_valid())
+    }
+
+    pub async fn command(
+        &mut self,
+        command: Command<'static>,
+        stream: &mut Stream,
+    ) -> std::io::Result<Flow> {
+        let tag = command.tag;
+        if !self.login_still_valid() {
+            tracing::info!(client = %self.conn.peer, "imap session ended: password reset or login deleted");
+            self.conn
+                .line("* BYE [UNAVAILABLE] The mailbox password was reset; log in again");
+            return Ok(Flow::Logout);
+        }
+        self.drain_changes();
+        let body = match self.any_state(&tag, command.body).await {
+            Ok(flow) => return Ok(flow),
+            Err(body) => body,
+        };
+        let body = match &mut self.phase {
+            Phase::NotAuthenticated => {
+                self.conn.bad(&tag, "Command not allowed before login");
+                return Ok(Flow::Continue);
+            }
+            Phase::Authenticated(_) | Phase::Selected(..) => match self.authenticated(&tag, body) {
+                Ok(()) => return Ok(Flow::Continue),
+                Err(body) => body,
+            },
+        };
+        let Phase::Selected(authed, selected) = &mut self.phase else {
+            self.conn.bad(&tag, "No mailbox selected");
+            return Ok(Flow::Continue);
+        };
+        let conn = &mut self.conn;
+        match body {
+            CommandBody::Check => {
+                selected.dirty = true;
+                selected.sync(conn, authed, true);
+                conn.tagged(&tag, "OK CHECK completed");
+            }
+            CommandBody::Close => {
+                super::update::close(conn, authed, selected).await;
+                self.phase.deselect();
+                self.conn.tagged(&tag, "OK CLOSE completed");
+            }
+            CommandBody::Unselect => {
+                self.phase.deselect();
+                self.conn.tagged(&tag, "OK UNSELECT completed");
+            }
+            CommandBody::Expunge => {
+                super::update::expunge(conn, authed, selected, &tag, None).await
+            }
+            CommandBody::ExpungeUid { sequence_set } => {
+                super::update::expunge(conn, authed, selected, &tag, Some(sequence_set)).await
+            }
+            CommandBody::Search {
+                charset,
+                criteria,
+                uid,
+            } => super::search::command(conn, authed, selected, &tag, charset, criteria, uid).await,
+            CommandBody::Fetch {
+                sequence_set,
+                macro_or_item_names,
+                uid,
+                ..
+            } => {
+                let items = super::render::item_names(macro_or_item_names, uid);
+                let request = super::fetch::Request {
+                    set: &sequence_set,
+                    items: &items,
+                    uid,
+                };
+                super::fetch::command(conn, authed, selected, &tag, request, stream).await?;
+            }
+            CommandBody::Store {
+                sequence_set,
+                kind,
+                response,
+                flags,
+                uid,
+                ..
+            } => {
+                let request = super::update::StoreRequest {
+                    set: &sequence_set,
+                    kind,
+                    response,
+                    flags: &flags,
+                    uid,
+                };
+                super::update::store(conn, authed, selected, &tag, request).await;
+            }
+            _ => conn.bad(&tag, "Command not supported"),
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Commands valid in every state. Returns the command back when it is not one of them.
+    async fn any_state(
+        &mut self,
+        tag: &Tag<'static>,
+        body: CommandBody<'static>,
+    ) -> Result<Flow, CommandBody<'static>> {
+        match body {
+            CommandBody::Capability => {
+                let caps = self.conn.capabilities(self.phase.authed().is_some());
+                self.conn.line(format!("* CAPABILITY {caps}"));
+                self.conn.tagged(tag, "OK CAPABILITY completed");
+            }
+            CommandBody::Noop => {
+                if let Phase::Selected(authed, selected) = &mut self.phase {
+                    selected.dirty = true;
+                    selected.sync(&mut self.conn, authed, true);
+                }
+                self.conn.tagged(tag, "OK NOOP completed");
+            }
+            CommandBody::Logout => {
+                self.conn.line("* BYE journalgate logging out");
+                self.conn.tagged(tag, "OK LOGOUT completed");
+                return Ok(Flow::Logout);
+            }
+            CommandBody::StartTLS if self.conn.tls => self.conn.bad(tag, "TLS is already active"),
+            CommandBody::StartTLS => {
+                self.conn.tagged(tag, "OK Begin TLS negotiation now");
+                return Ok(Flow::StartTls);
+            }
+            CommandBody::Login { username, password } => {
+                let user = String::from_utf8_lossy(username.as_ref()).into_owned();
+                let pass = String::from_utf8_lossy(password.declassify().as_ref()).into_owned();
+                self.login_command(tag, &user, &pass).await;
+            }
+            CommandBody::Authenticate { .. } => self.conn.bad(tag, "Unexpected AUTHENTICATE"),
+            CommandBody::Id { .. } => {
+                self.conn.line(format!(
+                    "* ID (\"name\" \"journalgate\" \"version\" \"{}\")",
+                    env!("CARGO_PKG_VERSION")
+                ));
+                self.conn.tagged(tag, "OK ID completed");
+            }
+            other => return Err(other),
+        }
+        Ok(Flow::Continue)
+    }
+}

@@ -1,0 +1,191 @@
+//! The state every IMAP command handler works on: the connection's output and error count
+//! ([`Conn`]), the RFC 3501 session states ([`Phase`]) with the logged-in account and the
+//! selected folder, and the per-login session count.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use imap_codec::imap_types::core::Tag;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::broadcast;
+
+use super::view::View;
+use crate::accounts::Account;
+use crate::context::State;
+use crate::net::Stream;
+use crate::store::ChangeKey;
+
+pub(super) const CAPS_COMMON: &str =
+    "LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS UNSELECT CHILDREN SPECIAL-USE BINARY";
+/// Output is sent once this much is buffered.
+pub(super) const FLUSH_AT: usize = 256 * 1024;
+
+/// The connection side every handler writes to.
+pub(super) struct Conn {
+    pub peer: SocketAddr,
+    pub state: Arc<State>,
+    pub tls: bool,
+    out: Vec<u8>,
+    pub errors: u32,
+}
+
+impl Conn {
+    pub fn new(peer: SocketAddr, state: Arc<State>) -> Conn {
+        Conn {
+            peer,
+            state,
+            tls: false,
+            out: Vec::new(),
+            errors: 0,
+        }
+    }
+
+    pub fn capabilities(&self, logged_in: bool) -> String {
+        match (self.tls, logged_in) {
+            (false, false) => format!("IMAP4rev1 STARTTLS LOGINDISABLED {CAPS_COMMON}"),
+            (true, false) => format!("IMAP4rev1 AUTH=PLAIN SASL-IR {CAPS_COMMON}"),
+            (_, true) => format!("IMAP4rev1 {CAPS_COMMON}"),
+        }
+    }
+
+    pub fn line(&mut self, text: impl AsRef<str>) {
+        self.out.extend_from_slice(text.as_ref().as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    pub fn bytes(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+    }
+
+    pub fn buffered(&self) -> usize {
+        self.out.len()
+    }
+
+    pub fn tagged(&mut self, tag: &Tag<'_>, text: impl AsRef<str>) {
+        let line = format!("{} {}", tag.as_ref(), text.as_ref());
+        self.line(line);
+    }
+
+    pub fn bad(&mut self, tag: &Tag<'_>, text: &str) {
+        self.errors += 1;
+        self.tagged(tag, format!("BAD {text}"));
+    }
+
+    pub async fn flush(&mut self, stream: &mut Stream) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            stream.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        stream.flush().await
+    }
+}
+
+/// A logged-in account and what the session holds for it.
+pub(super) struct Authed {
+    pub account: Account,
+    pub changes: broadcast::Receiver<ChangeKey>,
+    _guard: CountGuard,
+}
+
+impl Authed {
+    pub fn new(account: Account, guard: CountGuard) -> Authed {
+        Authed {
+            changes: account.store.watch(),
+            account,
+            _guard: guard,
+        }
+    }
+}
+
+/// The selected folder.
+pub(super) struct Selected {
+    pub view: View,
+    /// A change notification for this folder arrived since the last sync.
+    pub dirty: bool,
+}
+
+impl Selected {
+    /// Brings the view up to date and queues the untagged responses (expunges only when
+    /// `allow_expunge`; otherwise they stay owed and the view stays dirty).
+    pub fn sync(&mut self, conn: &mut Conn, authed: &Authed, allow_expunge: bool) {
+        if !self.dirty {
+            return;
+        }
+        match authed.account.store.list(&self.view.folder) {
+            Ok(current) => {
+                self.view.sync(&current, allow_expunge, &mut conn.out);
+                self.dirty = !allow_expunge;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list mailbox"),
+        }
+    }
+}
+
+/// RFC 3501 §3: the session states.
+pub(super) enum Phase {
+    NotAuthenticated,
+    Authenticated(Authed),
+    Selected(Authed, Selected),
+}
+
+impl Phase {
+    pub fn authed(&self) -> Option<&Authed> {
+        match self {
+            Phase::NotAuthenticated => None,
+            Phase::Authenticated(a) | Phase::Selected(a, _) => Some(a),
+        }
+    }
+
+    /// Leaves the selected state (CLOSE, UNSELECT, a failed SELECT).
+    pub fn deselect(&mut self) {
+        if let Phase::Selected(..) = self {
+            let Phase::Selected(authed, _) = std::mem::replace(self, Phase::NotAuthenticated)
+            else {
+                unreachable!()
+            };
+            *self = Phase::Authenticated(authed);
+        }
+    }
+}
+
+/// What the command loop does next.
+pub(super) enum Flow {
+    Continue,
+    StartTls,
+    Logout,
+}
+
+/// One open session of a login, counted against `max_sessions_per_mailbox`.
+pub(super) struct CountGuard {
+    state: Arc<State>,
+    id: String,
+}
+
+impl CountGuard {
+    /// Takes one session of `id`, or None when it has `max_sessions_per_mailbox` already
+    /// (`force` ignores the limit, for PREAUTH).
+    pub(super) fn take(state: &Arc<State>, id: &str, force: bool) -> Option<CountGuard> {
+        let mut counts = state.imap_sessions.lock().unwrap();
+        let n = counts.entry(id.to_owned()).or_insert(0);
+        if *n >= state.config.imap.max_sessions_per_mailbox && !force {
+            return None;
+        }
+        *n += 1;
+        Some(CountGuard {
+            state: state.clone(),
+            id: id.to_owned(),
+        })
+    }
+}
+
+impl Drop for CountGuard {
+    fn drop(&mut self) {
+        let mut counts = self.state.imap_sessions.lock().unwrap();
+        if let Some(n) = counts.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.id);
+            }
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! A gateway mailbox as a [`MailStore`]: one folder, `INBOX`, that the archiver reads, flags
+//! and expunges; opened with the mailbox key unwrapped at login.
+
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+
+use super::{Spool, SpoolError};
+use crate::crypto::Identity;
+use crate::mailbox::MailboxRecord;
+use crate::message::{Flags, MessageMeta};
+use crate::store::{ChangeKey, FolderInfo, MailStore, MessageReader, StoreError};
+
+pub struct GatewayStore {
+    spool: Arc<Spool>,
+    record: MailboxRecord,
+    identity: Identity,
+}
+
+impl GatewayStore {
+    pub fn new(spool: Arc<Spool>, record: MailboxRecord, identity: Identity) -> GatewayStore {
+        GatewayStore {
+            spool,
+            record,
+            identity,
+        }
+    }
+
+    pub fn record(&self) -> &MailboxRecord {
+        &self.record
+    }
+}
+
+impl From<SpoolError> for StoreError {
+    fn from(e: SpoolError) -> Self {
+        match e {
+            SpoolError::NoSuchMessage => StoreError::NoSuchMessage,
+            e => StoreError::unavailable(e),
+        }
+    }
+}
+
+impl MailStore for GatewayStore {
+    fn folders(&self) -> Vec<FolderInfo> {
+        vec![FolderInfo {
+            name: "INBOX".into(),
+            key: self.record.id.to_string(),
+            special_use: None,
+            read_only: false,
+        }]
+    }
+
+    fn list(&self, _folder: &FolderInfo) -> Result<Vec<MessageMeta>, StoreError> {
+        Ok(self.spool.list(&self.record.id)?)
+    }
+
+    fn numbers(&self, _folder: &FolderInfo) -> Result<(u32, u32), StoreError> {
+        let next = self.spool.uid_next(&self.record.id)?;
+        Ok((self.record.uidvalidity, next))
+    }
+
+    fn open(&self, _folder: &FolderInfo, meta: &MessageMeta) -> Result<MessageReader, StoreError> {
+        let reader = self
+            .spool
+            .open_message(&self.record.id, meta, &self.identity)?;
+        Ok(Box::new(reader))
+    }
+
+    fn set_flags(
+        &self,
+        _folder: &FolderInfo,
+        changes: &[(u32, Flags)],
+    ) -> Result<Vec<MessageMeta>, StoreError> {
+        Ok(self.spool.set_flags(&self.record.id, changes)?)
+    }
+
+    fn expunge(&self, _folder: &FolderInfo, uids: &[u32]) -> Result<(), StoreError> {
+        Ok(self.spool.expunge(&self.record.id, uids)?)
+    }
+
+    fn watch(&self) -> broadcast::Receiver<ChangeKey> {
+        self.spool.subscribe()
+    }
+
+    fn change_key(&self, _folder: &FolderInfo) -> ChangeKey {
+        self.record.id.to_string()
+    }
+
+    fn still_valid(&self) -> bool {
+        match self.spool.mailboxes().load(&self.record.id) {
+            Ok(current) => current.key_generation == self.record.key_generation,
+            Err(_) => false,
+        }
+    }
+}

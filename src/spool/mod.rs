@@ -1,0 +1,469 @@
+//! The spool: one sealed file per message, the source of truth.
+//!
+//! Durability contract: a message is written to `tmp/`, sealed to the mailbox key, fdatasync'd,
+//! renamed into `mailboxes/<id>/msg/<uid>.<received>.<size>.<envlen>.age`, and the folder is
+//! fsync'd; only then is delivery reported. Renames and folder fsyncs of concurrent deliveries
+//! are done by one committer thread in batches (group commit), which also assigns UIDs so they
+//! increase in the order messages become visible. UIDs are reserved in blocks in the fsync'd
+//! `uidstate` file, so they are never reused, even after a crash or a lost index.
+//!
+//! The plaintext inside each sealed file is one envelope line (`JG1 <json>\n`) followed by the
+//! message bytes exactly as received.
+
+mod check;
+mod commit;
+mod delivery;
+mod mailstore;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+
+use tokio::sync::{broadcast, oneshot};
+
+use crate::crypto::{self, CryptoError, Identity, Recipient};
+use crate::fsutil;
+use crate::index::{Index, IndexError};
+use crate::mailbox::{MailboxError, MailboxId, Mailboxes};
+use crate::message::{Envelope, Flags, MessageMeta};
+use check::clean_dir;
+pub use check::{check_files, scan_dir, DirScan, ReconcileReport};
+#[cfg(test)]
+use commit::reserved_uidnext;
+use commit::{load_uid_state, Committer, UidState};
+pub use delivery::Delivery;
+use delivery::{envelope_line, Sink};
+pub use mailstore::GatewayStore;
+
+/// Messages up to this size are sealed in one go after the last byte arrives; larger ones
+/// are streamed to disk as they arrive, so memory stays bounded.
+const SPILL_THRESHOLD: usize = 128 * 1024;
+/// UIDs are reserved in blocks of this size in `uidstate`.
+const UID_BLOCK: u32 = 256;
+const ENVELOPE_MAGIC: &[u8] = b"JG1 ";
+/// Longest envelope line accepted when reading.
+const MAX_ENVELOPE_LEN: u32 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("disk full")]
+    DiskFull,
+    #[error("i/o error: {0}")]
+    Io(io::Error),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Mailbox(#[from] MailboxError),
+    #[error("no such message")]
+    NoSuchMessage,
+    #[error("the spool is shutting down")]
+    ShuttingDown,
+}
+
+impl From<io::Error> for SpoolError {
+    fn from(e: io::Error) -> Self {
+        if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error())
+            || e.kind() == io::ErrorKind::StorageFull
+        {
+            SpoolError::DiskFull
+        } else {
+            SpoolError::Io(e)
+        }
+    }
+}
+
+/// A mailbox a message is delivered to.
+pub struct Target {
+    pub mailbox: MailboxId,
+    pub recipient: Recipient,
+    pub envelope: Envelope,
+}
+
+/// Where a sealed copy goes: a gateway mailbox, or the archive's intake queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Dest {
+    Mailbox(MailboxId),
+    Intake,
+}
+
+/// The archive's intake queue: a copy of every accepted message, sealed to the archive's
+/// server key, durable before the 250 like the mailbox copies (see `archive`).
+pub struct Intake {
+    pub dir: PathBuf,
+    pub recipient: Recipient,
+    /// Told after each batch of new intake files is durable.
+    pub notify: mpsc::Sender<()>,
+    /// Whether a delivery starting now needs a copy (the archive decides: it wants one once
+    /// it has someone to file mail for).
+    pub wants_copy: Box<dyn Fn() -> bool + Send + Sync>,
+}
+
+pub use crate::store::ChangeKey;
+
+/// A message of one mailbox, as seen by a reader.
+pub type Listing = Vec<MessageMeta>;
+
+pub struct Spool {
+    data_dir: PathBuf,
+    tmp_dir: PathBuf,
+    mailboxes: Mailboxes,
+    index: Arc<Index>,
+    commits: Mutex<Option<mpsc::Sender<CommitJob>>>,
+    committer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// "Mailbox X changed" (new mail, expunge, flags), for IDLE and NOOP.
+    changes: broadcast::Sender<ChangeKey>,
+    /// Serialises flag renames and expunges, which both rename/unlink by current name.
+    edits: Mutex<()>,
+    /// UID allocation state, shared with the committer.
+    uids: Arc<Mutex<HashMap<MailboxId, UidState>>>,
+    /// The archive intake, when the archive is on.
+    intake: Arc<Mutex<Option<Arc<Intake>>>>,
+}
+
+struct CommitJob {
+    dest: Dest,
+    tmp: PathBuf,
+    meta: MessageMeta,
+    reply: oneshot::Sender<Result<u32, SpoolError>>,
+}
+
+impl Spool {
+    /// Opens the spool: cleans temp files, opens (or rebuilds) the index, reconciles it with
+    /// the files, and starts the committer thread.
+    pub fn open(data_dir: &Path) -> Result<Arc<Spool>, SpoolError> {
+        let tmp_dir = data_dir.join("tmp");
+        fsutil::create_private_dir(data_dir)?;
+        fsutil::create_private_dir(&tmp_dir)?;
+        let removed = clean_dir(&tmp_dir)?;
+        if removed > 0 {
+            tracing::info!(files = removed, "removed unfinished temp files");
+        }
+        let mailboxes = Mailboxes::new(data_dir);
+        mailboxes.clean_leftovers()?;
+        let index = Arc::new(Index::open(&data_dir.join("index.redb"))?);
+        let (tx, rx) = mpsc::channel();
+        let (changes, _) = broadcast::channel(1024);
+        let spool = Arc::new(Spool {
+            data_dir: data_dir.to_owned(),
+            tmp_dir,
+            mailboxes: mailboxes.clone(),
+            index: index.clone(),
+            commits: Mutex::new(Some(tx)),
+            committer: Mutex::new(None),
+            changes: changes.clone(),
+            edits: Mutex::new(()),
+            uids: Arc::new(Mutex::new(HashMap::new())),
+            intake: Arc::new(Mutex::new(None)),
+        });
+        let report = spool.reconcile()?;
+        if report.added + report.removed > 0 {
+            tracing::info!(
+                added = report.added,
+                removed = report.removed,
+                "index reconciled with spool"
+            );
+        }
+        let committer = Committer {
+            mailboxes,
+            index,
+            changes,
+            uids: spool.uids.clone(),
+            intake: spool.intake.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("spool-commit".into())
+            .spawn(move || committer.run(rx))?;
+        *spool.committer.lock().unwrap() = Some(handle);
+        Ok(spool)
+    }
+
+    /// Turns the archive intake on: from now on every delivery also leaves a sealed copy in
+    /// `intake.dir`.
+    pub fn set_intake(&self, intake: Intake) {
+        *self.intake.lock().unwrap() = Some(Arc::new(intake));
+    }
+
+    /// Sends "this folder changed" to IMAP sessions (the archive uses it for its folders).
+    pub fn notify_change(&self, key: ChangeKey) {
+        let _ = self.changes.send(key);
+    }
+
+    pub fn mailboxes(&self) -> &Mailboxes {
+        &self.mailboxes
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The UID the next message delivered to this mailbox will get (IMAP UIDNEXT).
+    pub fn uid_next(&self, id: &MailboxId) -> Result<u32, SpoolError> {
+        let mut uids = self.uids.lock().unwrap();
+        if !uids.contains_key(id) {
+            let state = load_uid_state(&self.mailboxes, id)?;
+            uids.insert(id.clone(), state);
+        }
+        Ok(uids[id].next)
+    }
+
+    /// Subscribes to "mailbox X changed" notifications.
+    pub fn subscribe(&self) -> broadcast::Receiver<ChangeKey> {
+        self.changes.subscribe()
+    }
+
+    /// Sets the flags of messages (by UID); returns the messages as they are now. Messages
+    /// that no longer exist are skipped. The rename is not fsync'd: a flag change lost in a
+    /// crash is harmless, and the next change of the folder makes it durable.
+    pub fn set_flags(
+        &self,
+        id: &MailboxId,
+        changes: &[(u32, Flags)],
+    ) -> Result<Vec<MessageMeta>, SpoolError> {
+        let _guard = self.edits.lock().unwrap();
+        let dir = self.mailboxes.msg_dir(id);
+        let mut updated = Vec::new();
+        for (uid, flags) in changes {
+            let Some(meta) = self.index.get(id, *uid)? else {
+                continue;
+            };
+            if meta.flags == *flags {
+                updated.push(meta);
+                continue;
+            }
+            let new = MessageMeta {
+                flags: *flags,
+                ..meta
+            };
+            match fs::rename(dir.join(meta.file_name()), dir.join(new.file_name())) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            }
+            updated.push(new);
+        }
+        self.index
+            .insert(&updated.iter().map(|m| (id.clone(), *m)).collect::<Vec<_>>())?;
+        let _ = self.changes.send(id.to_string());
+        Ok(updated)
+    }
+
+    /// Brings the index in line with the files of every mailbox.
+    pub fn reconcile(&self) -> Result<ReconcileReport, SpoolError> {
+        let mut report = ReconcileReport::default();
+        let mut present = HashSet::new();
+        for record in self.mailboxes.list()? {
+            let files = scan_dir(&self.mailboxes.msg_dir(&record.id))?;
+            let (a, r) = self.index.replace(record.id.as_str(), &files.messages)?;
+            report.added += a;
+            report.removed += r;
+            report.messages += files.messages.len();
+            present.insert(record.id.as_str().to_owned());
+        }
+        for id in self.index.mailboxes()? {
+            if !present.contains(&id) {
+                let (_, r) = self.index.replace(&id, &[])?;
+                report.removed += r;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Starts a delivery to `targets`. Write the message with [`Delivery::write`], then
+    /// [`Delivery::commit`].
+    /// A copy also goes to the archive intake when the archive is on and wants one.
+    pub fn begin(self: &Arc<Self>, targets: Vec<Target>) -> Delivery {
+        let intake = self
+            .intake
+            .lock()
+            .unwrap()
+            .clone()
+            .filter(|intake| (intake.wants_copy)());
+        let mut sinks: Vec<Sink> = Vec::new();
+        if let (Some(intake), Some(first)) = (intake, targets.first()) {
+            let mut envelope = first.envelope.clone();
+            envelope.rcpt_to = targets
+                .iter()
+                .flat_map(|t| t.envelope.rcpt_to.iter().cloned())
+                .collect();
+            sinks.push(Sink {
+                dest: Dest::Intake,
+                recipient: intake.recipient.clone(),
+                received: envelope.received,
+                envelope_line: envelope_line(&envelope),
+                file: None,
+            });
+        }
+        for t in targets {
+            sinks.push(Sink {
+                dest: Dest::Mailbox(t.mailbox),
+                recipient: t.recipient,
+                received: t.envelope.received,
+                envelope_line: envelope_line(&t.envelope),
+                file: None,
+            });
+        }
+        Delivery {
+            spool: self.clone(),
+            sinks,
+            buffer: Vec::new(),
+            size: 0,
+            failed: None,
+        }
+    }
+
+    /// The messages of a mailbox, in UID order.
+    pub fn list(&self, id: &MailboxId) -> Result<Listing, SpoolError> {
+        Ok(self.index.list(id)?)
+    }
+
+    /// Opens a message for reading: returns a reader of the message bytes (envelope skipped).
+    /// Blocking; call from a blocking context.
+    pub fn open_message(
+        &self,
+        id: &MailboxId,
+        meta: &MessageMeta,
+        identity: &Identity,
+    ) -> Result<impl Read + Send + use<>, SpoolError> {
+        // Flags may have been renamed since the caller listed the message.
+        let meta = self
+            .index
+            .get(id, meta.uid)?
+            .ok_or(SpoolError::NoSuchMessage)?;
+        let path = self.mailboxes.msg_dir(id).join(meta.file_name());
+        let file = File::open(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => SpoolError::NoSuchMessage,
+            _ => SpoolError::from(e),
+        })?;
+        let mut reader = crypto::open(identity, BufReader::with_capacity(64 * 1024, file))?;
+        if meta.envelope_len > MAX_ENVELOPE_LEN {
+            return Err(CryptoError::Damaged("envelope too long".into()).into());
+        }
+        let mut envelope = vec![0u8; meta.envelope_len as usize];
+        reader.read_exact(&mut envelope)?;
+        if !envelope.starts_with(ENVELOPE_MAGIC) {
+            return Err(CryptoError::Damaged("missing envelope".into()).into());
+        }
+        Ok(reader.take(meta.size))
+    }
+
+    /// Removes messages: unlink, fsync the folder, then update the index.
+    pub fn expunge(&self, id: &MailboxId, uids: &[u32]) -> Result<(), SpoolError> {
+        if uids.is_empty() {
+            return Ok(());
+        }
+        let _guard = self.edits.lock().unwrap();
+        let dir = self.mailboxes.msg_dir(id);
+        for uid in uids {
+            let Some(meta) = self.index.get(id, *uid)? else {
+                continue;
+            };
+            match fs::remove_file(dir.join(meta.file_name())) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        fsutil::sync_dir(&dir)?;
+        self.index.remove(id, uids)?;
+        let _ = self.changes.send(id.to_string());
+        Ok(())
+    }
+
+    /// Number of messages in the index.
+    pub fn indexed_messages(&self) -> Result<u64, SpoolError> {
+        Ok(self.index.message_count()?)
+    }
+
+    /// Verifies every mailbox and message file without any key: names, age headers, lengths,
+    /// and that the index matches. Returns the problems found.
+    pub fn check(&self) -> Result<Vec<String>, SpoolError> {
+        let mut problems = check_files(&self.data_dir)?;
+        for record in self.mailboxes.list()? {
+            let files = scan_dir(&self.mailboxes.msg_dir(&record.id))?;
+            let indexed = self.index.list(&record.id)?;
+            if indexed != files.messages {
+                problems.push(format!(
+                    "{}: index lists {} messages, spool holds {}",
+                    record.id,
+                    indexed.len(),
+                    files.messages.len()
+                ));
+            }
+        }
+        Ok(problems)
+    }
+
+    /// Stops the committer after the deliveries already queued are committed.
+    pub fn shutdown(&self) {
+        self.commits.lock().unwrap().take();
+        if let Some(handle) = self.committer.lock().unwrap().take() {
+            let _ = handle.join();
+        }
+        if let Err(e) = self.index.flush() {
+            tracing::warn!(error = %e, "could not flush the index");
+        }
+    }
+
+    fn submit(&self, job: CommitJob) -> Result<(), SpoolError> {
+        let guard = self.commits.lock().unwrap();
+        let tx = guard.as_ref().ok_or(SpoolError::ShuttingDown)?;
+        tx.send(job).map_err(|_| SpoolError::ShuttingDown)
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deliver_read_expunge_and_recover() {
+        let dir = std::env::temp_dir().join(format!("jg-spool-{}", crypto::random_hex128()));
+        let spool = Spool::open(&dir).unwrap();
+        let (rec, pw) = spool.mailboxes().create("t", "").unwrap();
+        let identity =
+            crypto::unwrap_identity(&spool.mailboxes().wrapped_identity(&rec.id).unwrap(), &pw)
+                .unwrap();
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        for body in [b"small message\r\n".to_vec(), big.clone()] {
+            let mut d = spool.begin(vec![Target {
+                mailbox: rec.id.clone(),
+                recipient: crypto::parse_recipient(&rec.public_key).unwrap(),
+                envelope: Envelope {
+                    id: "q".into(),
+                    mail_from: String::new(),
+                    rcpt_to: vec![],
+                    client: "127.0.0.1".into(),
+                    helo: "h".into(),
+                    tls: None,
+                    received: 1,
+                },
+            }]);
+            for chunk in body.chunks(10_000) {
+                d.write(chunk);
+            }
+            d.commit().await.unwrap();
+        }
+        let list = spool.list(&rec.id).unwrap();
+        assert_eq!(list.iter().map(|m| m.uid).collect::<Vec<_>>(), vec![1, 2]);
+        let mut out = Vec::new();
+        spool
+            .open_message(&rec.id, &list[1], &identity)
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, big);
+        assert!(spool.check().unwrap().is_empty());
+        spool.expunge(&rec.id, &[1]).unwrap();
+        spool.shutdown();
+        drop(spool);
+        // Reopen: UIDs continue past everything used before; index matches files.
+        let spool = Spool::open(&dir).unwrap();
+        assert_eq!(spool.list(&rec.id).unwrap().len(), 1);
+        assert!(reserved_uidnext(spool.mailboxes(), &rec.id).unwrap() > 2);
+        spool.shutdown();
+        fs::remove_dir_all(dir).unwrap();
+    }
+}

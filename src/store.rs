@@ -1,0 +1,94 @@
+//! The mail-store seam: what the IMAP (and POP3) sessions ask of wherever a login's messages
+//! live. A gateway mailbox (`spool`) and an archive user's read-only folders (`archive`)
+//! implement [`MailStore`]; the protocol code holds an `Arc<dyn MailStore>` and never asks
+//! which one it is. The trait speaks of folders, UIDs, flags and byte streams only — no
+//! paths, files or keys — so an object-store back-end can implement it too.
+//!
+//! Every method may block (disk, decryption): call the heavy ones (`open`, `set_flags`,
+//! `expunge`) from a blocking task.
+
+use std::io::Read;
+
+use tokio::sync::broadcast;
+
+use crate::message::{Flags, MessageMeta};
+
+/// Names a folder that changed in a change notification.
+pub type ChangeKey = String;
+
+/// A reader of one message's bytes, exactly as stored.
+pub type MessageReader = Box<dyn Read + Send>;
+
+/// A folder a login may open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FolderInfo {
+    /// The IMAP name (`INBOX`, `Sent`, `Users/a@b.example/INBOX`, ...), `/`-separated.
+    pub name: String,
+    /// Names the folder inside its store; opaque to the protocols.
+    pub key: String,
+    /// RFC 6154 special use (`\Sent`), if any.
+    pub special_use: Option<&'static str>,
+    /// No flag changes and no expunge, for anyone.
+    pub read_only: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no such message")]
+    NoSuchMessage,
+    #[error("no such folder")]
+    NoSuchFolder,
+    #[error("the folder is read-only")]
+    ReadOnly,
+    #[error("{0}")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreError {
+    pub fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+        StoreError::Unavailable(Box::new(e))
+    }
+}
+
+/// One login's view of its messages.
+pub trait MailStore: Send + Sync {
+    /// The folders this login may see, in the order LIST shows them.
+    fn folders(&self) -> Vec<FolderInfo>;
+
+    /// The messages of a folder now, in ascending UID order.
+    fn list(&self, folder: &FolderInfo) -> Result<Vec<MessageMeta>, StoreError>;
+
+    /// `(UIDVALIDITY, UIDNEXT)` of a folder.
+    fn numbers(&self, folder: &FolderInfo) -> Result<(u32, u32), StoreError>;
+
+    /// The bytes of one message, decrypted.
+    fn open(&self, folder: &FolderInfo, meta: &MessageMeta) -> Result<MessageReader, StoreError>;
+
+    /// Sets the flags of messages by UID; returns them as they are now (vanished ones are
+    /// left out).
+    fn set_flags(
+        &self,
+        folder: &FolderInfo,
+        changes: &[(u32, Flags)],
+    ) -> Result<Vec<MessageMeta>, StoreError>;
+
+    /// Removes messages by UID, durably.
+    fn expunge(&self, folder: &FolderInfo, uids: &[u32]) -> Result<(), StoreError>;
+
+    /// Change notifications ("folder K changed": new mail, flags, expunge).
+    fn watch(&self) -> broadcast::Receiver<ChangeKey>;
+
+    /// The key that change notifications carry for `folder`.
+    fn change_key(&self, folder: &FolderInfo) -> ChangeKey;
+
+    /// False once the login's key is no longer current (password reset, login deleted):
+    /// an open session must end then.
+    fn still_valid(&self) -> bool;
+
+    /// Finds a folder by its IMAP name (`INBOX` case-insensitively).
+    fn folder(&self, name: &str) -> Option<FolderInfo> {
+        self.folders()
+            .into_iter()
+            .find(|f| f.name == name || (f.name == "INBOX" && name.eq_ignore_ascii_case("INBOX")))
+    }
+}
