@@ -59,13 +59,13 @@ if [ "${JG_SKIP_BUILD:-0}" != 1 ]; then
   cargo build --release
   log "cargo test --release"
   cargo test --release
-  # Fuzzing (bounded): the IMAP session state machine and the MIME structure code.
+  # Fuzzing (bounded): the IMAP, SMTP and POP3 sessions and the MIME structure code.
   if [ "${JG_SKIP_FUZZ:-0}" != 1 ] && cargo +nightly --version >/dev/null 2>&1; then
     command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked cargo-fuzz </dev/null
-    for target in imap_session message_structure; do
-      log "cargo fuzz run $target (${JG_FUZZ_SECONDS:-60} s)"
+    for target in imap_session smtp_session pop3_session message_structure; do
+      log "cargo fuzz run $target (${JG_FUZZ_SECONDS:-45} s)"
       (cd fuzz && cargo +nightly fuzz run -s none -O "$target" -- \
-        -max_total_time="${JG_FUZZ_SECONDS:-60}" -print_final_stats=1 2>&1 | tail -n 20)
+        -max_total_time="${JG_FUZZ_SECONDS:-45}" -print_final_stats=1 2>&1 | tail -n 20)
     done
   else
     log "fuzzing skipped (no nightly toolchain, or JG_SKIP_FUZZ=1)"
