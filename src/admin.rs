@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixListener;
 
 use crate::context::State;
@@ -43,6 +43,11 @@ pub struct Response {
     pub archive: Option<serde_json::Value>,
 }
 
+/// Longest request line; the requests are a few dozen bytes.
+const MAX_REQUEST: usize = 4096;
+/// A client gets this long to send its request.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join("admin.sock")
 }
@@ -74,11 +79,25 @@ pub async fn run(listener: UnixListener, state: Arc<State>) {
         let state = state.clone();
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
-            let mut lines = tokio::io::BufReader::new(read).lines();
-            let Ok(Some(line)) = lines.next_line().await else {
-                return;
+            let mut reader = tokio::io::BufReader::new(read);
+            let line = match crate::net::read_line_timeout(
+                &mut reader,
+                MAX_REQUEST,
+                REQUEST_TIMEOUT,
+            )
+            .await
+            {
+                Ok(crate::net::Line::Ok(line)) => line,
+                Ok(crate::net::Line::TooLong) => {
+                    let mut out = serde_json::to_vec(&failure("request too long".into()))
+                        .expect("serializes");
+                    out.push(b'\n');
+                    let _ = write.write_all(&out).await;
+                    return;
+                }
+                _ => return,
             };
-            let response = match serde_json::from_str::<Request>(&line) {
+            let response = match serde_json::from_slice::<Request>(&line) {
                 Ok(request @ (Request::CertStatus | Request::CertRenew)) => {
                     cert_request(&state, request).await
                 }

@@ -22,6 +22,10 @@ pub enum AuthError {
     Invalid,
     #[error("temporary failure: {0}")]
     Temporary(String),
+    /// A login from an address with recent failures while another of its logins is still
+    /// being checked.
+    #[error("too many logins in progress from this address")]
+    Busy,
 }
 
 /// A successful login: the mailbox and its unwrapped secret key.
@@ -46,6 +50,32 @@ pub struct Authenticator {
     /// Each unwrap costs 32 MiB and tens of ms of scrypt: one at a time keeps memory flat
     /// (8 simultaneous logins raised peak RSS to 166 MB with four in parallel).
     unwraps: Semaphore,
+    /// A key sealed to a random password: unknown logins unwrap it, so that they cost what a
+    /// wrong password for a real mailbox costs (no user enumeration by timing).
+    decoy: Vec<u8>,
+    in_flight: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One login being checked; frees its slot when dropped.
+struct InFlight<'a> {
+    auth: &'a Authenticator,
+    client: IpAddr,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut map = self
+            .auth
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.client);
+            }
+        }
+    }
 }
 
 impl Authenticator {
@@ -54,13 +84,43 @@ impl Authenticator {
         users: Option<Users>,
         config: AuthConfig,
     ) -> Arc<Authenticator> {
+        let decoy = crypto::generate_keypair(&crypto::random_password())
+            .map(|k| k.wrapped_secret)
+            .unwrap_or_default();
         Arc::new(Authenticator {
             mailboxes,
             users,
             config,
             failures: Mutex::new(HashMap::new()),
             unwraps: Semaphore::new(1),
+            decoy,
+            in_flight: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Lets a login be checked. An address that failed recently gets one check at a time;
+    /// its other attempts are refused at once instead of queueing behind the one-at-a-time
+    /// key unwrap, where a password-guessing flood would delay everyone's logins. Addresses
+    /// without failures (an archiver opening several sessions) are never refused here.
+    fn admit(&self, client: IpAddr) -> Result<InFlight<'_>, AuthError> {
+        let failing = self
+            .failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&client)
+            .is_some_and(|(_, last)| last.elapsed() < FORGET_AFTER);
+        let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if failing && map.get(&client).is_some_and(|n| *n >= 1) {
+            return Err(AuthError::Busy);
+        }
+        *map.entry(client).or_insert(0) += 1;
+        Ok(InFlight { auth: self, client })
+    }
+
+    /// Costs what checking a real password costs, then fails.
+    async fn refuse_like_a_wrong_password<T>(&self, password: &str) -> Result<T, AuthError> {
+        let _ = self.unwrap(self.decoy.clone(), password).await;
+        Err(AuthError::Invalid)
     }
 
     /// Checks a login. On failure, waits the client's current penalty before answering.
@@ -70,6 +130,7 @@ impl Authenticator {
         user: &str,
         password: &str,
     ) -> Result<Session, AuthError> {
+        let _slot = self.admit(client)?;
         let result = self.verify(user, password).await;
         self.penalise(client, &result).await;
         result
@@ -83,16 +144,21 @@ impl Authenticator {
         login: &str,
         password: &str,
     ) -> Result<UserSession, AuthError> {
+        let _slot = self.admit(client)?;
         let result = self.verify_user(login, password).await;
         self.penalise(client, &result).await;
         result
     }
 
     async fn verify_user(&self, login: &str, password: &str) -> Result<UserSession, AuthError> {
-        let users = self.users.as_ref().ok_or(AuthError::Invalid)?;
+        let Some(users) = self.users.as_ref() else {
+            return self.refuse_like_a_wrong_password(password).await;
+        };
         let user = match users.find(login) {
             Ok(u) if u.login == login.trim().to_lowercase() => u,
-            Ok(_) | Err(UserError::NotFound(_)) => return Err(AuthError::Invalid),
+            Ok(_) | Err(UserError::NotFound(_)) => {
+                return self.refuse_like_a_wrong_password(password).await
+            }
             Err(e) => return Err(AuthError::Temporary(e.to_string())),
         };
         let wrapped = users
@@ -129,19 +195,21 @@ impl Authenticator {
                 let delay = self.record_failure(client);
                 tokio::time::sleep(delay).await;
             }
-            Err(AuthError::Temporary(_)) => {}
+            Err(AuthError::Temporary(_) | AuthError::Busy) => {}
         }
     }
 
     async fn verify(&self, user: &str, password: &str) -> Result<Session, AuthError> {
-        let id = MailboxId::parse(user).map_err(|_| AuthError::Invalid)?;
+        let Ok(id) = MailboxId::parse(user) else {
+            return self.refuse_like_a_wrong_password(password).await;
+        };
         let (record, wrapped) = match (
             self.mailboxes.load(&id),
             self.mailboxes.wrapped_identity(&id),
         ) {
             (Ok(r), Ok(w)) => (r, w),
             (Err(MailboxError::NotFound(_)), _) | (_, Err(MailboxError::NotFound(_))) => {
-                return Err(AuthError::Invalid)
+                return self.refuse_like_a_wrong_password(password).await
             }
             (Err(e), _) | (_, Err(e)) => return Err(AuthError::Temporary(e.to_string())),
         };

@@ -69,8 +69,14 @@ pub struct SmtpConfig {
     pub require_tls: bool,
     pub allowed_networks: Vec<IpNet>,
     pub max_connections: usize,
+    /// Connections one client address may hold at once.
+    pub max_connections_per_ip: usize,
     pub max_recipients: usize,
     pub timeout_secs: u64,
+    /// A message body must arrive at this many octets per second on average once
+    /// `data_grace_secs` have passed, or the transfer is cut off with a 451.
+    pub min_data_rate: u64,
+    pub data_grace_secs: u64,
 }
 
 impl Default for SmtpConfig {
@@ -82,8 +88,11 @@ impl Default for SmtpConfig {
             require_tls: false,
             allowed_networks: vec![],
             max_connections: 500,
+            max_connections_per_ip: 50,
             max_recipients: 100,
             timeout_secs: 300,
+            min_data_rate: 1024,
+            data_grace_secs: 30,
         }
     }
 }
@@ -94,7 +103,11 @@ pub struct Pop3Config {
     pub listen: Vec<SocketAddr>,
     pub listen_tls: Vec<SocketAddr>,
     pub max_connections: usize,
+    /// Connections one client address may hold at once.
+    pub max_connections_per_ip: usize,
     pub timeout_secs: u64,
+    /// A client must have logged in this long after connecting.
+    pub login_timeout_secs: u64,
 }
 
 impl Default for Pop3Config {
@@ -103,7 +116,9 @@ impl Default for Pop3Config {
             listen: vec![loopback(1110)],
             listen_tls: vec![loopback(1995)],
             max_connections: 200,
+            max_connections_per_ip: 50,
             timeout_secs: 600,
+            login_timeout_secs: 60,
         }
     }
 }
@@ -114,7 +129,11 @@ pub struct ImapConfig {
     pub listen: Vec<SocketAddr>,
     pub listen_tls: Vec<SocketAddr>,
     pub max_connections: usize,
+    /// Connections one client address may hold at once.
+    pub max_connections_per_ip: usize,
     pub max_sessions_per_mailbox: usize,
+    /// A client must have logged in this long after connecting.
+    pub login_timeout_secs: u64,
     /// Autologout after this long without a command (RFC 3501 asks for at least 30 min).
     pub idle_timeout_secs: u64,
     /// Longest command (and literal) accepted, in octets.
@@ -127,7 +146,9 @@ impl Default for ImapConfig {
             listen: vec![loopback(1143)],
             listen_tls: vec![loopback(1993)],
             max_connections: 200,
+            max_connections_per_ip: 50,
             max_sessions_per_mailbox: 20,
+            login_timeout_secs: 60,
             idle_timeout_secs: 1800,
             max_command_size: 65536,
         }
@@ -374,6 +395,14 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn production_example_parses() {
+        let c = Config::parse(include_str!("../systemd/journalgate.toml.example")).unwrap();
+        assert_eq!(c.imap.listen, vec!["0.0.0.0:143".parse().unwrap()]);
+        assert_eq!(c.imap.listen_tls, vec!["0.0.0.0:993".parse().unwrap()]);
+        assert_eq!(c.smtp.listen, vec!["0.0.0.0:25".parse().unwrap()]);
+    }
 
     #[test]
     fn empty_file_gives_defaults() {

@@ -35,6 +35,9 @@ pub struct State {
     pub smtp_limit: net::Limit,
     pub pop3_limit: net::Limit,
     pub imap_limit: net::Limit,
+    pub smtp_per_ip: Arc<net::IpLimit>,
+    pub pop3_per_ip: Arc<net::IpLimit>,
+    pub imap_per_ip: Arc<net::IpLimit>,
     /// Open IMAP sessions per mailbox.
     pub imap_sessions: SessionCounts,
     /// Mailboxes with an open POP3 session (RFC 1939 exclusive access).
@@ -85,6 +88,9 @@ impl State {
             smtp_limit: Arc::new(Semaphore::new(config.smtp.max_connections)),
             pop3_limit: Arc::new(Semaphore::new(config.pop3.max_connections)),
             imap_limit: Arc::new(Semaphore::new(config.imap.max_connections)),
+            smtp_per_ip: net::IpLimit::new(config.smtp.max_connections_per_ip),
+            pop3_per_ip: net::IpLimit::new(config.pop3.max_connections_per_ip),
+            imap_per_ip: net::IpLimit::new(config.imap.max_connections_per_ip),
             imap_sessions: Default::default(),
             spool: spool.clone(),
             tls: acceptor,
@@ -103,7 +109,10 @@ pub struct Listener {
     pub protocol: &'static str,
     pub implicit_tls: bool,
     pub limit: net::Limit,
-    /// Written to a client refused because `max_connections` is reached.
+    pub per_ip: Arc<net::IpLimit>,
+    /// Written to a client refused because `max_connections` (or the per-address cap) is
+    /// reached, on plaintext listeners; an implicit-TLS client is just disconnected (a
+    /// plaintext answer would be garbage to it, and a handshake costs what the cap saves).
     pub busy: &'static [u8],
 }
 
@@ -118,7 +127,6 @@ pub async fn accept_loop<F, Fut>(
     F: Fn(net::Stream, std::net::SocketAddr, Arc<State>) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
 {
-    use tokio::io::AsyncWriteExt;
     let session = Arc::new(session);
     let mut shutdown = state.shutdown.clone();
     loop {
@@ -135,12 +143,18 @@ pub async fn accept_loop<F, Fut>(
         };
         let (state, session, limit) = (state.clone(), session.clone(), how.limit.clone());
         let (protocol, implicit_tls, busy) = (how.protocol, how.implicit_tls, how.busy);
+        let per_ip = how.per_ip.clone();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
             let mut stream = net::Stream::Plain(tcp);
+            let Some(_ip_permit) = per_ip.try_take(peer.ip()) else {
+                tracing::warn!(protocol, client = %peer, "connection refused: too many connections from this address");
+                refuse(&mut stream, implicit_tls, busy).await;
+                return;
+            };
             let Ok(_permit) = limit.try_acquire_owned() else {
                 tracing::warn!(protocol, client = %peer, "connection refused: too many connections");
-                let _ = stream.write_all(busy).await;
+                refuse(&mut stream, implicit_tls, busy).await;
                 return;
             };
             if implicit_tls {
@@ -156,5 +170,13 @@ pub async fn accept_loop<F, Fut>(
                 tracing::debug!(protocol, client = %peer, error = %e, "session ended");
             }
         });
+    }
+}
+
+/// Turns a connection away: the busy line on a plaintext listener, nothing on implicit TLS.
+async fn refuse(stream: &mut net::Stream, implicit_tls: bool, busy: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    if !implicit_tls {
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(busy)).await;
     }
 }

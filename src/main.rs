@@ -5,7 +5,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use journalgate::{cli, config, server};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
@@ -54,16 +57,29 @@ fn limit_malloc_arenas() {
     }
 }
 
+/// Libraries that log raw protocol bytes (LOGIN lines, AUTHENTICATE PLAIN blobs) at trace
+/// level. They are capped at debug whatever `JOURNALGATE_LOG` asks for, so no filter setting
+/// can put a password into the log.
+const RAW_BYTE_LOGGERS: [&str; 3] = ["imap_next", "imap_codec", "imap_types"];
+
 fn init_logging(config: &config::Config) {
     let filter = EnvFilter::try_from_env("JOURNALGATE_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let redact = RAW_BYTE_LOGGERS.iter().fold(
+        Targets::new().with_default(LevelFilter::TRACE),
+        |targets, name| targets.with_target(*name, LevelFilter::DEBUG),
+    );
+    let format = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry();
     match config.log.format {
-        config::LogFormat::Json => builder.json().init(),
-        config::LogFormat::Text => builder.init(),
+        config::LogFormat::Json => registry
+            .with(format.json().with_filter(filter).with_filter(redact))
+            .init(),
+        config::LogFormat::Text => registry
+            .with(format.with_filter(filter).with_filter(redact))
+            .init(),
     }
 }

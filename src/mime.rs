@@ -16,6 +16,9 @@ use mail_parser::{HeaderValue, MessageParser, MimeHeaders};
 const MAX_DEPTH: usize = 32;
 /// Most parts per multipart that are parsed.
 const MAX_PARTS: usize = 1000;
+/// Most parts (entities at any depth) in one message: a multipart that would go past it is
+/// kept as one opaque part, so a message of a million tiny parts costs what 10,000 cost.
+pub const MAX_TOTAL_PARTS: usize = 10_000;
 
 /// One MIME entity: its header and body as byte ranges of the whole message.
 #[derive(Debug, Clone)]
@@ -82,10 +85,19 @@ impl Info {
 
 /// Parses the structure of a whole message.
 pub fn parse(raw: &[u8]) -> Part {
-    parse_part(raw, 0..raw.len(), false, 0)
+    let mut budget = MAX_TOTAL_PARTS;
+    parse_part(raw, 0..raw.len(), false, 0, &mut budget)
 }
 
-fn parse_part(raw: &[u8], range: Range<usize>, digest: bool, depth: usize) -> Part {
+/// Parses one entity; `budget` is how many more parts this message may have.
+fn parse_part(
+    raw: &[u8],
+    range: Range<usize>,
+    digest: bool,
+    depth: usize,
+    budget: &mut usize,
+) -> Part {
+    *budget = budget.saturating_sub(1);
     let header_end = header_end(&raw[range.clone()]) + range.start;
     let header = range.start..header_end;
     let body = header_end..range.end;
@@ -95,19 +107,21 @@ fn parse_part(raw: &[u8], range: Range<usize>, digest: bool, depth: usize) -> Pa
     } else {
         info
     };
-    let kind = if depth >= MAX_DEPTH {
+    let kind = if depth >= MAX_DEPTH || *budget == 0 {
         Kind::Single
     } else if info.ctype.eq_ignore_ascii_case("multipart") {
         match info.param("boundary").map(str::to_owned) {
             Some(boundary) if !boundary.is_empty() => {
                 let digest = info.subtype.eq_ignore_ascii_case("digest");
-                let children: Vec<Part> = split_multipart(raw, body.clone(), boundary.as_bytes())
-                    .into_iter()
-                    .map(|r| parse_part(raw, r, digest, depth + 1))
-                    .collect();
-                if children.is_empty() {
+                let ranges = split_multipart(raw, body.clone(), boundary.as_bytes());
+                if ranges.is_empty() || ranges.len() > *budget {
+                    *budget = 0;
                     Kind::Single
                 } else {
+                    let children: Vec<Part> = ranges
+                        .into_iter()
+                        .map(|r| parse_part(raw, r, digest, depth + 1, budget))
+                        .collect();
                     Kind::Multipart(children)
                 }
             }
@@ -118,7 +132,13 @@ fn parse_part(raw: &[u8], range: Range<usize>, digest: bool, depth: usize) -> Pa
             e.eq_ignore_ascii_case("base64") || e.eq_ignore_ascii_case("quoted-printable")
         })
     {
-        Kind::Message(Box::new(parse_part(raw, body.clone(), false, depth + 1)))
+        Kind::Message(Box::new(parse_part(
+            raw,
+            body.clone(),
+            false,
+            depth + 1,
+            budget,
+        )))
     } else {
         Kind::Single
     };
@@ -401,6 +421,30 @@ mod tests {
         assert_eq!(&MULTI[inner.header.clone()], b"Subject: inner\r\n\r\n");
         assert!(resolve(&root, &[3]).is_none());
         assert!(resolve(&root, &[1, 1]).is_some());
+    }
+
+    #[test]
+    fn parts_are_capped_per_message() {
+        let mut msg = b"Content-Type: multipart/mixed; boundary=o\r\n\r\n".to_vec();
+        for _ in 0..50 {
+            msg.extend_from_slice(b"--o\r\nContent-Type: multipart/mixed; boundary=i\r\n\r\n");
+            for _ in 0..900 {
+                msg.extend_from_slice(b"--i\r\n\r\nx\r\n");
+            }
+            msg.extend_from_slice(b"--i--\r\n");
+        }
+        msg.extend_from_slice(b"--o--\r\n");
+        fn count(p: &Part) -> usize {
+            1 + match &p.kind {
+                Kind::Multipart(c) => c.iter().map(count).sum(),
+                Kind::Message(m) => count(m),
+                Kind::Single => 0,
+            }
+        }
+        let root = parse(&msg);
+        let n = count(&root);
+        assert!(n <= MAX_TOTAL_PARTS + 1, "{n} parts");
+        assert!(n > 9_000, "parsing stops only at the cap: {n}");
     }
 
     #[test]

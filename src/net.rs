@@ -216,6 +216,54 @@ pub fn buffered(stream: Stream) -> Conn {
 /// Shared connection limit of one protocol.
 pub type Limit = Arc<tokio::sync::Semaphore>;
 
+/// Connections per client address, capped (one per protocol, shared by its plain and TLS
+/// listeners).
+pub struct IpLimit {
+    max: usize,
+    counts: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One connection of an address; given back when dropped.
+pub struct IpPermit {
+    limit: Arc<IpLimit>,
+    ip: std::net::IpAddr,
+}
+
+impl IpLimit {
+    pub fn new(max: usize) -> Arc<IpLimit> {
+        Arc::new(IpLimit {
+            max,
+            counts: Default::default(),
+        })
+    }
+
+    /// A permit for one more connection from `ip`, or None when it has `max` already.
+    pub fn try_take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<IpPermit> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(IpPermit {
+            limit: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpPermit {
+    fn drop(&mut self) {
+        let mut counts = self.limit.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -51,6 +51,8 @@ pub const UNKNOWN_NAME: &str = "Unknown Addresses";
 /// How long a new item stays re-sealable for duplicate reports (bifurcated reports, an NDR'd
 /// report sent again).
 pub(crate) const DEDUPE_WINDOW: Duration = Duration::from_secs(48 * 3600);
+/// An intake file the worker started this often without finishing is set aside.
+const MAX_ATTEMPTS: u32 = 2;
 /// How often retention runs.
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 /// Encoded originals (base64 message/rfc822 parts) up to this size are decoded.

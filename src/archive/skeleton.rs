@@ -20,6 +20,8 @@ const HEADER_KEEP: usize = 256 << 10;
 const HARD_CAP: usize = 48 << 20;
 /// A line is read in pieces of at most this length.
 const LINE_KEEP: usize = 64 << 10;
+/// Delimiter lines kept past `HARD_CAP`: no more than the MIME parser would look at.
+const LATE_DELIMITERS: usize = crate::mime::MAX_TOTAL_PARTS;
 
 /// See the module documentation.
 pub struct Skeleton {
@@ -73,6 +75,8 @@ struct Builder {
     pos: u64,
     in_header: bool,
     header_kept: usize,
+    /// Delimiter lines kept past `HARD_CAP`.
+    late_delimiters: usize,
     run_kept: usize,
     /// A gap is open: (message position where it began, line break of the last line left out
     /// and its message position).
@@ -109,8 +113,12 @@ impl Builder {
     fn piece(&mut self, piece: &[u8], line_start: bool) {
         let delimiter = line_start && piece.starts_with(b"--");
         let blank = line_start && (piece == b"\r\n" || piece == b"\n");
-        let keep = if delimiter {
-            self.out.len() < HARD_CAP || piece.len() <= 1024
+        let keep = if delimiter && self.out.len() < HARD_CAP {
+            true
+        } else if delimiter {
+            let keep = piece.len() <= 1024 && self.late_delimiters < LATE_DELIMITERS;
+            self.late_delimiters += usize::from(keep);
+            keep
         } else if self.in_header {
             blank || (self.header_kept < HEADER_KEEP && self.out.len() < HARD_CAP)
         } else {

@@ -27,6 +27,12 @@ impl Archive {
                         if self.stop.load(Ordering::SeqCst) {
                             break;
                         }
+                        if self.start_attempt(&name) >= MAX_ATTEMPTS {
+                            // The worker died (out of memory, killed) while archiving it,
+                            // more than once: never try it again.
+                            self.set_aside(&name, "archiving it never finished");
+                            continue;
+                        }
                         self.process_logged(&name, &mut pending);
                         if pending.intake.len() >= COMMIT_EVERY {
                             self.commit_logged(&mut pending);
@@ -45,6 +51,39 @@ impl Archive {
             }
             while rx.try_recv().is_ok() {}
         }
+    }
+
+    /// Records that `name` is being archived and returns how often it was started before
+    /// without the worker getting past it. `archive/in-progress` needs no fsync: what it
+    /// guards against is the process being killed, and the page cache outlives the process.
+    fn start_attempt(&self, name: &str) -> u32 {
+        let path = self.in_progress_path();
+        let before = fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| {
+                let (n, count) = s.trim().rsplit_once(' ')?;
+                (n == name).then(|| count.parse().ok()).flatten()
+            })
+            .unwrap_or(0);
+        if let Err(e) = fs::write(&path, format!("{name} {}\n", before + 1)) {
+            tracing::warn!(error = %e, "cannot record the archive worker's progress");
+        }
+        before
+    }
+
+    fn in_progress_path(&self) -> PathBuf {
+        self.intake_dir.with_file_name("in-progress")
+    }
+
+    /// Moves an intake file out of the queue (`damaged-<name>`, reported by `check`).
+    fn set_aside(&self, name: &str, why: &str) {
+        tracing::error!(
+            intake = name,
+            why,
+            "intake file set aside; it is not archived"
+        );
+        let path = self.intake_dir.join(name);
+        let _ = fs::rename(&path, self.intake_dir.join(format!("damaged-{name}")));
     }
 
     /// Intake files, oldest first (names are the commit time in nanoseconds).
@@ -78,8 +117,7 @@ impl Archive {
                 // Left in place: retried at the next wake-up (a damaged file is set aside).
                 tracing::error!(intake = name, error = %e, "archiving failed");
                 if matches!(e, ArchiveError::Damaged(_) | ArchiveError::Crypto(_)) {
-                    let path = self.intake_dir.join(name);
-                    let _ = fs::rename(&path, self.intake_dir.join(format!("damaged-{name}")));
+                    self.set_aside(name, "damaged");
                 }
             }
         }

@@ -55,6 +55,10 @@ impl Session {
                 tracing::info!(client = %peer, "imap login failed");
                 "NO [AUTHENTICATIONFAILED] Invalid login or password".into()
             }
+            Err(AuthError::Busy) => {
+                tracing::info!(client = %peer, "imap login refused: too many logins in progress");
+                "NO [UNAVAILABLE] Too many logins in progress from your address; try again".into()
+            }
             Err(AuthError::Temporary(e)) => {
                 tracing::error!(client = %peer, error = %e, "imap login could not be checked");
                 "NO [UNAVAILABLE] Temporary failure, try again later".into()

@@ -13,7 +13,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::render::{self, Chunk, Content};
+use super::render::{self, Chunk, Content, Renderer};
 use super::state::{Authed, Conn, Selected, FLUSH_AT};
 use crate::message::{Flags, MessageMeta};
 use crate::net::Stream;
@@ -45,6 +45,7 @@ pub(super) async fn command(
     }
     let chosen = view.select(set, uid);
     let needs = render::needs_content(items);
+    let count_lines = render::needs_structure(items);
     let sets_seen = render::sets_seen(items) && !view.read_only;
     let mut vanished = false;
     let mut ahead: VecDeque<(JoinHandle<Result<Content, StoreError>>, u64)> = VecDeque::new();
@@ -54,7 +55,8 @@ pub(super) async fn command(
             while next < chosen.len() && (next == k || ahead_bytes < PREFETCH_BYTES) {
                 let m = selected.view.messages[chosen[next]];
                 let size = m.size.min(render::IN_MEMORY_MAX);
-                ahead.push_back((start_load(authed, &selected.view.folder, &m), size));
+                let load = start_load(authed, &selected.view.folder, &m, count_lines);
+                ahead.push_back((load, size));
                 ahead_bytes += size;
                 next += 1;
             }
@@ -84,25 +86,33 @@ pub(super) async fn command(
                 add_flags = true;
             }
         }
-        let seq = i as u32 + 1;
-        let chunks = render::render(seq, &meta, meta.flags, items, content.as_ref(), add_flags);
-        drop(content);
-        for chunk in chunks {
-            match chunk {
-                Chunk::Bytes(b) => {
-                    conn.bytes(&b);
-                    if conn.buffered() >= FLUSH_AT {
-                        conn.flush(stream).await?;
-                    }
-                }
-                Chunk::Stream { start, len } => {
-                    conn.flush(stream).await?;
-                    let store = authed.account.store.clone();
-                    let folder = selected.view.folder.clone();
-                    stream_body(stream, store, folder, meta, start, len).await?;
-                }
-            }
+        let mut renderer = Renderer::new(i as u32 + 1);
+        for item in items {
+            renderer.item(&meta, meta.flags, item, content.as_ref());
+            let chunks = renderer.take();
+            write(
+                conn,
+                stream,
+                chunks,
+                content.as_ref(),
+                authed,
+                selected,
+                &meta,
+            )
+            .await?;
         }
+        renderer.end(meta.flags, items, add_flags);
+        let chunks = renderer.take();
+        write(
+            conn,
+            stream,
+            chunks,
+            content.as_ref(),
+            authed,
+            selected,
+            &meta,
+        )
+        .await?;
     }
     selected.sync(conn, authed, uid);
     if vanished {
@@ -127,6 +137,43 @@ async fn mark_seen(authed: &Authed, folder: &FolderInfo, meta: &MessageMeta) -> 
     updated.first().map(|u| u.flags)
 }
 
+/// Writes the chunks of one FETCH item: small ones through the output buffer, large slices
+/// and streamed bodies straight to the client.
+async fn write(
+    conn: &mut Conn,
+    stream: &mut Stream,
+    chunks: Vec<Chunk>,
+    content: Option<&Content>,
+    authed: &Authed,
+    selected: &Selected,
+    meta: &MessageMeta,
+) -> std::io::Result<()> {
+    for chunk in chunks {
+        match chunk {
+            Chunk::Bytes(b) => conn.bytes(&b),
+            Chunk::Slice(range) => {
+                let raw = &content.expect("a slice comes from loaded content").raw;
+                if range.len() < FLUSH_AT {
+                    conn.bytes(&raw[range]);
+                } else {
+                    conn.flush(stream).await?;
+                    stream.write_all(&raw[range]).await?;
+                }
+            }
+            Chunk::Stream { start, len } => {
+                conn.flush(stream).await?;
+                let store = authed.account.store.clone();
+                let folder = selected.view.folder.clone();
+                stream_body(stream, store, folder, *meta, start, len).await?;
+            }
+        }
+        if conn.buffered() >= FLUSH_AT {
+            conn.flush(stream).await?;
+        }
+    }
+    Ok(())
+}
+
 async fn joined(handle: JoinHandle<Result<Content, StoreError>>) -> Result<Content, StoreError> {
     handle.await.map_err(StoreError::unavailable)?
 }
@@ -137,14 +184,16 @@ pub(super) async fn load(
     folder: &FolderInfo,
     meta: &MessageMeta,
 ) -> Result<Content, StoreError> {
-    joined(start_load(authed, folder, meta)).await
+    joined(start_load(authed, folder, meta, false)).await
 }
 
-/// Starts decrypting a message on a blocking thread (FETCH reads ahead with this).
+/// Starts decrypting a message on a blocking thread (FETCH reads ahead with this). A large
+/// message keeps only its header; with `count_lines` the rest is read once to count its lines.
 fn start_load(
     authed: &Authed,
     folder: &FolderInfo,
     meta: &MessageMeta,
+    count_lines: bool,
 ) -> JoinHandle<Result<Content, StoreError>> {
     let (store, folder, meta) = (authed.account.store.clone(), folder.clone(), *meta);
     tokio::task::spawn_blocking(move || {
@@ -158,14 +207,32 @@ fn start_load(
                 .map_err(io)?;
             Ok(Content::whole(raw))
         } else {
+            let mut reader = reader;
             let mut head = Vec::new();
-            reader
+            (&mut reader)
                 .take(render::MAX_HEADER as u64)
                 .read_to_end(&mut head)
                 .map_err(io)?;
-            Ok(Content::header_only(head, meta.size))
+            let lines = match count_lines {
+                true => Some(body_lines(&head, reader).map_err(io)?),
+                false => None,
+            };
+            Ok(Content::header_only(head, meta.size, lines))
         }
     })
+}
+
+/// Lines of the body of a message whose first bytes are `head` and whose rest `rest` yields.
+fn body_lines(head: &[u8], mut rest: impl Read) -> std::io::Result<u64> {
+    let end = crate::mime::header_end(head);
+    let mut lines = memchr::memchr_iter(b'\n', &head[end..]).count() as u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match rest.read(&mut buf)? {
+            0 => return Ok(lines),
+            n => lines += memchr::memchr_iter(b'\n', &buf[..n]).count() as u64,
+        }
+    }
 }
 
 /// Streams `len` octets of a message from `start`, decrypting on a blocking thread.

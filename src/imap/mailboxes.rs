@@ -246,6 +246,10 @@ fn list(
     } else {
         let mut full = reference;
         full.extend_from_slice(&pattern);
+        let Some(full) = compact_pattern(&full) else {
+            conn.tagged(tag, format!("NO [LIMIT] {verb} pattern too long"));
+            return;
+        };
         for (name, attributes) in list_entries(&authed.account.store.folders()) {
             let matches = if name == "INBOX" {
                 wildcard_match(&full.to_ascii_uppercase(), b"INBOX")
@@ -285,16 +289,63 @@ fn list_entries(folders: &[FolderInfo]) -> Vec<(String, String)> {
     out
 }
 
-/// `*` matches anything, `%` anything but the hierarchy delimiter (RFC 3501 §6.3.8).
-fn wildcard_match(pattern: &[u8], name: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => name.is_empty(),
-        Some((b'*', rest)) => (0..=name.len()).any(|i| wildcard_match(rest, &name[i..])),
-        Some((b'%', rest)) => (0..=name.len())
-            .take_while(|i| *i == 0 || name[i - 1] != b'/')
-            .any(|i| wildcard_match(rest, &name[i..])),
-        Some((c, rest)) => name.first() == Some(c) && wildcard_match(rest, &name[1..]),
+/// Longest LIST pattern (reference + mailbox, after runs of wildcards are merged).
+const MAX_PATTERN: usize = 255;
+
+/// Merges runs of wildcards (`**` and `%*` match what `*` matches, `%%` what `%` matches),
+/// so a pattern of thousands of stars costs what one star costs. None when the result is
+/// longer than [`MAX_PATTERN`].
+fn compact_pattern(pattern: &[u8]) -> Option<Vec<u8>> {
+    let mut out: Vec<u8> = Vec::with_capacity(pattern.len().min(MAX_PATTERN));
+    for &c in pattern {
+        match (out.last().copied(), c) {
+            (Some(b'*'), b'*' | b'%') => {}
+            (Some(b'%'), b'%') => {}
+            (Some(b'%'), b'*') => *out.last_mut().expect("not empty") = b'*',
+            _ => out.push(c),
+        }
+        if out.len() > MAX_PATTERN {
+            return None;
+        }
     }
+    Some(out)
+}
+
+/// `*` matches anything, `%` anything but the hierarchy delimiter (RFC 3501 §6.3.8). Runs
+/// the pattern as a set of positions over the name once: O(pattern × name), no backtracking.
+fn wildcard_match(pattern: &[u8], name: &[u8]) -> bool {
+    let wild = |c: u8| c == b'*' || c == b'%';
+    // reach[i]: pattern[..i] matches the name read so far.
+    let close = |reach: &mut [bool]| {
+        for i in 0..pattern.len() {
+            if reach[i] && wild(pattern[i]) {
+                reach[i + 1] = true;
+            }
+        }
+    };
+    let mut reach = vec![false; pattern.len() + 1];
+    reach[0] = true;
+    close(&mut reach);
+    let mut next = vec![false; pattern.len() + 1];
+    for &c in name {
+        next.iter_mut().for_each(|b| *b = false);
+        for (i, &p) in pattern.iter().enumerate() {
+            if !reach[i] {
+                continue;
+            }
+            match p {
+                b'*' => next[i] = true,
+                b'%' => next[i] |= c != b'/',
+                literal => next[i + 1] |= literal == c,
+            }
+        }
+        close(&mut next);
+        std::mem::swap(&mut reach, &mut next);
+        if !reach.contains(&true) {
+            return false;
+        }
+    }
+    reach[pattern.len()]
 }
 
 #[cfg(test)]
@@ -308,5 +359,24 @@ mod tests {
         assert!(wildcard_match(b"IN*", b"INBOX"));
         assert!(!wildcard_match(b"Trash", b"INBOX"));
         assert!(!wildcard_match(b"%/x", b"INBOX"));
+        assert!(wildcard_match(b"Users/%/INBOX", b"Users/a@b.test/INBOX"));
+        assert!(!wildcard_match(b"Users/%", b"Users/a@b.test/INBOX"));
+        assert!(wildcard_match(b"Users/*", b"Users/a@b.test/INBOX"));
+        assert!(wildcard_match(b"*X*", b"aXb"));
+        assert!(!wildcard_match(b"a*b*c", b"aXbY"));
+        assert!(wildcard_match(b"", b""));
+        assert!(!wildcard_match(b"", b"x"));
+    }
+
+    #[test]
+    fn wildcard_runs_are_merged_and_bounded() {
+        let stars = [vec![b'*'; 65_000], b"Z".to_vec()].concat();
+        assert_eq!(compact_pattern(&stars).unwrap(), b"*Z");
+        assert_eq!(compact_pattern(b"%%a%*%b**").unwrap(), b"%a*b*");
+        assert!(compact_pattern(&vec![b'a'; MAX_PATTERN + 1]).is_none());
+        let alternating = b"a%".repeat(MAX_PATTERN / 2);
+        assert!(compact_pattern(&alternating).is_some());
+        assert!(!wildcard_match(&alternating, &b"a".repeat(100)));
+        assert!(wildcard_match(&alternating, &b"a".repeat(300)));
     }
 }

@@ -45,6 +45,7 @@ pub async fn run(listener: TcpListener, implicit_tls: bool, state: Arc<State>) {
         protocol: if implicit_tls { "imaps" } else { "imap" },
         implicit_tls,
         limit: state.imap_limit.clone(),
+        per_ip: state.imap_per_ip.clone(),
         busy: b"* BYE [UNAVAILABLE] Too many connections\r\n",
     };
     context::accept_loop(listener, how, state, |stream, peer, state| {

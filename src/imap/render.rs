@@ -26,7 +26,9 @@ pub const MAX_HEADER: usize = 1024 * 1024;
 /// One piece of a FETCH response.
 pub enum Chunk {
     Bytes(Vec<u8>),
-    /// `len` octets of the message from `start`, streamed from the spool.
+    /// `raw[range]` of the in-memory message (written from there, not copied).
+    Slice(std::ops::Range<usize>),
+    /// `len` octets of the message from `start`, streamed from the store.
     Stream {
         start: u64,
         len: u64,
@@ -39,6 +41,8 @@ pub struct Content {
     pub raw: Vec<u8>,
     pub whole: bool,
     pub size: u64,
+    /// For a large message: the line count of its body, when it was counted.
+    body_lines: Option<u64>,
     root: OnceLock<mime::Part>,
 }
 
@@ -49,18 +53,21 @@ impl Content {
             raw,
             whole: true,
             size,
+            body_lines: None,
             root: OnceLock::new(),
         }
     }
 
-    /// A large message of which only the header (`raw`) was read.
-    pub fn header_only(mut raw: Vec<u8>, size: u64) -> Content {
+    /// A large message of which only the header (the start of `raw`) is kept; `body_lines`
+    /// is its body's line count when the caller counted it.
+    pub fn header_only(mut raw: Vec<u8>, size: u64, body_lines: Option<u64>) -> Content {
         let end = mime::header_end(&raw);
         raw.truncate(end);
         Content {
             raw,
             whole: false,
             size,
+            body_lines,
             root: OnceLock::new(),
         }
     }
@@ -73,13 +80,24 @@ impl Content {
         self.root.get_or_init(|| {
             let mut root = mime::parse(&self.raw);
             if !self.whole {
-                // Degrade: the body is not here, so it is one opaque part of the right size.
+                // Degrade: the body is not here, so it is one opaque part (rendered from the
+                // sizes, never sliced).
                 root.kind = mime::Kind::Single;
-                root.body =
-                    root.header.end..root.header.end + (self.size as usize - root.header.end);
+                root.body = root.header.end..root.header.end;
             }
             root
         })
+    }
+
+    /// BODY / BODYSTRUCTURE.
+    fn structure(&self, extended: bool, out: &mut Vec<u8>) {
+        if self.whole {
+            structure::body_structure(&self.raw, self.root(), extended, out);
+        } else {
+            let octets = self.size.saturating_sub(self.raw.len() as u64);
+            let lines = self.body_lines.unwrap_or(0);
+            structure::opaque_structure(&self.raw, self.root(), octets, lines, extended, out);
+        }
     }
 }
 
@@ -107,7 +125,23 @@ pub fn item_names(
     if uid && !items.contains(&N::Uid) {
         items.insert(0, N::Uid);
     }
+    // An item asked for twice is answered once (RFC 3501 allows it; it also keeps one FETCH
+    // of `BODY[] BODY[] ...` from rendering the message again and again).
+    let mut unique: Vec<MessageDataItemName<'static>> = Vec::with_capacity(items.len());
+    for item in items {
+        if !unique.contains(&item) {
+            unique.push(item);
+        }
+    }
+    unique
+}
+
+/// True if any item needs BODY or BODYSTRUCTURE (for a large message, its line count).
+pub fn needs_structure(items: &[MessageDataItemName<'_>]) -> bool {
+    use MessageDataItemName as N;
     items
+        .iter()
+        .any(|i| matches!(i, N::Body | N::BodyStructure))
 }
 
 /// True if any item needs the message content.
@@ -128,39 +162,42 @@ pub fn sets_seen(items: &[MessageDataItemName<'_>]) -> bool {
     })
 }
 
-/// Renders `* seq FETCH (...)` for one message.
-pub fn render(
-    seq: u32,
-    meta: &MessageMeta,
-    flags: Flags,
-    items: &[MessageDataItemName<'_>],
-    content: Option<&Content>,
-    add_flags: bool,
-) -> Vec<Chunk> {
-    let mut r = Renderer {
-        chunks: Vec::new(),
-        buf: format!("* {seq} FETCH (").into_bytes(),
-        first: true,
-    };
-    for item in items {
-        r.item(meta, flags, item, content);
-    }
-    if add_flags && !items.contains(&MessageDataItemName::Flags) {
-        r.sep();
-        r.buf
-            .extend_from_slice(format!("FLAGS {}", flag_list(flags)).as_bytes());
-    }
-    r.buf.extend_from_slice(b")\r\n");
-    r.finish()
-}
-
-struct Renderer {
+/// Renders `* seq FETCH (...)` for one message, item by item: the caller takes the chunks
+/// after each item and writes them, so one response never holds more than one item.
+pub struct Renderer {
     chunks: Vec<Chunk>,
     buf: Vec<u8>,
     first: bool,
 }
 
 impl Renderer {
+    pub fn new(seq: u32) -> Renderer {
+        Renderer {
+            chunks: Vec::new(),
+            buf: format!("* {seq} FETCH (").into_bytes(),
+            first: true,
+        }
+    }
+
+    /// Closes the response; `add_flags` appends FLAGS when the FETCH set `\Seen`.
+    pub fn end(&mut self, flags: Flags, items: &[MessageDataItemName<'_>], add_flags: bool) {
+        if add_flags && !items.contains(&MessageDataItemName::Flags) {
+            self.sep();
+            self.buf
+                .extend_from_slice(format!("FLAGS {}", flag_list(flags)).as_bytes());
+        }
+        self.buf.extend_from_slice(b")\r\n");
+    }
+
+    /// The chunks rendered so far.
+    pub fn take(&mut self) -> Vec<Chunk> {
+        if !self.buf.is_empty() {
+            self.chunks
+                .push(Chunk::Bytes(std::mem::take(&mut self.buf)));
+        }
+        std::mem::take(&mut self.chunks)
+    }
+
     fn sep(&mut self) {
         if !self.first {
             self.buf.push(b' ');
@@ -168,12 +205,13 @@ impl Renderer {
         self.first = false;
     }
 
-    fn finish(mut self) -> Vec<Chunk> {
-        if !self.buf.is_empty() {
-            self.chunks
-                .push(Chunk::Bytes(std::mem::take(&mut self.buf)));
-        }
+    /// A literal of `raw[range]`, written from the message without a copy.
+    fn slice(&mut self, range: std::ops::Range<usize>) {
+        self.buf
+            .extend_from_slice(format!("{{{}}}\r\n", range.len()).as_bytes());
         self.chunks
+            .push(Chunk::Bytes(std::mem::take(&mut self.buf)));
+        self.chunks.push(Chunk::Slice(range));
     }
 
     fn stream(&mut self, start: u64, len: u64) {
@@ -184,7 +222,7 @@ impl Renderer {
         self.chunks.push(Chunk::Stream { start, len });
     }
 
-    fn item(
+    pub fn item(
         &mut self,
         meta: &MessageMeta,
         flags: Flags,
@@ -213,7 +251,7 @@ impl Renderer {
                 let extended = matches!(item, N::BodyStructure);
                 label_and(self, if extended { "BODYSTRUCTURE " } else { "BODY " });
                 match content {
-                    Some(c) => structure::body_structure(&c.raw, c.root(), extended, &mut self.buf),
+                    Some(c) => c.structure(extended, &mut self.buf),
                     None => self.buf.extend_from_slice(b"NIL"),
                 }
             }
@@ -283,7 +321,11 @@ impl Renderer {
             }
         }
         match select(c, section) {
-            Some(bytes) => {
+            Some(Cut::Range(r)) => {
+                let (s, e) = window(r.start as u64, r.end as u64, partial);
+                self.slice(s as usize..e as usize);
+            }
+            Some(Cut::Owned(bytes)) => {
                 let (s, e) = window(0, bytes.len() as u64, partial);
                 literal(&mut self.buf, &bytes[s as usize..e as usize]);
             }
@@ -311,7 +353,7 @@ impl Renderer {
                 self.stream(s, e - s);
             } else {
                 let (s, e) = window(0, c.raw.len() as u64, partial);
-                literal(&mut self.buf, &c.raw[s as usize..e as usize]);
+                self.slice(s as usize..e as usize);
             }
             return;
         }
@@ -351,8 +393,14 @@ fn window(start: u64, end: u64, partial: Option<(u32, NonZeroU32)>) -> (u64, u64
     }
 }
 
+/// A section's bytes: a range of the stored message, or bytes made from it.
+enum Cut {
+    Range(std::ops::Range<usize>),
+    Owned(Vec<u8>),
+}
+
 /// The bytes of a section of an in-memory (or header-only) message.
-fn select(c: &Content, section: Option<&Section<'_>>) -> Option<Vec<u8>> {
+fn select(c: &Content, section: Option<&Section<'_>>) -> Option<Cut> {
     let raw = &c.raw;
     let root = c.root();
     let path = |p: &Part| p.0.as_ref().iter().map(|n| n.get()).collect::<Vec<u32>>();
@@ -362,9 +410,9 @@ fn select(c: &Content, section: Option<&Section<'_>>) -> Option<Vec<u8>> {
             Some(p) => mime::as_message(mime::resolve(root, &path(p))?, false),
         }
     };
-    let in_range = |r: std::ops::Range<usize>| raw.get(r).map(<[u8]>::to_vec);
+    let in_range = |r: std::ops::Range<usize>| (r.end <= raw.len()).then_some(Cut::Range(r));
     match section {
-        None => c.whole.then(|| raw.clone()),
+        None => c.whole.then_some(Cut::Range(0..raw.len())),
         Some(Section::Part(p)) => {
             let part = mime::resolve(root, &path(p))?;
             c.whole.then(|| in_range(part.body.clone())).flatten()
@@ -376,14 +424,14 @@ fn select(c: &Content, section: Option<&Section<'_>>) -> Option<Vec<u8>> {
         }
         Some(Section::Mime(p)) => in_range(mime::resolve(root, &path(p))?.header.clone()),
         Some(Section::HeaderFields(p, names)) | Some(Section::HeaderFieldsNot(p, names)) => {
-            let header = in_range(message_of(p.as_ref())?.header.clone())?;
+            let header = raw.get(message_of(p.as_ref())?.header.clone())?;
             let keep = matches!(section, Some(Section::HeaderFields(..)));
             let names: Vec<Vec<u8>> = names
                 .as_ref()
                 .iter()
                 .map(|n| n.as_ref().to_ascii_lowercase())
                 .collect();
-            Some(filter_fields(&header, &names, keep))
+            Some(Cut::Owned(filter_fields(header, &names, keep)))
         }
     }
 }

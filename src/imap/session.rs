@@ -34,11 +34,15 @@ pub(super) struct Session {
     pub suppress: usize,
     /// Last bytes of the previous read, for [`input::oversized_literal`].
     tail: Vec<u8>,
+    /// Until a login succeeds the client must have logged in by then, however it trickles.
+    login_deadline: tokio::time::Instant,
 }
 
 impl Session {
     pub fn new(peer: SocketAddr, state: Arc<State>) -> Session {
+        let login_time = Duration::from_secs(state.config.imap.login_timeout_secs);
         Session {
+            login_deadline: tokio::time::Instant::now() + login_time,
             conn: Conn::new(peer, state),
             phase: Phase::NotAuthenticated,
             auth_tag: None,
@@ -175,11 +179,20 @@ impl Session {
         buf: &mut [u8],
         shutdown: &mut tokio::sync::watch::Receiver<bool>,
     ) -> std::io::Result<Option<usize>> {
-        let timeout = match self.phase.authed() {
-            Some(_) => Duration::from_secs(self.conn.state.config.imap.idle_timeout_secs),
-            None => PRE_AUTH_TIMEOUT,
+        let now = tokio::time::Instant::now();
+        let (deadline, why) = match self.phase.authed() {
+            Some(_) => {
+                let idle = Duration::from_secs(self.conn.state.config.imap.idle_timeout_secs);
+                (now + idle, "* BYE Autologout; idle for too long")
+            }
+            None if self.login_deadline < now + PRE_AUTH_TIMEOUT => {
+                (self.login_deadline, "* BYE Autologout; no login in time")
+            }
+            None => (
+                now + PRE_AUTH_TIMEOUT,
+                "* BYE Autologout; idle for too long",
+            ),
         };
-        let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if *shutdown.borrow() {
                 self.conn.line("* BYE Server shutting down");
@@ -201,7 +214,7 @@ impl Session {
                         Ok(Ok(n)) => Ok(Some(n)),
                         Ok(Err(e)) => Err(e),
                         Err(_) => {
-                            self.conn.line("* BYE Autologout; idle for too long");
+                            self.conn.line(why);
                             Ok(None)
                         }
                     };

@@ -9,9 +9,35 @@ use mail_parser::{Address, MessageParser};
 use super::wire::{nstring, string};
 use crate::mime::{raw_field, Info, Kind, Part};
 
-/// Number of lines (LF) in a byte range.
-fn lines(raw: &[u8], range: &Range<usize>) -> usize {
-    memchr::memchr_iter(b'\n', &raw[range.clone()]).count()
+/// Number of lines (LF) in a byte range (0 for bytes not in `raw`).
+fn lines(raw: &[u8], range: &Range<usize>) -> u64 {
+    raw.get(range.clone())
+        .map(|bytes| memchr::memchr_iter(b'\n', bytes).count() as u64)
+        .unwrap_or(0)
+}
+
+/// Size and line count of a part's body.
+#[derive(Clone, Copy)]
+struct Sizes {
+    octets: u64,
+    lines: u64,
+}
+
+/// BODY / BODYSTRUCTURE of a message too large to hold, of which only the header is in
+/// `header`: one part of `octets` octets and `lines` lines (counted while streaming it).
+pub fn opaque_structure(
+    header: &[u8],
+    root: &Part,
+    octets: u64,
+    lines: u64,
+    extended: bool,
+    out: &mut Vec<u8>,
+) {
+    let single = Part {
+        kind: Kind::Single,
+        ..root.clone()
+    };
+    single_structure(header, &single, Sizes { octets, lines }, extended, out);
 }
 
 /// Renders BODY (`extended = false`) or BODYSTRUCTURE.
@@ -31,11 +57,17 @@ pub fn body_structure(raw: &[u8], part: &Part, extended: bool, out: &mut Vec<u8>
             }
             out.push(b')');
         }
-        _ => single_structure(raw, part, extended, out),
+        _ => {
+            let sizes = Sizes {
+                octets: part.body.len() as u64,
+                lines: lines(raw, &part.body),
+            };
+            single_structure(raw, part, sizes, extended, out)
+        }
     }
 }
 
-fn single_structure(raw: &[u8], part: &Part, extended: bool, out: &mut Vec<u8>) {
+fn single_structure(raw: &[u8], part: &Part, sizes: Sizes, extended: bool, out: &mut Vec<u8>) {
     let info = &part.info;
     out.push(b'(');
     string(out, info.ctype.to_ascii_uppercase().as_bytes());
@@ -54,17 +86,17 @@ fn single_structure(raw: &[u8], part: &Part, extended: bool, out: &mut Vec<u8>) 
         .unwrap_or("7bit")
         .to_ascii_uppercase();
     string(out, encoding.as_bytes());
-    out.extend_from_slice(format!(" {}", part.body.len()).as_bytes());
+    out.extend_from_slice(format!(" {}", sizes.octets).as_bytes());
     match &part.kind {
         Kind::Message(inner) => {
             out.push(b' ');
-            envelope(&raw[inner.header.clone()], out);
+            envelope(raw.get(inner.header.clone()).unwrap_or_default(), out);
             out.push(b' ');
             body_structure(raw, inner, extended, out);
-            out.extend_from_slice(format!(" {}", lines(raw, &part.body)).as_bytes());
+            out.extend_from_slice(format!(" {}", sizes.lines).as_bytes());
         }
         _ if info.ctype.eq_ignore_ascii_case("text") => {
-            out.extend_from_slice(format!(" {}", lines(raw, &part.body)).as_bytes());
+            out.extend_from_slice(format!(" {}", sizes.lines).as_bytes());
         }
         _ => {}
     }

@@ -95,7 +95,10 @@ fn number(s: &str) -> Result<usize, ParseError> {
 fn one_number(args: &[&str]) -> Result<usize, ParseError> {
     match args {
         [n] => number(n),
-        _ => Err(ParseError::Syntax("a message number is required")),
+        [] => Err(ParseError::Syntax("a message number is required")),
+        _ => Err(ParseError::Syntax(
+            "one message number only: an extra argument was given",
+        )),
     }
 }
 
@@ -129,6 +132,13 @@ mod tests {
         assert!(parse("RETR 0").is_err());
         assert!(parse("RETR x").is_err());
         assert!(parse("DELE").is_err());
+        // curl's `pop3://host/1 -X 'DELE 1'` sends this: say what is wrong.
+        assert_eq!(
+            parse("DELE 1 1"),
+            Err(ParseError::Syntax(
+                "one message number only: an extra argument was given"
+            ))
+        );
         assert_eq!(parse("XYZZY"), Err(ParseError::Unknown));
         assert_eq!(
             parse("AUTH plain AGEAYg==").unwrap(),

@@ -10,7 +10,7 @@ mod stuff;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpListener;
@@ -45,6 +45,7 @@ pub async fn run(listener: TcpListener, implicit_tls: bool, state: Arc<State>) {
         protocol: if implicit_tls { "pop3s" } else { "pop3" },
         implicit_tls,
         limit: state.pop3_limit.clone(),
+        per_ip: state.pop3_per_ip.clone(),
         busy: b"-ERR [SYS/TEMP] Too many connections\r\n",
     };
     context::accept_loop(listener, how, state, serve_connection).await
@@ -98,6 +99,7 @@ struct Session {
     peer: SocketAddr,
     state: Arc<State>,
     login: Option<Maildrop>,
+    login_deadline: Instant,
     user: Option<String>,
     messages: Vec<MessageMeta>,
     deleted: Vec<bool>,
@@ -112,7 +114,9 @@ enum Next {
 
 impl Session {
     fn new(peer: SocketAddr, state: Arc<State>) -> Session {
+        let login_time = Duration::from_secs(state.config.pop3.login_timeout_secs);
         Session {
+            login_deadline: Instant::now() + login_time,
             peer,
             state,
             login: None,
@@ -140,7 +144,7 @@ impl Session {
     }
 
     async fn command_loop(&mut self, conn: &mut Conn) -> std::io::Result<Next> {
-        let timeout = Duration::from_secs(self.state.config.pop3.timeout_secs);
+        let idle = Duration::from_secs(self.state.config.pop3.timeout_secs);
         let mut shutdown = self.state.shutdown.clone();
         loop {
             if *shutdown.borrow() {
@@ -150,6 +154,15 @@ impl Session {
             if conn.buffer().is_empty() {
                 conn.get_mut().flush().await?;
             }
+            // Until login, every line must come before the login deadline, however slowly
+            // the client trickles bytes.
+            let timeout = match self.login {
+                Some(_) => idle,
+                None => idle.min(
+                    self.login_deadline
+                        .saturating_duration_since(Instant::now()),
+                ),
+            };
             let line = tokio::select! {
                 line = net::read_line_timeout(conn, MAX_LINE, timeout) => line,
                 _ = shutdown.changed() => continue,
@@ -266,7 +279,9 @@ impl Session {
                     None => {
                         send(conn, "+ \r\n").await?;
                         conn.get_mut().flush().await?;
-                        let timeout = Duration::from_secs(self.state.config.pop3.timeout_secs);
+                        let timeout = self
+                            .login_deadline
+                            .saturating_duration_since(Instant::now());
                         match net::read_line_timeout(conn, MAX_LINE, timeout).await? {
                             Line::Ok(l) => String::from_utf8_lossy(&l).into_owned(),
                             Line::TooLong => {
@@ -369,6 +384,14 @@ impl Session {
                 return self
                     .error(conn, "-ERR [AUTH] Invalid mailbox ID or password")
                     .await;
+            }
+            Err(AuthError::Busy) => {
+                tracing::info!(client = %self.peer, "pop3 login refused: too many logins in progress");
+                return send(
+                    conn,
+                    "-ERR [SYS/TEMP] Too many logins in progress from your address; try again\r\n",
+                )
+                .await;
             }
             Err(AuthError::Temporary(e)) => {
                 tracing::error!(client = %self.peer, error = %e, "pop3 login could not be checked");

@@ -37,6 +37,7 @@ pub async fn run(listener: TcpListener, implicit_tls: bool, state: Arc<State>) {
         protocol: if implicit_tls { "smtps" } else { "smtp" },
         implicit_tls,
         limit: state.smtp_limit.clone(),
+        per_ip: state.smtp_per_ip.clone(),
         busy: b"421 4.3.2 Too many connections, try again later\r\n",
     };
     context::accept_loop(listener, how, state, serve_connection).await
@@ -406,7 +407,9 @@ impl Session {
         }
         match self.state.spool.mailboxes().load(&id) {
             Ok(record) if record.status == Status::Active => Ok(id),
-            Ok(_) => Err("550 5.2.1 Mailbox disabled, not accepting messages".into()),
+            // Temporary, as MailStore Gateway answers: a 5xx would make Exchange give the
+            // report up (to its NDR mailbox) instead of retrying once the mailbox is resumed.
+            Ok(_) => Err("450 4.2.1 Mailbox suspended, try again later".into()),
             Err(MailboxError::NotFound(_)) => Err("550 5.1.1 No such mailbox".into()),
             Err(e) => {
                 tracing::error!(mailbox = %id, error = %e, "cannot load mailbox");

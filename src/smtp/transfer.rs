@@ -2,8 +2,9 @@
 //! chunks of a declared size (RFC 3030), and chunks that must be read and thrown away. One
 //! buffered-read helper serves all three, with the session's timeout on every read.
 
-use std::net::SocketAddr;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::io::AsyncBufReadExt;
 
@@ -11,10 +12,42 @@ use super::data::DotDecoder;
 use super::{Chunks, Session};
 use crate::net::Conn;
 
-/// The next buffered input (at least one byte), within `timeout`. A closed connection is
+/// How fast a body must come: every read within the session timeout, and on average
+/// `min_rate` octets per second once the grace period is over, so a client that trickles one
+/// byte every few seconds cannot hold a connection slot for hours.
+struct Pace {
+    start: Instant,
+    timeout: Duration,
+    grace: Duration,
+    min_rate: u64,
+}
+
+impl Pace {
+    fn new(session: &Session) -> Pace {
+        let smtp = &session.state.config.smtp;
+        Pace {
+            start: Instant::now(),
+            timeout: session.timeout(),
+            grace: Duration::from_secs(smtp.data_grace_secs),
+            min_rate: smtp.min_data_rate,
+        }
+    }
+
+    /// When the next read must have returned, `received` octets in.
+    fn deadline(&self, received: u64) -> Instant {
+        let next_read = Instant::now() + self.timeout;
+        if self.min_rate == 0 {
+            return next_read;
+        }
+        let owed = Duration::from_secs_f64(received as f64 / self.min_rate as f64);
+        next_read.min(self.start + self.grace + owed)
+    }
+}
+
+/// The next buffered input (at least one byte), by `deadline`. A closed connection is
 /// `UnexpectedEof`; the caller consumes what it used.
-async fn fill<'c>(conn: &'c mut Conn, timeout: Duration, what: &str) -> std::io::Result<&'c [u8]> {
-    let buf = tokio::time::timeout(timeout, conn.fill_buf())
+async fn fill<'c>(conn: &'c mut Conn, deadline: Instant, what: &str) -> std::io::Result<&'c [u8]> {
+    let buf = tokio::time::timeout_at(deadline, conn.fill_buf())
         .await
         .map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{what} timed out"))
@@ -29,11 +62,13 @@ async fn fill<'c>(conn: &'c mut Conn, timeout: Duration, what: &str) -> std::io:
 async fn read_exact(
     conn: &mut Conn,
     mut size: u64,
-    timeout: Duration,
+    pace: Pace,
     mut sink: impl FnMut(&[u8]),
 ) -> std::io::Result<()> {
+    let mut received = 0u64;
     while size > 0 {
-        let buf = fill(conn, timeout, "BDAT").await?;
+        let buf = fill(conn, pace.deadline(received), "BDAT").await?;
+        received += buf.len() as u64;
         let n = buf.len().min(usize::try_from(size).unwrap_or(usize::MAX));
         sink(&buf[..n]);
         conn.consume(n);
@@ -42,15 +77,24 @@ async fn read_exact(
     Ok(())
 }
 
-/// Logs a client that closed the connection in the middle of a message.
-fn vanished(peer: SocketAddr, what: &str, e: std::io::Error) -> std::io::Error {
-    if e.kind() == std::io::ErrorKind::UnexpectedEof {
-        tracing::info!(client = %peer, "client vanished during {what}; nothing stored");
-    }
-    e
-}
-
 impl Session {
+    /// A transfer that ended early: a client that vanished is logged; one too slow is told
+    /// (a 4xx: the sender retries) before the connection closes. Returns the error back.
+    async fn cut_off(&mut self, conn: &mut Conn, what: &str, e: std::io::Error) -> std::io::Error {
+        match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => {
+                tracing::info!(client = %self.peer, "client vanished during {what}; nothing stored");
+            }
+            std::io::ErrorKind::TimedOut => {
+                tracing::info!(client = %self.peer, "{what} too slow; nothing stored");
+                self.reply("451 4.4.2 Timeout: the message data arrived too slowly");
+                let _ = self.flush(conn).await;
+            }
+            _ => {}
+        }
+        e
+    }
+
     pub(super) async fn data(&mut self, conn: &mut Conn) -> std::io::Result<()> {
         if self.tx.as_ref().is_some_and(|tx| tx.chunks.is_some()) {
             self.error("503 5.5.1 DATA not allowed after BDAT");
@@ -78,10 +122,14 @@ impl Session {
         let mut out = Vec::with_capacity(64 * 1024);
         let mut body_size: u64 = 0;
         let mut too_big = false;
+        let pace = Pace::new(self);
+        let mut received = 0u64;
         loop {
-            let buf = fill(conn, self.timeout(), "DATA")
-                .await
-                .map_err(|e| vanished(self.peer, "DATA", e))?;
+            let buf = match fill(conn, pace.deadline(received), "DATA").await {
+                Ok(buf) => buf,
+                Err(e) => return Err(self.cut_off(conn, "DATA", e).await),
+            };
+            received += buf.len() as u64;
             out.clear();
             let end = decoder.feed(buf, &mut out);
             let consumed = end.unwrap_or(buf.len());
@@ -147,7 +195,7 @@ impl Session {
             });
         }
         let max = self.state.config.smtp.max_message_size;
-        let timeout = self.timeout();
+        let pace = Pace::new(self);
         let chunks = self
             .tx
             .as_mut()
@@ -155,8 +203,7 @@ impl Session {
             .chunks
             .as_mut()
             .expect("chunks");
-        let peer = self.peer;
-        let result = read_exact(conn, size, timeout, |bytes| {
+        let result = read_exact(conn, size, pace, |bytes| {
             chunks.received += bytes.len() as u64;
             if chunks.received > max {
                 chunks.too_big = true;
@@ -167,7 +214,9 @@ impl Session {
             }
         })
         .await;
-        result.map_err(|e| vanished(peer, "BDAT", e))?;
+        if let Err(e) = result {
+            return Err(self.cut_off(conn, "BDAT", e).await);
+        }
         if chunks.too_big {
             tracing::info!(client = %self.peer, "smtp message refused: too big");
             self.tx = None;
@@ -184,6 +233,6 @@ impl Session {
     }
 
     async fn discard(&mut self, conn: &mut Conn, size: u64) -> std::io::Result<()> {
-        read_exact(conn, size, self.timeout(), |_| {}).await
+        read_exact(conn, size, Pace::new(self), |_| {}).await
     }
 }

@@ -23,6 +23,7 @@ pub(super) struct Committer {
     pub(super) changes: broadcast::Sender<ChangeKey>,
     pub(super) uids: Arc<Mutex<HashMap<MailboxId, UidState>>>,
     pub(super) intake: Arc<Mutex<Option<Arc<Intake>>>>,
+    pub(super) fresh: super::Fresh,
 }
 
 pub(super) struct UidState {
@@ -75,7 +76,10 @@ impl Committer {
                 jobs.iter().map(|(_, m)| (mailbox.clone(), *m)).collect();
             if synced.is_ok() {
                 if let Err(e) = self.index.insert(&entries) {
-                    tracing::warn!(error = %e, "index update failed; it is rebuilt at next start");
+                    // The messages are durable and will be answered 250: readers must see
+                    // them, so the mailbox is read from its folder until the index is repaired.
+                    tracing::warn!(mailbox = %mailbox, error = %e, "index update failed; reading the mailbox from its folder");
+                    self.fresh.lock().unwrap().remove(&mailbox);
                 }
                 let _ = self.changes.send(mailbox.to_string());
             }

@@ -122,7 +122,15 @@ pub struct Spool {
     uids: Arc<Mutex<HashMap<MailboxId, UidState>>>,
     /// The archive intake, when the archive is on.
     intake: Arc<Mutex<Option<Arc<Intake>>>>,
+    /// Mailboxes whose index entries are known to match their folder, with the index
+    /// generation they were checked at. Any other mailbox (an index write failed, e.g. on a
+    /// full disk, or the index was reopened since) is read from its folder, and the index
+    /// repaired from it, until that succeeds.
+    fresh: Fresh,
 }
+
+/// See [`Spool::fresh`]; shared with the committer.
+pub(super) type Fresh = Arc<Mutex<HashMap<MailboxId, u64>>>;
 
 struct CommitJob {
     dest: Dest,
@@ -158,6 +166,7 @@ impl Spool {
             edits: Mutex::new(()),
             uids: Arc::new(Mutex::new(HashMap::new())),
             intake: Arc::new(Mutex::new(None)),
+            fresh: Fresh::default(),
         });
         let report = spool.reconcile()?;
         if report.added + report.removed > 0 {
@@ -173,6 +182,7 @@ impl Spool {
             changes,
             uids: spool.uids.clone(),
             intake: spool.intake.clone(),
+            fresh: spool.fresh.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("spool-commit".into())
@@ -226,8 +236,14 @@ impl Spool {
         let _guard = self.edits.lock().unwrap();
         let dir = self.mailboxes.msg_dir(id);
         let mut updated = Vec::new();
+        let uids: Vec<u32> = changes.iter().map(|(uid, _)| *uid).collect();
+        let found: HashMap<u32, MessageMeta> = self
+            .find(id, &uids)?
+            .into_iter()
+            .map(|m| (m.uid, m))
+            .collect();
         for (uid, flags) in changes {
-            let Some(meta) = self.index.get(id, *uid)? else {
+            let Some(&meta) = found.get(uid) else {
                 continue;
             };
             if meta.flags == *flags {
@@ -245,8 +261,10 @@ impl Spool {
             }
             updated.push(new);
         }
-        self.index
-            .insert(&updated.iter().map(|m| (id.clone(), *m)).collect::<Vec<_>>())?;
+        let entries: Vec<_> = updated.iter().map(|m| (id.clone(), *m)).collect();
+        if let Err(e) = self.index.insert(&entries) {
+            self.mark_stale(id, &e);
+        }
         let _ = self.changes.send(id.to_string());
         Ok(updated)
     }
@@ -257,7 +275,7 @@ impl Spool {
         let mut present = HashSet::new();
         for record in self.mailboxes.list()? {
             let files = scan_dir(&self.mailboxes.msg_dir(&record.id))?;
-            let (a, r) = self.index.replace(record.id.as_str(), &files.messages)?;
+            let (a, r) = self.repair(&record.id, &files.messages)?;
             report.added += a;
             report.removed += r;
             report.messages += files.messages.len();
@@ -315,9 +333,78 @@ impl Spool {
         }
     }
 
-    /// The messages of a mailbox, in UID order.
+    /// The messages of a mailbox, in UID order: from the index, or from the folder itself
+    /// when the index is stale or failing (then the index is repaired from it, if it can be).
     pub fn list(&self, id: &MailboxId) -> Result<Listing, SpoolError> {
-        Ok(self.index.list(id)?)
+        if self.is_fresh(id) {
+            match self.index.list(id) {
+                Ok(list) => return Ok(list),
+                Err(e) => self.mark_stale(id, &e),
+            }
+        }
+        let files = scan_dir(&self.mailboxes.msg_dir(id))?;
+        let _ = self.repair(id, &files.messages);
+        Ok(files.messages)
+    }
+
+    /// Makes the index entries of a mailbox what its folder holds (`messages`, just scanned)
+    /// and, when the folder did not change meanwhile, marks the mailbox fresh. No lock is
+    /// needed: a delivery, flag change or expunge renames its file before it writes the index,
+    /// so one that races with the repair either shows in the second scan (the mailbox stays
+    /// unfresh and is repaired again next time) or writes the index after the repair.
+    fn repair(
+        &self,
+        id: &MailboxId,
+        messages: &[MessageMeta],
+    ) -> Result<(usize, usize), SpoolError> {
+        let generation = self.index.generation();
+        let counts = self.index.replace(id.as_str(), messages)?;
+        if scan_dir(&self.mailboxes.msg_dir(id))?.messages == messages {
+            self.fresh.lock().unwrap().insert(id.clone(), generation);
+        }
+        Ok(counts)
+    }
+
+    fn is_fresh(&self, id: &MailboxId) -> bool {
+        self.fresh.lock().unwrap().get(id) == Some(&self.index.generation())
+    }
+
+    /// One message as it is now (its flags may have changed since it was listed).
+    fn current(&self, id: &MailboxId, uid: u32) -> Result<Option<MessageMeta>, SpoolError> {
+        if self.is_fresh(id) {
+            match self.index.get(id, uid) {
+                Ok(found) => return Ok(found),
+                Err(e) => self.mark_stale(id, &e),
+            }
+        }
+        let list = self.list(id)?;
+        Ok(list
+            .binary_search_by_key(&uid, |m| m.uid)
+            .ok()
+            .map(|i| list[i]))
+    }
+
+    /// The messages of `uids` that exist, as they are now (one folder scan when stale).
+    fn find(&self, id: &MailboxId, uids: &[u32]) -> Result<Vec<MessageMeta>, SpoolError> {
+        if uids.len() > 1 && !self.is_fresh(id) {
+            let wanted: HashSet<u32> = uids.iter().copied().collect();
+            return Ok(self
+                .list(id)?
+                .into_iter()
+                .filter(|m| wanted.contains(&m.uid))
+                .collect());
+        }
+        let mut found = Vec::with_capacity(uids.len());
+        for uid in uids {
+            found.extend(self.current(id, *uid)?);
+        }
+        Ok(found)
+    }
+
+    fn mark_stale(&self, id: &MailboxId, error: &IndexError) {
+        if self.fresh.lock().unwrap().remove(id).is_some() {
+            tracing::warn!(mailbox = %id, error = %error, "index failed; reading the mailbox from its folder");
+        }
     }
 
     /// Opens a message for reading: returns a reader of the message bytes (envelope skipped).
@@ -330,8 +417,7 @@ impl Spool {
     ) -> Result<impl Read + Send + use<>, SpoolError> {
         // Flags may have been renamed since the caller listed the message.
         let meta = self
-            .index
-            .get(id, meta.uid)?
+            .current(id, meta.uid)?
             .ok_or(SpoolError::NoSuchMessage)?;
         let path = self.mailboxes.msg_dir(id).join(meta.file_name());
         let file = File::open(&path).map_err(|e| match e.kind() {
@@ -357,10 +443,9 @@ impl Spool {
         }
         let _guard = self.edits.lock().unwrap();
         let dir = self.mailboxes.msg_dir(id);
-        for uid in uids {
-            let Some(meta) = self.index.get(id, *uid)? else {
-                continue;
-            };
+        // Deleting frees space, so it must work on a full disk: it needs no index write to
+        // succeed (a failed one leaves the mailbox read from its folder).
+        for meta in self.find(id, uids)? {
             match fs::remove_file(dir.join(meta.file_name())) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -368,7 +453,9 @@ impl Spool {
             }
         }
         fsutil::sync_dir(&dir)?;
-        self.index.remove(id, uids)?;
+        if let Err(e) = self.index.remove(id, uids) {
+            self.mark_stale(id, &e);
+        }
         let _ = self.changes.send(id.to_string());
         Ok(())
     }

@@ -106,7 +106,7 @@ def test_suspend_resume_delete(gw, running):
 
     set_running(gw, True)
     code, text = rcpt_reply(gw, m["address"])
-    assert code == 550 and "5.2.1" in text, text
+    assert code == 450 and "4.2.1" in text, text
     set_running(gw, running)
 
     gw.cli("mailbox", "resume", mid)
@@ -262,7 +262,7 @@ def test_cli_while_running_sees_live_state(gw):
     with pytest.raises(smtplib.SMTPRecipientsRefused) as ei:
         send_smtp(gw, m["address"], make_message())
     code, text = ei.value.recipients[m["address"]]
-    assert code == 550 and b"5.2.1" in text
+    assert code == 450 and b"4.2.1" in text
 
 
 def test_rebuild_index_while_running(gw):
@@ -313,7 +313,7 @@ def test_cli_after_kill9_with_stale_admin_socket(gw):
     assert gw.show(m2["id"])["status"] == "suspended"
     gw.start()
     code, text = rcpt_reply(gw, m2["address"])
-    assert code == 550 and "5.2.1" in text, text
+    assert code == 450 and "4.2.1" in text, text
     send_smtp(gw, m["address"], make_message())
     assert len(pop3_fetch_all(gw, m)) == 1
 

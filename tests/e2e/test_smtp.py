@@ -360,7 +360,7 @@ def test_recipient_errors(gw):
             (f"postmaster@{HOSTNAME}", 550, "5.1.1"),
             (f"{m['id']}@other.example", 550, "5.7.1"),
             ("someone@contoso.example", 550, "5.7.1"),
-            (s["address"], 550, "5.2.1"),
+            (s["address"], 450, "4.2.1"),
         ]
         for addr, want, enh in cases:
             code, text = c.cmd(f"RCPT TO:<{addr}>")
