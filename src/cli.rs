@@ -140,6 +140,16 @@ pub enum MailboxCommand {
     Delete(IdArg),
     /// New password and key; unread mail sealed to the old key is set aside.
     ResetPassword(IdArg),
+    /// Pins the mailbox to its Microsoft 365 tenant (ID or X-OriginatorOrg domain): reports
+    /// that name another tenant are quarantined. `--clear` removes the pin.
+    Tenant {
+        id: String,
+        tenant: Option<String>,
+        #[arg(long, conflicts_with = "tenant")]
+        clear: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs a command other than `serve`; returns the process exit code.
@@ -354,6 +364,27 @@ fn mailbox(config: &Config, cmd: MailboxCommand) -> Result<i32> {
                 }
             }
         }
+        MailboxCommand::Tenant {
+            id,
+            tenant,
+            clear,
+            json,
+        } => {
+            let id = parse_id(&id)?;
+            let record = match (tenant, clear) {
+                (Some(t), _) => boxes.set_tenant(&id, Some(&t))?,
+                (None, true) => boxes.set_tenant(&id, None)?,
+                (None, false) => boxes.load(&id)?,
+            };
+            if json {
+                print_json(&json!({"id": id, "tenant": record.tenant}));
+            } else {
+                println!(
+                    "{id}: tenant {}",
+                    record.tenant.as_deref().unwrap_or("(not pinned)")
+                );
+            }
+        }
         MailboxCommand::Suspend(arg) => set_status(config, &boxes, &arg, Status::Suspended)?,
         MailboxCommand::Resume(arg) => set_status(config, &boxes, &arg, Status::Active)?,
         MailboxCommand::Delete(arg) => {
@@ -418,6 +449,7 @@ fn describe(config: &Config, boxes: &Mailboxes, r: &MailboxRecord) -> Result<Val
         "bytes": bytes,
         "created": r.created,
         "uidvalidity": r.uidvalidity,
+        "tenant": r.tenant,
     }))
 }
 

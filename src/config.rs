@@ -237,6 +237,13 @@ pub struct ArchiveConfig {
     /// Headers that name the envelope recipients of plain copies (`X-Envelope-To`), trusted
     /// only from the given network.
     pub envelope_headers: Vec<EnvelopeHeader>,
+    /// Where the server-held intake key lives (it must not be in `data_dir`). Default:
+    /// `$CREDENTIALS_DIRECTORY/intake.key` when systemd provides it, else `<data_dir>.intake.key`
+    /// beside the data directory.
+    pub intake_key_file: Option<PathBuf>,
+    /// Hours a new item's intake copy is kept for merging duplicate reports (0: none kept;
+    /// duplicates are then stored twice).
+    pub dedupe_hours: u64,
 }
 
 impl Default for ArchiveConfig {
@@ -247,6 +254,8 @@ impl Default for ArchiveConfig {
             journal_sources: vec![],
             retention_days: 0,
             envelope_headers: vec![],
+            intake_key_file: None,
+            dedupe_hours: 48,
         }
     }
 }

@@ -109,6 +109,23 @@ pub struct Report {
     /// Non-blank lines of the report part that are not `Name: value` fields. A genuine report
     /// has none; callers should not trust a report that has some.
     pub stray_lines: usize,
+    /// The tenant the report message says it comes from: the values of its
+    /// `X-MS-Exchange-CrossTenant-Id` and `X-OriginatorOrg` header fields (of the report
+    /// itself, also when it came inside an NDR), lowercased.
+    pub tenant: Vec<String>,
+}
+
+/// The header fields that name the Microsoft 365 tenant a message was sent by.
+pub const TENANT_FIELDS: [&str; 2] = ["X-MS-Exchange-CrossTenant-Id", "X-OriginatorOrg"];
+
+/// The tenant values of a header block (see [`Report::tenant`]).
+pub fn tenant_of(header: &[u8]) -> Vec<String> {
+    TENANT_FIELDS
+        .iter()
+        .flat_map(|name| mime::raw_fields(header, name))
+        .map(|v| String::from_utf8_lossy(&v).trim().to_ascii_lowercase())
+        .filter(|v| !v.is_empty())
+        .collect()
 }
 
 impl Report {
@@ -214,6 +231,7 @@ fn parse_report(raw: &[u8], message: &Part, format: Format) -> Option<Report> {
         return None;
     }
     report.originals = originals;
+    report.tenant = tenant_of(&raw[message.header.clone()]);
     Some(report)
 }
 
@@ -239,6 +257,7 @@ fn parse_fields(text: &str, format: Format) -> Report {
         recipients: Vec::new(),
         originals: Vec::new(),
         stray_lines: 0,
+        tenant: Vec::new(),
     };
     let mut in_recipients_2003 = false;
     for line in logical_lines(text) {

@@ -94,6 +94,11 @@ pub struct MailboxRecord {
     pub public_key: String,
     /// Incremented by each password reset; mail sealed to older keys is moved aside.
     pub key_generation: u32,
+    /// The Microsoft 365 tenant this mailbox journals for (a tenant ID or the
+    /// `X-OriginatorOrg` domain, lowercase). When set, a journal report that does not name it
+    /// is not trusted, and only a report that does is unwrapped from an NDR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 const RECORD: &str = "mailbox.json";
@@ -140,6 +145,7 @@ impl Mailboxes {
             uidvalidity: uidvalidity_now(),
             public_key: keys.public,
             key_generation: 1,
+            tenant: None,
         };
         // Build the mailbox in a hidden directory, then publish it with one rename.
         let staging = self.root.join(format!(".new-{id}"));
@@ -186,6 +192,20 @@ impl Mailboxes {
     ) -> Result<MailboxRecord, MailboxError> {
         let mut record = self.load(id)?;
         record.status = status;
+        write_record(&self.dir(id), &record)?;
+        Ok(record)
+    }
+
+    /// Pins the mailbox to a tenant (None removes the pin).
+    pub fn set_tenant(
+        &self,
+        id: &MailboxId,
+        tenant: Option<&str>,
+    ) -> Result<MailboxRecord, MailboxError> {
+        let mut record = self.load(id)?;
+        record.tenant = tenant
+            .map(|t| t.trim().to_ascii_lowercase())
+            .filter(|t| !t.is_empty());
         write_record(&self.dir(id), &record)?;
         Ok(record)
     }

@@ -18,7 +18,7 @@ use super::fingerprint::Normalizer;
 use super::plan::Plan;
 use super::skeleton::Skeleton;
 use super::store::{Item, Origin};
-use super::{Archive, ArchiveError, DECODE_MAX, DEDUPE_WINDOW};
+use super::{Archive, ArchiveError, DECODE_MAX};
 
 /// Intake files archived per durable commit (at most; fewer when the queue runs dry).
 pub(super) const COMMIT_EVERY: usize = 64;
@@ -363,7 +363,7 @@ impl Archive {
                 .metadata()?
                 .modified()?
                 .elapsed()
-                .is_ok_and(|age| age > DEDUPE_WINDOW);
+                .is_ok_and(|age| age > self.dedupe_window());
             if old {
                 fs::remove_file(entry.path())?;
             }

@@ -9,11 +9,13 @@
 //! durably ([`store`]), and only then deletes the intake file. A crash at any point is
 //! resumed: the intake file is still there, and an item already recorded is not filed twice.
 //!
-//! The intake key is held by the server (`archive/intake.key`, mode 0600): the archive has to
-//! be written without any user's password. Intake files live only until they are processed.
+//! The intake key is held by the server, outside `data_dir` (see [`keys`]): the archive has
+//! to be written without any user's password. Intake files live only until they are
+//! processed; the copies kept for merging duplicates live `dedupe_hours` (default 48).
 
 mod file;
 mod fingerprint;
+mod keys;
 mod plan;
 mod reader;
 pub use reader::ArchiveStore;
@@ -31,7 +33,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use age::secrecy::ExposeSecret;
 use serde::Serialize;
 
 use crate::config::ArchiveConfig;
@@ -48,9 +49,6 @@ use users::{UserRecord, Users};
 pub const UNKNOWN_FOLDER: &str = "unknown";
 /// IMAP name of that folder (auditors only).
 pub const UNKNOWN_NAME: &str = "Unknown Addresses";
-/// How long a new item stays re-sealable for duplicate reports (bifurcated reports, an NDR'd
-/// report sent again).
-pub(crate) const DEDUPE_WINDOW: Duration = Duration::from_secs(48 * 3600);
 /// An intake file the worker started this often without finishing is set aside.
 const MAX_ATTEMPTS: u32 = 2;
 /// How often retention runs.
@@ -92,6 +90,8 @@ pub struct Stats {
     pub unknown: u64,
     pub duplicates_merged: u64,
     pub untrusted_reports: u64,
+    /// Reports from a trusted network set aside (see `plan::distrust`).
+    pub quarantined_reports: u64,
     pub skipped_unknown: u64,
     pub reports_without_original: u64,
     pub unreadable_dropped: u64,
@@ -139,7 +139,8 @@ impl Archive {
         for entry in fs::read_dir(&tmp_dir)? {
             fs::remove_file(entry?.path())?;
         }
-        let intake_identity = load_or_create_key(&dir.join("intake.key"))?;
+        let key_path = keys::intake_key_path(config, spool.data_dir());
+        let intake_identity = keys::load_intake_key(&key_path, &dir.join("intake.key"))?;
         let secret = load_or_create_secret(&dir.join("dedupe.key"))?;
         let users = Users::new(spool.data_dir());
         users.clean_leftovers()?;
@@ -179,6 +180,12 @@ impl Archive {
             .name("archive".into())
             .spawn(move || me.work(rx))?;
         Ok(())
+    }
+
+    /// How long a new item's intake copy is kept for merging duplicate reports (bifurcated
+    /// reports, an NDR'd report sent again); zero keeps none.
+    pub(crate) fn dedupe_window(&self) -> Duration {
+        Duration::from_secs(self.config.dedupe_hours.saturating_mul(3600))
     }
 
     /// Asks the worker to stop after the item in progress (unprocessed intake stays queued).
@@ -281,22 +288,6 @@ fn intake_time(name: &str) -> Option<i64> {
     (rand.len() == 32 && rand.bytes().all(|b| b.is_ascii_hexdigit()))
         .then(|| time.parse().ok())
         .flatten()
-}
-
-fn load_or_create_key(path: &Path) -> Result<Identity, ArchiveError> {
-    match fs::read_to_string(path) {
-        Ok(text) => text
-            .trim()
-            .parse::<Identity>()
-            .map_err(|e| ArchiveError::Damaged(format!("{}: {e}", path.display()))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let identity = Identity::generate();
-            let text = format!("{}\n", identity.to_string().expose_secret());
-            fsutil::write_atomic(path, text.as_bytes(), 0o600)?;
-            Ok(identity)
-        }
-        Err(e) => Err(e.into()),
-    }
 }
 
 fn load_or_create_secret(path: &Path) -> Result<Vec<u8>, ArchiveError> {

@@ -39,6 +39,24 @@ impl Archive {
             .is_ok_and(|ip| self.config.journal_sources.iter().any(|n| n.contains(ip)));
         let mut counters = Vec::new();
         let classification = journal::classify(&skeleton.bytes);
+        if trusted {
+            let pins = self.tenant_pins(envelope);
+            if let Some(why) = distrust(&classification, &pins) {
+                tracing::warn!(
+                    client = %envelope.client, queue_id = %envelope.id, why,
+                    "journal report from a trusted source quarantined in Unknown Addresses"
+                );
+                counters.push(("quarantined_reports", 1));
+                return Plan {
+                    originals: vec![(0..skeleton.total, false)],
+                    message_id: header_message_id(&skeleton.bytes),
+                    folders: BTreeSet::from([UNKNOWN_FOLDER.to_owned()]),
+                    users: Vec::new(),
+                    unknown: true,
+                    counters,
+                };
+            }
+        }
         let report = match classification {
             Classification::Journal(r) | Classification::NdrJournal(r) if !trusted => {
                 tracing::warn!(
@@ -83,6 +101,19 @@ impl Archive {
         }
         plan.counters = counters;
         plan
+    }
+
+    /// The tenant pins of the gateway mailboxes a message was delivered to.
+    fn tenant_pins(&self, envelope: &Envelope) -> Vec<String> {
+        let mailboxes = self.spool.mailboxes();
+        envelope
+            .rcpt_to
+            .iter()
+            .filter_map(|a| a.split('@').next())
+            .filter_map(|local| crate::mailbox::MailboxId::parse(local).ok())
+            .filter_map(|id| mailboxes.load(&id).ok())
+            .filter_map(|record| record.tenant)
+            .collect()
     }
 
     fn plan_report(
@@ -247,4 +278,67 @@ fn contains_ci(haystack: &[u8], needle: &[u8]) -> bool {
     haystack
         .windows(needle.len())
         .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// Why a journal report from a trusted network must not be trusted after all, if so. A trusted
+/// network is not proof: Microsoft 365's outbound ranges are shared by every tenant, and an
+/// NDR carries back whatever the bounced message contained.
+/// - stray lines in the report part: a genuine report has none (someone added text);
+/// - a pinned mailbox (`mailbox tenant`) gets only reports that name its tenant;
+/// - an NDR-wrapped report is trusted only with that evidence (a pin that it names).
+fn distrust(classification: &Classification, pins: &[String]) -> Option<&'static str> {
+    let (report, ndr) = match classification {
+        Classification::Journal(r) => (r, false),
+        Classification::NdrJournal(r) => (r, true),
+        Classification::Plain => return None,
+    };
+    if report.stray_lines > 0 {
+        return Some("the report part has lines that are not report fields");
+    }
+    let names_pin = report.tenant.iter().any(|t| pins.contains(t));
+    if !pins.is_empty() && !names_pin {
+        return Some("the report does not name the tenant the mailbox is pinned to");
+    }
+    if ndr && pins.is_empty() {
+        return Some("an NDR-wrapped report is trusted only for a mailbox pinned to its tenant");
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(stray_lines: usize, tenant: &[&str]) -> Report {
+        Report {
+            format: journal::Format::Exchange2007,
+            sender: None,
+            on_behalf_of: None,
+            subject: None,
+            message_id: None,
+            recipients: Vec::new(),
+            originals: Vec::new(),
+            stray_lines,
+            tenant: tenant.iter().map(|t| t.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn trusted_reports_need_evidence() {
+        let pin = vec!["contoso.example".to_owned()];
+        let direct = |r| Classification::Journal(r);
+        let ndr = |r| Classification::NdrJournal(r);
+        assert_eq!(distrust(&direct(report(0, &[])), &[]), None);
+        assert!(distrust(&direct(report(1, &[])), &[]).is_some());
+        assert_eq!(
+            distrust(&direct(report(0, &["contoso.example"])), &pin),
+            None
+        );
+        assert!(distrust(&direct(report(0, &["fabrikam.example"])), &pin).is_some());
+        assert!(distrust(&direct(report(0, &[])), &pin).is_some());
+        assert!(distrust(&ndr(report(0, &["contoso.example"])), &[]).is_some());
+        assert_eq!(distrust(&ndr(report(0, &["contoso.example"])), &pin), None);
+        assert!(distrust(&ndr(report(2, &["contoso.example"])), &pin).is_some());
+        assert_eq!(distrust(&Classification::Plain, &pin), None);
+    }
 }

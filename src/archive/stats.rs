@@ -54,6 +54,7 @@ pub(super) fn collect_stats(
         unknown: get("unknown"),
         duplicates_merged: get("duplicates_merged"),
         untrusted_reports: get("untrusted_reports"),
+        quarantined_reports: get("quarantined_reports"),
         skipped_unknown: get("skipped_unknown"),
         reports_without_original: get("reports_without_original"),
         unreadable_dropped: get("unreadable_dropped"),

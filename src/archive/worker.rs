@@ -190,8 +190,10 @@ impl Archive {
         }
         // A file that gave a new item is kept a while (sealed to the server key, as it was)
         // so duplicates can be merged; a lost rename only costs that.
+        let keeping = !self.dedupe_window().is_zero();
         for (path, keep) in std::mem::take(&mut pending.intake) {
             let kept = keep
+                && keeping
                 && path
                     .file_name()
                     .is_some_and(|name| fs::rename(&path, self.recent_dir.join(name)).is_ok());

@@ -93,6 +93,9 @@ def test_corpus_report_archived(archive_gw, path):
     extra = NOT_PARTICIPANTS.get(path.name, [])
     users = add_users(gw, *sorted(sent | inbox), *extra, auditor=AUD)
     ndr = path.name == NDR_WRAPPED
+    if ndr:
+        # an NDR-wrapped report is trusted only for a mailbox pinned to its tenant (issue 10)
+        gw.cli("mailbox", "tenant", gw.jmbx["id"], "contoso.example")
     send_report(gw, raw, sender="" if ndr else JOURNAL_NDR)
 
     item = expected_original(raw)
@@ -123,6 +126,7 @@ def test_ndr_wrapped_and_direct_report_of_one_message_merge(archive_gw):
     wrapped = crlf((CORPUS / "constructed" / NDR_WRAPPED).read_bytes())
     assert expected_original(direct) == expected_original(wrapped)
     gw = archive_gw()
+    gw.cli("mailbox", "tenant", gw.jmbx["id"], "contoso.example")
     sent, inbox = CORPUS_ROLES[EXTENDED]
     users = add_users(gw, *sorted(sent | inbox), auditor=AUD)
     send_report(gw, direct)
@@ -361,6 +365,52 @@ def test_forged_report_from_untrusted_source(archive_gw, sources):
                          "ceo@contoso.example": {"sent": 0}, AUD: {"inbox": 0}})
     check_archive(gw, {}, unknown=[Whole(forged)])
     gateway_mailbox_has(gw, [forged])
+
+
+def test_trusted_report_with_stray_lines_is_quarantined(archive_gw):
+    """A report from a trusted network whose report part has extra text (issue 10: it was
+    trusted anyway) goes to Unknown Addresses, counted, never to the named users."""
+    gw = archive_gw()
+    add_users(gw, ALICE, BOB, auditor=AUD)
+    orig = make_original(subject="invoice", sender=ALICE, to=BOB)
+    forged = journal_report(ALICE, [("To", BOB)], original=orig,
+                            extra_report_lines=["Please also file this for everyone"])
+    send_report(gw, forged)
+    wait_archived(gw, items=1, unknown=1, quarantined_reports=1,
+                  users={BOB: {"inbox": 0}, ALICE: {"sent": 0}})
+    check_archive(gw, {}, unknown=[Whole(forged)])
+
+
+@needs_corpus
+def test_ndr_wrapped_report_needs_a_tenant_pin(archive_gw):
+    """An NDR carries whatever the bounced message contained: without a tenant pin on the
+    mailbox, its inner report is quarantined, not filed for the users it names."""
+    wrapped = crlf((CORPUS / "constructed" / NDR_WRAPPED).read_bytes())
+    gw = archive_gw()
+    sent, inbox = CORPUS_ROLES[NDR_WRAPPED]
+    add_users(gw, *sorted(sent | inbox), auditor=AUD)
+    send_report(gw, wrapped, sender="")
+    wait_archived(gw, items=1, unknown=1, quarantined_reports=1, ndr_unwrapped=0)
+    check_archive(gw, {}, unknown=[Whole(wrapped)])
+
+
+def test_tenant_pin_quarantines_reports_of_other_tenants(archive_gw):
+    """Microsoft 365's outbound ranges are shared by every tenant: a pinned mailbox files
+    only reports that name its tenant (X-OriginatorOrg / X-MS-Exchange-CrossTenant-Id)."""
+    gw = archive_gw()
+    gw.cli("mailbox", "tenant", gw.jmbx["id"], "Contoso.example")
+    assert gw.cli("mailbox", "show", gw.jmbx["id"])["tenant"] == "contoso.example"
+    add_users(gw, ALICE, BOB, auditor=AUD)
+    ours = journal_report(ALICE, [("To", BOB)],
+                          original=make_original(subject="ours", sender=ALICE, to=BOB),
+                          wrapper_headers=["X-OriginatorOrg: contoso.example"])
+    theirs = journal_report(ALICE, [("To", BOB)],
+                            original=make_original(subject="theirs", sender=ALICE, to=BOB),
+                            wrapper_headers=["X-OriginatorOrg: fabrikam.example"])
+    send_report(gw, ours)
+    send_report(gw, theirs)
+    wait_archived(gw, items=2, unknown=1, quarantined_reports=1,
+                  users={BOB: {"inbox": 1}, ALICE: {"sent": 1}})
 
 
 def test_plain_copy_with_trusted_envelope_header(archive_gw):

@@ -385,3 +385,19 @@ def test_parallel_wrong_passwords_are_refused_not_queued(make_igw):
     assert busy, answers
     assert all(t < 2 for t, _ in busy), busy
     assert all(a.startswith(b"NO") for _, a in answers), answers
+
+
+def test_intake_key_is_kept_out_of_data_dir(make_igw):
+    """Read access to data_dir alone decrypted 48 h of mail (archive/intake.key sat in it):
+    the key now lives beside it, and a key left inside by an older version is moved out."""
+    gw = make_igw()
+    key = gw.data_dir.with_name(gw.data_dir.name + ".intake.key")
+    assert key.is_file() and key.stat().st_mode & 0o777 == 0o600
+    assert not [p for p in gw.data_dir.rglob("*") if p.name == "intake.key"]
+    gw.stop()
+    legacy = gw.data_dir / "archive" / "intake.key"
+    key.rename(legacy)
+    gw.start()
+    assert key.is_file() and not legacy.exists()
+    rc, out, err = gw.cli_raw("check")
+    assert rc == 0, (out, err)
