@@ -87,32 +87,16 @@ pub(super) async fn command(
             }
         }
         let mut renderer = Renderer::new(i as u32 + 1);
-        for item in items {
-            renderer.item(&meta, meta.flags, item, content.as_ref());
+        // One item at a time: rendered, written, dropped; then the closing parenthesis.
+        for step in items.iter().map(Some).chain([None]) {
+            match step {
+                Some(item) => renderer.item(&meta, meta.flags, item, content.as_ref()),
+                None => renderer.end(meta.flags, items, add_flags),
+            }
             let chunks = renderer.take();
-            write(
-                conn,
-                stream,
-                chunks,
-                content.as_ref(),
-                authed,
-                selected,
-                &meta,
-            )
-            .await?;
+            let loaded = content.as_ref();
+            write(conn, stream, chunks, loaded, authed, selected, &meta).await?;
         }
-        renderer.end(meta.flags, items, add_flags);
-        let chunks = renderer.take();
-        write(
-            conn,
-            stream,
-            chunks,
-            content.as_ref(),
-            authed,
-            selected,
-            &meta,
-        )
-        .await?;
     }
     selected.sync(conn, authed, uid);
     if vanished {

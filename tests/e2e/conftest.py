@@ -2,7 +2,7 @@
 
 `gw`        a running gateway with default test config (function scope).
 `make_gw`   factory: make_gw(overrides={...}, start=True, data_dir=None) -> Gateway.
-`tmpfs_dir` a 4 MB tmpfs mount (root only; skips when mount is not permitted).
+`tmpfs_dir` a 4 MB tmpfs mount, `tmpfs48` a 48 MB one (root only; skip when not permitted).
 `maildir_for_getmail`  (Maildir, deliver-as user or None) for jgharness.run_getmail.
 
 The Gateway class and client helpers live in jgharness.py (imported by the tests).
@@ -87,26 +87,41 @@ def gw(make_gw):
     return make_gw()
 
 
+@contextlib.contextmanager
+def mounted_tmpfs(where: Path, size: str):
+    """A tmpfs of `size` mounted at `where` (root only; skips when not permitted)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    where.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                       capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if p.returncode != 0:
+        pytest.skip(f"mount -t tmpfs not permitted here: {p.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        for _ in range(50):
+            if subprocess.run(["umount", str(where)], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.1)
+        else:
+            with contextlib.suppress(Exception):
+                subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
 @pytest.fixture
 def tmpfs_dir(tmp_path):
     """A 4 MB tmpfs mounted under tmp_path; unmounted in teardown. Request this
     fixture BEFORE make_gw/gw so the server is stopped before the unmount."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a tmpfs")
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
-                       capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    if p.returncode != 0:
-        pytest.skip(f"mount -t tmpfs not permitted here: {p.stderr.strip()}")
-    yield mnt
-    for _ in range(50):
-        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode == 0:
-            break
-        time.sleep(0.1)
-    else:
-        with contextlib.suppress(Exception):
-            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    with mounted_tmpfs(tmp_path / "tmpfs", "4m") as mnt:
+        yield mnt
+
+
+@pytest.fixture
+def tmpfs48(tmp_path):
+    """Like tmpfs_dir, 48 MB (the full-disk tests)."""
+    with mounted_tmpfs(tmp_path / "tmpfs48", "48m") as mnt:
+        yield mnt
 
 
 @pytest.fixture

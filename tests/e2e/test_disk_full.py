@@ -8,31 +8,11 @@ from __future__ import annotations
 
 import os
 import smtplib
-import subprocess
 import threading
-
-import pytest
 
 from jgharness import (
     build_message, pop3_fetch_all, pop3_stat, send_smtp, strip_received, wait_until,
 )
-
-
-@pytest.fixture
-def tmpfs48(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a tmpfs")
-    mnt = tmp_path / "tmpfs48"
-    mnt.mkdir()
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mnt)],
-                       capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    if p.returncode != 0:
-        pytest.skip(f"mount -t tmpfs not permitted here: {p.stderr.strip()}")
-    yield mnt
-    for _ in range(50):
-        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode == 0:
-            break
-        subprocess.run(["sleep", "0.2"])
 
 
 def fill_until_refused(gw, mbx, size: int, senders=4):
