@@ -716,3 +716,16 @@ def run_getmail(exe: str, gdir: Path, retriever: str, port: int, mbx: dict, mail
     )
     return subprocess.run([exe, "--getmaildir", str(gdir), "--rcfile", str(rc)],
                           capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+
+
+def send_raw_data(gw: Gateway, address: str, raw: bytes):
+    """One transaction over a raw socket with DATA carrying exactly `raw` (dot-stuffed on the
+    wire here); asserts every reply is the success one."""
+    with RawSMTP(gw.smtp_port) as c:
+        c.ehlo()
+        assert c.cmd("MAIL FROM:<journal@contoso.example>")[0] == 250
+        assert c.cmd(f"RCPT TO:<{address}>")[0] == 250
+        assert c.cmd("DATA")[0] == 354
+        c.send(dot_stuff(raw) + b".\r\n")
+        code, text = c.reply()
+        assert code == 250, text

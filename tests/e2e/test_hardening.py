@@ -17,8 +17,8 @@ from imapharness import (  # noqa: F401  (igw, make_igw are fixtures)
     RawIMAP, igw, make_igw, raw_login,
 )
 from jgharness import (
-    RawSMTP, build_message, dot_stuff, pop3_login, send_smtp, strip_received, unverified_ctx,
-    wait_until,
+    RawSMTP, build_message, pop3_login, send_raw_data, send_smtp, strip_received,
+    unverified_ctx, wait_until,
 )
 
 
@@ -31,18 +31,6 @@ def smtp_greeting_ms(gw) -> float:
     with RawSMTP(gw.smtp_port) as c:
         assert c.greeting[0] == 220
     return (time.monotonic() - t0) * 1000
-
-
-def deliver_raw(gw, mbx, raw: bytes):
-    """DATA with the exact bytes of `raw` (dot-stuffed on the wire)."""
-    with RawSMTP(gw.smtp_port) as c:
-        c.ehlo()
-        assert c.cmd("MAIL FROM:<journal@contoso.example>")[0] == 250
-        assert c.cmd(f"RCPT TO:<{mbx['address']}>")[0] == 250
-        assert c.cmd("DATA")[0] == 354
-        c.send(dot_stuff(raw) + b".\r\n")
-        code, text = c.reply()
-        assert code == 250, text
 
 
 # --------------------------------------------------------------------------- LIST
@@ -135,7 +123,7 @@ def test_mime_part_bomb_is_capped(make_igw):
     mbx = gw.create_mailbox()
     bomb = part_bomb()
     assert len(bomb) > 2_000_000
-    deliver_raw(gw, mbx, bomb)
+    send_raw_data(gw, mbx["address"], bomb)
     with closing(raw_login(gw, mbx, select=True)) as c:
         r = c.cmd("FETCH 1 BODYSTRUCTURE")
         assert r.ok, r

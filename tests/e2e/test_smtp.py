@@ -16,7 +16,7 @@ import pytest
 
 from jgharness import (
     HOSTNAME, RawSMTP, dot_stuff, make_message, pop3_fetch_all, pop3_retr_raw, pop3_stat,
-    send_smtp, smtp_connect, strip_received, unverified_ctx, wait_until,
+    send_raw_data, send_smtp, smtp_connect, strip_received, unverified_ctx, wait_until,
 )
 
 SWAKS = shutil.which("swaks")
@@ -236,13 +236,7 @@ def test_dot_stuffing_roundtrip(gw):
     msg = make_message(subject="dots", body=body)
     send_smtp(gw, m["address"], msg)  # smtplib does the stuffing
     # and a raw client stuffing by hand
-    with RawSMTP(gw.smtp_port) as c:
-        c.ehlo()
-        assert c.cmd("MAIL FROM:<journal@contoso.example>")[0] == 250
-        assert c.cmd(f"RCPT TO:<{m['address']}>")[0] == 250
-        assert c.cmd("DATA")[0] == 354
-        c.send(dot_stuff(msg) + b".\r\n")
-        assert c.reply()[0] == 250
+    send_raw_data(gw, m["address"], msg)
     got = pop3_fetch_all(gw, m)
     assert [strip_received(x) for _, x in got] == [msg, msg]
 
