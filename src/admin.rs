@@ -14,7 +14,7 @@ use tokio::net::UnixListener;
 
 use crate::context::State;
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Request {
     Check,
@@ -25,6 +25,32 @@ pub enum Request {
     CertRenew,
     /// Archive counters (`archive stats`).
     ArchiveStats,
+    /// Make a user's entitled items readable (`archive grant`); answered with progress
+    /// lines before the response.
+    Grant(GrantRequest),
+}
+
+/// `archive grant` through the server: the user and the keys that open the file keys (the
+/// recovery key, or an auditor's key the CLI unwrapped). Never logged.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct GrantRequest {
+    pub login: String,
+    pub keys: Vec<String>,
+}
+
+impl std::fmt::Debug for GrantRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrantRequest")
+            .field("login", &self.login)
+            .field("keys", &format_args!("[{} redacted]", self.keys.len()))
+            .finish()
+    }
+}
+
+/// A line sent while a long request runs: (done, total).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Progress {
+    pub progress: (u64, u64),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -38,7 +64,7 @@ pub struct Response {
     /// For certificate requests: the status of the certificate in use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert: Option<serde_json::Value>,
-    /// For `archive stats`.
+    /// For `archive stats` and `archive grant`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive: Option<serde_json::Value>,
 }
@@ -102,11 +128,13 @@ pub async fn run(listener: UnixListener, state: Arc<State>) {
                     cert_request(&state, request).await
                 }
                 Ok(Request::ArchiveStats) => archive_stats(&state).await,
+                Ok(Request::Grant(grant)) => grant_request(&state, grant, &mut write).await,
                 Ok(request) => {
                     let (spool, archive) = (state.spool.clone(), state.archive.clone());
                     tokio::task::spawn_blocking(move || {
+                        let check = matches!(request, Request::Check);
                         let mut response = execute(&spool, request);
-                        if let (Request::Check, Some(archive)) = (request, archive) {
+                        if let (true, Some(archive)) = (check, archive) {
                             add_archive_problems(&mut response, archive.check());
                         }
                         response
@@ -114,7 +142,7 @@ pub async fn run(listener: UnixListener, state: Arc<State>) {
                     .await
                     .unwrap_or_else(|e| failure(e.to_string()))
                 }
-                Err(e) => failure(format!("bad request: {e}")),
+                Err(_) => failure("bad request".into()),
             };
             let mut out = serde_json::to_vec(&response).expect("serializes");
             out.push(b'\n');
@@ -148,6 +176,57 @@ async fn archive_stats(state: &State) -> Response {
             ..failure(String::new())
         },
         Ok(Err(e)) => failure(e.to_string()),
+        Err(e) => failure(e.to_string()),
+    }
+}
+
+/// `archive grant` in the server: runs on a blocking thread, progress lines stream back.
+async fn grant_request(
+    state: &State,
+    grant: GrantRequest,
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+) -> Response {
+    let Some(archive) = state.archive.clone() else {
+        return failure("the archive is disabled (archive.enabled = false)".into());
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(u64, u64)>(4);
+    let work = tokio::task::spawn_blocking(move || {
+        let mut progress = |done, total| {
+            let _ = tx.blocking_send((done, total));
+        };
+        run_grant(&archive, &grant, &mut progress)
+    });
+    while let Some(progress) = rx.recv().await {
+        let mut line = serde_json::to_vec(&Progress { progress }).expect("serializes");
+        line.push(b'\n');
+        let _ = write.write_all(&line).await;
+    }
+    work.await.unwrap_or_else(|e| failure(e.to_string()))
+}
+
+/// Runs a grant against an open archive (in the server or in the CLI).
+pub fn run_grant(
+    archive: &crate::archive::Archive,
+    grant: &GrantRequest,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Response {
+    let result = (|| {
+        let user = archive.users().find(&grant.login)?;
+        let keys = grant
+            .keys
+            .iter()
+            .map(|k| k.parse::<crate::crypto::Identity>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| crate::archive::ArchiveError::Damaged("not a secret key".into()))?;
+        archive.grant(&user, &keys, progress)
+    })();
+    match result {
+        Ok(report) => Response {
+            ok: true,
+            error: None,
+            archive: serde_json::to_value(report).ok(),
+            ..failure(String::new())
+        },
         Err(e) => failure(e.to_string()),
     }
 }
@@ -206,7 +285,7 @@ pub fn execute(spool: &crate::spool::Spool, request: Request) -> Response {
             cert: None,
             archive: None,
         }),
-        Request::CertStatus | Request::CertRenew | Request::ArchiveStats => {
+        Request::CertStatus | Request::CertRenew | Request::ArchiveStats | Request::Grant(_) => {
             return failure("this request needs the running server".into())
         }
     };
@@ -215,6 +294,15 @@ pub fn execute(spool: &crate::spool::Spool, request: Request) -> Response {
 
 /// Sends a request to a running server. `Ok(None)` when no server is listening.
 pub fn request(data_dir: &Path, request: Request) -> std::io::Result<Option<Response>> {
+    request_with_progress(data_dir, request, &mut |_, _| {})
+}
+
+/// [`request`], calling `on_progress(done, total)` for each progress line.
+pub fn request_with_progress(
+    data_dir: &Path,
+    request: Request,
+    on_progress: &mut dyn FnMut(u64, u64),
+) -> std::io::Result<Option<Response>> {
     let path = socket_path(data_dir);
     let mut stream = match std::os::unix::net::UnixStream::connect(&path) {
         Ok(s) => s,
@@ -231,9 +319,21 @@ pub fn request(data_dir: &Path, request: Request) -> std::io::Result<Option<Resp
     let mut line = serde_json::to_vec(&request).expect("serializes");
     line.push(b'\n');
     stream.write_all(&line)?;
-    let mut reply = String::new();
-    BufReader::new(stream).read_line(&mut reply)?;
-    serde_json::from_str(&reply)
-        .map(Some)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut reply = String::new();
+        if reader.read_line(&mut reply)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the server closed the admin connection",
+            ));
+        }
+        if let Ok(p) = serde_json::from_str::<Progress>(&reply) {
+            on_progress(p.progress.0, p.progress.1);
+            continue;
+        }
+        return serde_json::from_str(&reply)
+            .map(Some)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+    }
 }

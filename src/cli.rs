@@ -2,7 +2,10 @@
 //! whether or not `serve` runs: mailbox files are shared safely (atomic renames), and index
 //! maintenance goes through the server's admin socket when it holds the index.
 
+mod archive;
 mod cert;
+
+pub use archive::ArchiveCommand;
 
 use std::path::PathBuf;
 
@@ -75,9 +78,28 @@ pub enum UserCommand {
     Show(LoginArg),
     /// Delete a user (mail already archived stays readable by auditors).
     Delete(LoginArg),
-    /// New password and key; archived mail sealed to the old key is no longer readable by
-    /// this user (auditors still read it).
+    /// New password and key. Archived mail sealed to the old key needs `archive grant`
+    /// (with the recovery key or an auditor) to be readable again.
     ResetPassword(LoginArg),
+    /// Add or remove another address of a user.
+    #[command(subcommand)]
+    Alias(AliasCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AliasCommand {
+    /// Mail to ALIAS is filed for the user from now on.
+    Add(AliasArgs),
+    /// Mail to ALIAS is no longer filed for the user (what was filed stays).
+    Remove(AliasArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AliasArgs {
+    pub login: String,
+    pub alias: String,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -86,12 +108,6 @@ pub struct LoginArg {
     pub login: String,
     #[arg(long)]
     pub json: bool,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum ArchiveCommand {
-    /// Counts per user, unknown, duplicates merged, untrusted reports.
-    Stats(JsonFlag),
 }
 
 #[derive(Subcommand, Debug)]
@@ -162,7 +178,7 @@ pub fn run(config: &Config, command: Command) -> Result<i32> {
         Command::Cert(CertCommand::Status(flag)) => cert::run(config, false, flag.json),
         Command::Cert(CertCommand::Renew(flag)) => cert::run(config, true, flag.json),
         Command::User(cmd) => user(config, cmd),
-        Command::Archive(ArchiveCommand::Stats(flag)) => archive_stats(config, flag.json),
+        Command::Archive(cmd) => archive::run(config, cmd),
     }
 }
 
@@ -237,7 +253,19 @@ fn user(config: &Config, cmd: UserCommand) -> Result<i32> {
                 print_json(&json!({"login": record.login, "password": password}));
             } else {
                 println!("New password for {}: {password}", record.login);
-                println!("Mail archived before the reset stays sealed to the old key: this user can no longer read it (auditors can).");
+                println!("Mail archived before the reset is sealed to the old key. Make it readable again with:");
+                println!("  journalgate archive grant {} --recovery FILE   (or --shares, or --by AUDITOR)", record.login);
+            }
+        }
+        UserCommand::Alias(cmd) => {
+            let (record, args) = match cmd {
+                AliasCommand::Add(args) => (users.add_alias(&args.login, &args.alias)?, args),
+                AliasCommand::Remove(args) => (users.remove_alias(&args.login, &args.alias)?, args),
+            };
+            if args.json {
+                print_json(&describe_user(&record));
+            } else {
+                println!("{}: aliases {}", record.login, record.aliases.join(", "));
             }
         }
     }
@@ -253,51 +281,6 @@ fn describe_user(u: &UserRecord) -> Value {
         "auditor": u.auditor,
         "created": u.created,
     })
-}
-
-fn archive_stats(config: &Config, json: bool) -> Result<i32> {
-    let stats = match admin::request(&config.data_dir, Request::ArchiveStats)? {
-        Some(response) => {
-            if let Some(e) = response.error {
-                bail!("{e}");
-            }
-            response.archive.unwrap_or(Value::Null)
-        }
-        None => {
-            if !config.data_dir.join("archive").is_dir() {
-                bail!("no archive in {}", config.data_dir.display());
-            }
-            serde_json::to_value(crate::archive::Archive::stats_offline(&config.data_dir)?)?
-        }
-    };
-    if json {
-        print_json(&stats);
-    } else {
-        for key in [
-            "items",
-            "pending",
-            "unknown",
-            "duplicates_merged",
-            "untrusted_reports",
-            "skipped_unknown",
-            "reports_without_original",
-            "unreadable_dropped",
-            "journal_reports",
-            "ndr_unwrapped",
-            "plain_copies",
-            "retention_removed",
-        ] {
-            println!("{key:<26} {}", stats[key].as_u64().unwrap_or(0));
-        }
-        if let Some(users) = stats["users"].as_object() {
-            println!("\n{:<40} {:>8} {:>8}", "USER", "INBOX", "SENT");
-            for (login, c) in users {
-                let n = |k: &str| c[k].as_u64().unwrap_or(0);
-                println!("{login:<40} {:>8} {:>8}", n("inbox"), n("sent"));
-            }
-        }
-    }
-    Ok(0)
 }
 
 fn mailbox(config: &Config, cmd: MailboxCommand) -> Result<i32> {
@@ -459,14 +442,14 @@ fn notify_server(config: &Config) {
 }
 
 fn maintenance(config: &Config, request: Request, json: bool) -> Result<i32> {
-    let response = match admin::request(&config.data_dir, request)? {
+    let response = match admin::request(&config.data_dir, request.clone())? {
         Some(r) => r,
         None => {
             if !config.data_dir.is_dir() {
                 bail!("data dir {} does not exist", config.data_dir.display());
             }
             let spool = Spool::open(&config.data_dir)?;
-            let mut response = admin::execute(&spool, request);
+            let mut response = admin::execute(&spool, request.clone());
             spool.shutdown();
             if let Request::Check = request {
                 admin::add_archive_problems(
@@ -498,12 +481,15 @@ fn maintenance(config: &Config, request: Request, json: bool) -> Result<i32> {
                 "Index rebuilt: {} messages ({} entries added, {} removed).",
                 response.messages, response.added, response.removed
             ),
-            Request::CertStatus | Request::CertRenew | Request::ArchiveStats => {}
+            Request::CertStatus
+            | Request::CertRenew
+            | Request::ArchiveStats
+            | Request::Grant(_) => {}
         }
     }
     Ok(if response.ok { 0 } else { 1 })
 }
 
-fn print_json(value: &Value) {
+pub(crate) fn print_json(value: &Value) {
     println!("{}", serde_json::to_string(value).expect("serializes"));
 }

@@ -69,6 +69,11 @@ impl State {
             true => {
                 let archive = Archive::open(&config.archive, spool.clone())?;
                 archive.start().map_err(ArchiveError::from)?;
+                if archive.recovery_key().is_none() {
+                    tracing::warn!(
+                        "the archive has no recovery key: a password reset loses that user's archived history, and catch-all mail with no auditor is dropped; run `journalgate archive recovery init`"
+                    );
+                }
                 Some(archive)
             }
             false => None,

@@ -106,8 +106,13 @@ impl Archive {
                 keys.push(auditor.public_key.clone());
             }
         }
+        if let Some(recovery) = self.recovery_key() {
+            if !keys.contains(&recovery) {
+                keys.push(recovery);
+            }
+        }
         if keys.is_empty() {
-            tracing::warn!(queue_id = %envelope.id, "no user or auditor to seal the archive copy to: not archived");
+            tracing::warn!(queue_id = %envelope.id, "no user, auditor or recovery key to seal the archive copy to: not archived");
             delta.counters.push(("unreadable_dropped", 1));
             return Ok(());
         }

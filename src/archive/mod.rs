@@ -15,10 +15,13 @@
 
 mod file;
 mod fingerprint;
+mod grant;
+pub use grant::GrantReport;
 mod keys;
 mod plan;
 mod reader;
 pub use reader::ArchiveStore;
+pub mod recovery;
 pub mod skeleton;
 mod stats;
 pub mod store;
@@ -68,6 +71,8 @@ pub enum ArchiveError {
     Users(#[from] users::UserError),
     #[error("damaged intake file: {0}")]
     Damaged(String),
+    #[error(transparent)]
+    Recovery(#[from] recovery::RecoveryError),
     #[error("no such message")]
     NoSuchMessage,
 }
@@ -100,6 +105,9 @@ pub struct Stats {
     pub plain_copies: u64,
     pub retention_removed: u64,
     pub users: std::collections::BTreeMap<String, UserCounts>,
+    /// The current recovery key (public half); none means catch-all mail with no auditor
+    /// is dropped and a password reset loses the user's history.
+    pub recovery_key: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -123,6 +131,12 @@ pub struct Archive {
     spool: Arc<Spool>,
     /// The users, with the generation they were read at.
     user_cache: Mutex<Option<(String, Arc<Vec<UserRecord>>)>>,
+    recovery: recovery::Recovery,
+    /// The current recovery key's public half, with the user generation it was read at.
+    recovery_cache: Mutex<Option<(String, Option<String>)>>,
+    /// Held while the worker files a batch and while a grant re-wraps one, so that the two
+    /// never rewrite the same item file at once.
+    filing: Mutex<()>,
     stop: AtomicBool,
 }
 
@@ -143,6 +157,7 @@ impl Archive {
         let intake_identity = keys::load_intake_key(&key_path, &dir.join("intake.key"))?;
         let secret = load_or_create_secret(&dir.join("dedupe.key"))?;
         let users = Users::new(spool.data_dir());
+        let recovery = recovery::Recovery::new(spool.data_dir());
         users.clean_leftovers()?;
         let store = Store::open(&dir.join("archive.redb"))?;
         let archive = Arc::new(Archive {
@@ -157,6 +172,9 @@ impl Archive {
             secret,
             spool,
             user_cache: Mutex::new(None),
+            recovery,
+            recovery_cache: Mutex::new(None),
+            filing: Mutex::new(()),
             stop: AtomicBool::new(false),
         });
         archive.remove_orphans()?;
@@ -172,7 +190,9 @@ impl Archive {
             recipient: self.intake_identity.to_public(),
             notify: tx,
             wants_copy: Box::new(move || {
-                archive.upgrade().is_some_and(|a| !a.user_list().is_empty())
+                archive
+                    .upgrade()
+                    .is_some_and(|a| !a.user_list().is_empty() || a.recovery_key().is_some())
             }),
         });
         let me = self.clone();
@@ -214,11 +234,37 @@ impl Archive {
         list
     }
 
+    /// The public half of the recovery key new items are also sealed to, if one exists
+    /// (re-read whenever the CLI changed the users or the recovery keys).
+    pub fn recovery_key(&self) -> Option<String> {
+        let generation = self.users.generation();
+        let mut cache = self.recovery_cache.lock().unwrap();
+        if let Some((seen, key)) = cache.as_ref() {
+            if *seen == generation {
+                return key.clone();
+            }
+        }
+        let key = match self.recovery.current() {
+            Ok(key) => key.map(|k| k.public),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the archive's recovery keys");
+                None
+            }
+        };
+        *cache = Some((generation, key.clone()));
+        key
+    }
+
+    pub fn recovery(&self) -> &recovery::Recovery {
+        &self.recovery
+    }
+
     /// Removes items older than `retention_days` (0 keeps everything).
     pub fn apply_retention(&self) -> Result<u64, ArchiveError> {
         if self.config.retention_days == 0 {
             return Ok(0);
         }
+        let _filing = self.filing.lock().unwrap_or_else(|e| e.into_inner());
         let cutoff =
             chrono::Utc::now().timestamp() - i64::from(self.config.retention_days) * 86_400;
         let mut old = Vec::new();

@@ -6,7 +6,9 @@ use super::*;
 impl Archive {
     /// Counters and per-user counts.
     pub fn stats(&self) -> Result<Stats, ArchiveError> {
-        collect_stats(&self.store, &self.users, &self.intake_dir)
+        let mut stats = collect_stats(&self.store, &self.users, &self.intake_dir)?;
+        stats.recovery_key = self.recovery.current()?.map(|k| k.public);
+        Ok(stats)
     }
 
     /// Verifies the archive without any user key: every recorded item has its file with a
@@ -29,7 +31,11 @@ impl Archive {
     pub fn stats_offline(data_dir: &Path) -> Result<Stats, ArchiveError> {
         let dir = data_dir.join("archive");
         let store = Store::open(&dir.join("archive.redb"))?;
-        collect_stats(&store, &Users::new(data_dir), &dir.join("intake"))
+        let mut stats = collect_stats(&store, &Users::new(data_dir), &dir.join("intake"))?;
+        stats.recovery_key = recovery::Recovery::new(data_dir)
+            .current()?
+            .map(|k| k.public);
+        Ok(stats)
     }
 }
 
@@ -63,6 +69,7 @@ pub(super) fn collect_stats(
         plain_copies: get("plain_copies"),
         retention_removed: get("retention_removed"),
         users: Default::default(),
+        recovery_key: None,
     };
     for u in users.list()? {
         let count = |folder: &str| -> Result<u64, ArchiveError> {
@@ -87,7 +94,7 @@ pub(super) fn check_items(
         let path = items.join(format!("{id}.age"));
         let header = File::open(&path).map_err(CryptoError::from).and_then(|f| {
             let mut head = Vec::new();
-            f.take(4096).read_to_end(&mut head)?;
+            f.take(256 << 10).read_to_end(&mut head)?;
             crypto::check_header(&head[..])
         });
         if let Err(e) = header {

@@ -175,3 +175,128 @@ fn intake_names() {
     );
     assert_eq!(intake_time("1.x.age"), None);
 }
+
+fn read_all(archive: &Archive, folder: &str, uid: u32, identity: &Identity) -> String {
+    let mut raw = String::new();
+    archive
+        .open_message(folder, uid, identity)
+        .unwrap()
+        .read_to_string(&mut raw)
+        .unwrap();
+    raw
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovery_grant_restores_history_and_keeps_catch_all_mail() {
+    let (dir, spool, archive, mbx) = setup(ArchiveConfig {
+        envelope_headers: vec![crate::config::EnvelopeHeader {
+            network: "127.0.0.0/8".parse().unwrap(),
+            header: "X-Envelope-To".into(),
+        }],
+        ..ArchiveConfig::default()
+    });
+    let (bob, _) = archive
+        .users()
+        .add("bob@x.example", &[], "", false)
+        .unwrap();
+    let now = chrono::Utc::now().timestamp();
+    deliver(
+        &spool,
+        &mbx,
+        b"X-Envelope-To: <bob@x.example>\r\nSubject: before\r\n\r\nb\r\n",
+        now,
+    )
+    .await;
+    archive_all(&archive);
+    let (_, secret) = archive.recovery().create(false, None).unwrap();
+    let recovery::Secret::Whole(secret) = secret else {
+        panic!("whole")
+    };
+    let recovery_key = recovery::read_secret(&secret).unwrap();
+    deliver(
+        &spool,
+        &mbx,
+        b"X-Envelope-To: <bob@x.example>\r\nSubject: after\r\n\r\nb\r\n",
+        now,
+    )
+    .await;
+    // Nobody reads the catch-all yet: kept for the recovery key, not dropped.
+    deliver(
+        &spool,
+        &mbx,
+        b"X-Envelope-To: <nobody@x.example>\r\nSubject: lost?\r\n\r\nb\r\n",
+        now,
+    )
+    .await;
+    archive_all(&archive);
+    assert_eq!(archive.stats().unwrap().unreadable_dropped, 0);
+
+    let (bob, password) = archive.users().reset_password(&bob.login).unwrap();
+    let inbox = format!("{}/INBOX", bob.id);
+    assert!(archive.list(&inbox, &bob.public_key).unwrap().is_empty());
+    let mut calls = Vec::new();
+    let report = archive
+        .grant(&bob, std::slice::from_ref(&recovery_key), &mut |d, t| {
+            calls.push((d, t))
+        })
+        .unwrap();
+    assert_eq!(
+        (
+            report.entitled,
+            report.granted,
+            report.already,
+            report.unreachable
+        ),
+        (2, 1, 0, 1)
+    );
+    assert_eq!(calls.last(), Some(&(1, 1)));
+    let identity = crypto::unwrap_identity(
+        &archive.users().wrapped_identity(&bob.id).unwrap(),
+        &password,
+    )
+    .unwrap();
+    let listed = archive.list(&inbox, &bob.public_key).unwrap();
+    assert_eq!(
+        listed.len(),
+        1,
+        "the item from before the recovery key stays sealed"
+    );
+    assert!(read_all(&archive, &inbox, listed[0].uid, &identity).contains("Subject: after"));
+    let again = archive
+        .grant(&bob, std::slice::from_ref(&recovery_key), &mut |_, _| {})
+        .unwrap();
+    assert_eq!((again.granted, again.already), (0, 1));
+
+    // An auditor added later sees the past, the catch-all included, after a grant.
+    let (auditor, apw) = archive
+        .users()
+        .add("audit@x.example", &[], "", true)
+        .unwrap();
+    assert!(archive
+        .list(UNKNOWN_FOLDER, &auditor.public_key)
+        .unwrap()
+        .is_empty());
+    let report = archive
+        .grant(&auditor, &[recovery_key], &mut |_, _| {})
+        .unwrap();
+    assert_eq!(
+        (report.entitled, report.granted, report.unreachable),
+        (3, 2, 1)
+    );
+    let aid = crypto::unwrap_identity(
+        &archive.users().wrapped_identity(&auditor.id).unwrap(),
+        &apw,
+    )
+    .unwrap();
+    let unknown = archive.list(UNKNOWN_FOLDER, &auditor.public_key).unwrap();
+    assert_eq!(unknown.len(), 1);
+    assert!(read_all(&archive, UNKNOWN_FOLDER, unknown[0].uid, &aid).contains("Subject: lost?"));
+    // Bob still reads his item: the grant only added a reader.
+    assert!(read_all(&archive, &inbox, listed[0].uid, &identity).contains("Subject: after"));
+    assert!(
+        fs::read_dir(&archive.tmp_dir).unwrap().next().is_none(),
+        "no temp file left"
+    );
+    spool.shutdown();
+    fs::remove_dir_all(dir).unwrap();
+}

@@ -144,6 +144,12 @@ impl Users {
         Ok((record, password))
     }
 
+    /// Tells a running server that the users, their keys or the recovery keys changed.
+    pub fn touch(&self) -> Result<(), UserError> {
+        fsutil::create_private_dir(&self.root)?;
+        self.bump()
+    }
+
     /// Marks the user list as changed.
     fn bump(&self) -> Result<(), UserError> {
         fsutil::write_atomic(
@@ -223,6 +229,40 @@ impl Users {
         Ok((record, password))
     }
 
+    /// Gives `login` another address; refused when any user already has it.
+    pub fn add_alias(&self, login: &str, alias: &str) -> Result<UserRecord, UserError> {
+        let alias = normalize_address(alias)?;
+        let mut record = self.find(login)?;
+        if let Some(owner) = self
+            .list()?
+            .into_iter()
+            .find(|u| u.addresses().any(|a| a == alias))
+        {
+            return Err(UserError::Taken(alias, owner.login));
+        }
+        record.aliases.push(alias);
+        write_record(&self.dir(&record.id), &record)?;
+        self.bump()?;
+        Ok(record)
+    }
+
+    /// Takes an alias away from `login` (mail already filed stays in the user's folders).
+    pub fn remove_alias(&self, login: &str, alias: &str) -> Result<UserRecord, UserError> {
+        let alias = normalize_address(alias)?;
+        let mut record = self.find(login)?;
+        let before = record.aliases.len();
+        record.aliases.retain(|a| *a != alias);
+        if record.aliases.len() == before {
+            return Err(UserError::NotFound(format!(
+                "alias {alias} of {}",
+                record.login
+            )));
+        }
+        write_record(&self.dir(&record.id), &record)?;
+        self.bump()?;
+        Ok(record)
+    }
+
     /// The user's secret key, sealed with the password.
     pub fn wrapped_identity(&self, id: &str) -> Result<Vec<u8>, UserError> {
         if !valid_id(id) {
@@ -299,6 +339,23 @@ mod tests {
         let wrapped = users.wrapped_identity(&alice.id).unwrap();
         assert!(crypto::unwrap_identity(&wrapped, &pw).is_err());
         crypto::unwrap_identity(&wrapped, &pw2).unwrap();
+        users.add("bob@contoso.example", &[], "", false).unwrap();
+        assert!(matches!(
+            users.add_alias("bob@contoso.example", "A.Smith@Contoso.example"),
+            Err(UserError::Taken(..))
+        ));
+        let bob = users
+            .add_alias("bob@contoso.example", "robert@contoso.example")
+            .unwrap();
+        assert_eq!(bob.aliases, vec!["robert@contoso.example".to_owned()]);
+        let bob = users
+            .remove_alias("bob@contoso.example", "Robert@contoso.example")
+            .unwrap();
+        assert!(bob.aliases.is_empty());
+        assert!(users
+            .remove_alias("bob@contoso.example", "robert@contoso.example")
+            .is_err());
+        users.delete("bob@contoso.example").unwrap();
         users.delete("alice@contoso.example").unwrap();
         assert!(users.list().unwrap().is_empty());
         fs::remove_dir_all(dir).unwrap();

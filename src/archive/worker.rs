@@ -23,6 +23,7 @@ impl Archive {
             match self.pending_files() {
                 Ok(files) => {
                     let mut pending = Pending::default();
+                    let mut filing = None;
                     for name in files {
                         if self.stop.load(Ordering::SeqCst) {
                             break;
@@ -33,12 +34,17 @@ impl Archive {
                             self.set_aside(&name, "archiving it never finished");
                             continue;
                         }
+                        filing.get_or_insert_with(|| {
+                            self.filing.lock().unwrap_or_else(|e| e.into_inner())
+                        });
                         self.process_logged(&name, &mut pending);
                         if pending.intake.len() >= COMMIT_EVERY {
                             self.commit_logged(&mut pending);
+                            filing = None;
                         }
                     }
                     self.commit_logged(&mut pending);
+                    drop(filing);
                     if self.stop.load(Ordering::SeqCst) {
                         return;
                     }

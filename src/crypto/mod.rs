@@ -14,6 +14,8 @@ use rand::{rngs::OsRng, Rng, RngCore};
 
 pub use age::x25519::{Identity, Recipient};
 
+pub mod rewrap;
+
 /// scrypt cost for wrapping a secret key: N = 2^15 (32 MiB, ~60 ms here).
 const SCRYPT_LOG_N: u8 = 15;
 /// Largest cost accepted when unwrapping, so a crafted file cannot make a login take minutes.

@@ -1,0 +1,298 @@
+//! `journalgate archive ...`: counters, the recovery key, and grants. Grants and stats go
+//! through the running server's admin socket (which holds the archive database), or open
+//! the archive directly when no server runs.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use super::{print_json, JsonFlag};
+use crate::admin::{self, GrantRequest, Request};
+use crate::archive::recovery::{self, Recovery, Secret};
+use crate::archive::users::Users;
+use crate::config::Config;
+use crate::crypto::{self, Identity};
+use crate::fsutil;
+
+#[derive(Subcommand, Debug)]
+pub enum ArchiveCommand {
+    /// Counts per user, unknown, duplicates merged, untrusted reports.
+    Stats(JsonFlag),
+    /// The recovery key: the offline key every archive item is also sealed to.
+    #[command(subcommand)]
+    Recovery(RecoveryCommand),
+    /// Make every item USER is entitled to readable by USER's current key (after a password
+    /// reset, or for an auditor added later). Resumable: run it again after an interruption.
+    Grant(GrantArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RecoveryCommand {
+    /// Create the recovery key; its secret is shown (or written) once and never stored.
+    Init(SplitArgs),
+    /// Add a new recovery key: new items are sealed to it (keep the old one for older items).
+    Rotate(SplitArgs),
+    /// List the recovery keys (public halves).
+    List(JsonFlag),
+}
+
+#[derive(Args, Debug)]
+pub struct SplitArgs {
+    /// Split the secret into this many shares (Shamir)...
+    #[arg(long, requires = "threshold")]
+    pub shares: Option<u8>,
+    /// ...any THRESHOLD of which rebuild it.
+    #[arg(long, requires = "shares")]
+    pub threshold: Option<u8>,
+    /// Write the key (or the shares) into this directory instead of printing it.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("unlock").required(true).args(["recovery", "shares", "by"])))]
+pub struct GrantArgs {
+    /// The user's login.
+    pub login: String,
+    /// The recovery secret key file.
+    #[arg(long, value_name = "FILE")]
+    pub recovery: Option<PathBuf>,
+    /// Recovery key share files (at least the threshold).
+    #[arg(long, value_name = "F1,F2,..", value_delimiter = ',')]
+    pub shares: Vec<PathBuf>,
+    /// An auditor whose archive key opens the items; the password is read from the terminal,
+    /// or from the first line of standard input.
+    #[arg(long, value_name = "AUDITOR")]
+    pub by: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(config: &Config, cmd: ArchiveCommand) -> Result<i32> {
+    match cmd {
+        ArchiveCommand::Stats(flag) => stats(config, flag.json),
+        ArchiveCommand::Recovery(RecoveryCommand::Init(args)) => create(config, false, args),
+        ArchiveCommand::Recovery(RecoveryCommand::Rotate(args)) => create(config, true, args),
+        ArchiveCommand::Recovery(RecoveryCommand::List(flag)) => list(config, flag.json),
+        ArchiveCommand::Grant(args) => grant(config, args),
+    }
+}
+
+fn create(config: &Config, rotate: bool, args: SplitArgs) -> Result<i32> {
+    let split = args.shares.zip(args.threshold);
+    let (key, secret) = Recovery::new(&config.data_dir).create(rotate, split)?;
+    let texts = match &secret {
+        Secret::Whole(text) => vec![format!(
+            "# journalgate archive recovery key for {}\n# created {}. Keep it offline: it opens every archived item.\n{text}\n",
+            key.public, key.created
+        )],
+        Secret::Shares(shares) => shares.clone(),
+    };
+    let written = match &args.out {
+        Some(dir) => write_out(dir, &key.public, &texts)?,
+        None => Vec::new(),
+    };
+    if args.json {
+        let mut value = json!({"public": key.public, "created": key.created, "files": written});
+        if args.out.is_none() {
+            value["secret"] = json!(texts);
+        }
+        print_json(&value);
+        return Ok(0);
+    }
+    println!("Recovery key created: {}", key.public);
+    if written.is_empty() {
+        for text in &texts {
+            println!("\n{text}");
+        }
+    } else {
+        for path in &written {
+            println!("  written: {path}");
+        }
+    }
+    println!("It is shown only now and not stored on the server. Every new archive item is also sealed to it.");
+    Ok(0)
+}
+
+/// Writes each text to its own file (0600, created new) in `dir`.
+fn write_out(dir: &Path, public: &str, texts: &[String]) -> Result<Vec<String>> {
+    fsutil::create_private_dir(dir)?;
+    let tag = &public[public.len().saturating_sub(8)..];
+    let mut out = Vec::new();
+    for (i, text) in texts.iter().enumerate() {
+        let name = if texts.len() == 1 {
+            format!("recovery-{tag}.key")
+        } else {
+            format!("recovery-{tag}-share-{}-of-{}.txt", i + 1, texts.len())
+        };
+        let path = dir.join(name);
+        if path.exists() {
+            bail!("{} exists: not overwritten", path.display());
+        }
+        fsutil::write_atomic(&path, text.as_bytes(), 0o600)?;
+        out.push(path.display().to_string());
+    }
+    Ok(out)
+}
+
+fn list(config: &Config, json: bool) -> Result<i32> {
+    let keys = Recovery::new(&config.data_dir).keys()?;
+    if json {
+        print_json(&json!({ "keys": keys }));
+    } else if keys.is_empty() {
+        println!("No recovery key. Create one with: journalgate archive recovery init");
+    } else {
+        for (i, k) in keys.iter().enumerate() {
+            let split = k
+                .split
+                .map(|(n, m)| format!("{m} of {n} shares"))
+                .unwrap_or("whole".into());
+            let current = if i + 1 == keys.len() {
+                " (current)"
+            } else {
+                ""
+            };
+            println!("{}  created {}  {split}{current}", k.public, k.created);
+        }
+    }
+    Ok(0)
+}
+
+/// The keys that open the file keys, from the recovery file, the shares or an auditor.
+fn unlock(config: &Config, args: &GrantArgs) -> Result<Identity> {
+    let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("{}", p.display()));
+    let recovery = Recovery::new(&config.data_dir);
+    if let Some(path) = &args.recovery {
+        let identity = recovery::read_secret(&read(path)?)?;
+        recovery.check(&identity)?;
+        return Ok(identity);
+    }
+    if !args.shares.is_empty() {
+        let texts = args.shares.iter().map(read).collect::<Result<Vec<_>>>()?;
+        let identity = recovery::combine(&texts)?;
+        recovery.check(&identity)?;
+        return Ok(identity);
+    }
+    let login = args.by.as_deref().expect("clap requires one");
+    let users = Users::new(&config.data_dir);
+    let auditor = users.find(login)?;
+    if !auditor.auditor {
+        bail!("{} is not an auditor", auditor.login);
+    }
+    let password = read_password(&format!("Password of {}: ", auditor.login))?;
+    Ok(crypto::unwrap_identity(
+        &users.wrapped_identity(&auditor.id)?,
+        &password,
+    )?)
+}
+
+fn read_password(prompt: &str) -> Result<String> {
+    if std::io::stdin().is_terminal() {
+        return Ok(rpassword::prompt_password(prompt)?);
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+fn grant(config: &Config, args: GrantArgs) -> Result<i32> {
+    use age::secrecy::ExposeSecret;
+    let identity = unlock(config, &args)?;
+    let request = GrantRequest {
+        login: args.login.clone(),
+        keys: vec![identity.to_string().expose_secret().to_owned()],
+    };
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} items  {per_sec}  eta {eta}")
+            .expect("template"),
+    );
+    let mut progress = |done: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let response = match admin::request_with_progress(
+        &config.data_dir,
+        Request::Grant(request.clone()),
+        &mut progress,
+    )? {
+        Some(response) => response,
+        None => {
+            let spool = crate::spool::Spool::open(&config.data_dir)?;
+            let archive = crate::archive::Archive::open(&config.archive, Arc::clone(&spool))?;
+            let response = admin::run_grant(&archive, &request, &mut progress);
+            spool.shutdown();
+            response
+        }
+    };
+    bar.finish_and_clear();
+    if let Some(e) = response.error {
+        bail!("{e}");
+    }
+    let report = response.archive.unwrap_or(Value::Null);
+    if args.json {
+        print_json(&report);
+    } else {
+        let n = |k: &str| report[k].as_u64().unwrap_or(0);
+        println!(
+            "{}: {} items entitled, {} granted now, {} already readable, {} sealed to none of the given keys.",
+            args.login,
+            n("entitled"),
+            n("granted"),
+            n("already"),
+            n("unreachable")
+        );
+    }
+    Ok(0)
+}
+
+fn stats(config: &Config, json: bool) -> Result<i32> {
+    let stats = match admin::request(&config.data_dir, Request::ArchiveStats)? {
+        Some(response) => {
+            if let Some(e) = response.error {
+                bail!("{e}");
+            }
+            response.archive.unwrap_or(Value::Null)
+        }
+        None => {
+            if !config.data_dir.join("archive").is_dir() {
+                bail!("no archive in {}", config.data_dir.display());
+            }
+            serde_json::to_value(crate::archive::Archive::stats_offline(&config.data_dir)?)?
+        }
+    };
+    if json {
+        print_json(&stats);
+    } else {
+        for key in [
+            "items",
+            "pending",
+            "unknown",
+            "duplicates_merged",
+            "untrusted_reports",
+            "skipped_unknown",
+            "reports_without_original",
+            "unreadable_dropped",
+            "journal_reports",
+            "ndr_unwrapped",
+            "plain_copies",
+            "retention_removed",
+        ] {
+            println!("{key:<26} {}", stats[key].as_u64().unwrap_or(0));
+        }
+        if let Some(users) = stats["users"].as_object() {
+            println!("\n{:<40} {:>8} {:>8}", "USER", "INBOX", "SENT");
+            for (login, c) in users {
+                let n = |k: &str| c[k].as_u64().unwrap_or(0);
+                println!("{login:<40} {:>8} {:>8}", n("inbox"), n("sent"));
+            }
+        }
+    }
+    Ok(0)
+}
