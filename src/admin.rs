@@ -28,6 +28,10 @@ pub enum Request {
     /// Make a user's entitled items readable (`archive grant`); answered with progress
     /// lines before the response.
     Grant(GrantRequest),
+    /// Run retention now, or only say what it would remove (`archive retention`).
+    Retention {
+        dry_run: bool,
+    },
 }
 
 /// `archive grant` through the server: the user and the keys that open the file keys (the
@@ -129,6 +133,14 @@ pub async fn run(listener: UnixListener, state: Arc<State>) {
                 }
                 Ok(Request::ArchiveStats) => archive_stats(&state).await,
                 Ok(Request::Grant(grant)) => grant_request(&state, grant, &mut write).await,
+                Ok(Request::Retention { dry_run }) => match state.archive.clone() {
+                    Some(archive) => {
+                        tokio::task::spawn_blocking(move || run_retention(&archive, dry_run))
+                            .await
+                            .unwrap_or_else(|e| failure(e.to_string()))
+                    }
+                    None => failure("the archive is disabled (archive.enabled = false)".into()),
+                },
                 Ok(request) => {
                     let (spool, archive) = (state.spool.clone(), state.archive.clone());
                     tokio::task::spawn_blocking(move || {
@@ -231,6 +243,27 @@ pub fn run_grant(
     }
 }
 
+/// `archive retention [--dry-run]` against an open archive (in the server or in the CLI).
+pub fn run_retention(archive: &crate::archive::Archive, dry_run: bool) -> Response {
+    let result = archive.retention_plan().and_then(|plan| {
+        let removed = if dry_run {
+            0
+        } else {
+            archive.apply_retention()?
+        };
+        Ok(serde_json::json!({"plan": plan, "removed": removed, "dry_run": dry_run}))
+    });
+    match result {
+        Ok(value) => Response {
+            ok: true,
+            error: None,
+            archive: Some(value),
+            ..failure(String::new())
+        },
+        Err(e) => failure(e.to_string()),
+    }
+}
+
 /// `cert status` / `cert renew` against the running server's certificate.
 async fn cert_request(state: &State, request: Request) -> Response {
     let source = state.config.tls.source;
@@ -285,7 +318,11 @@ pub fn execute(spool: &crate::spool::Spool, request: Request) -> Response {
             cert: None,
             archive: None,
         }),
-        Request::CertStatus | Request::CertRenew | Request::ArchiveStats | Request::Grant(_) => {
+        Request::CertStatus
+        | Request::CertRenew
+        | Request::ArchiveStats
+        | Request::Grant(_)
+        | Request::Retention { .. } => {
             return failure("this request needs the running server".into())
         }
     };

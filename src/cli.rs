@@ -4,6 +4,7 @@
 
 mod archive;
 mod cert;
+mod hold;
 
 pub use archive::ArchiveCommand;
 
@@ -53,6 +54,9 @@ pub enum Command {
     /// The per-user archive.
     #[command(subcommand)]
     Archive(ArchiveCommand),
+    /// Legal holds on archive items.
+    #[command(subcommand)]
+    Hold(hold::HoldCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -179,6 +183,7 @@ pub fn run(config: &Config, command: Command) -> Result<i32> {
         Command::Cert(CertCommand::Renew(flag)) => cert::run(config, true, flag.json),
         Command::User(cmd) => user(config, cmd),
         Command::Archive(cmd) => archive::run(config, cmd),
+        Command::Hold(cmd) => hold::run(config, cmd),
     }
 }
 
@@ -481,10 +486,7 @@ fn maintenance(config: &Config, request: Request, json: bool) -> Result<i32> {
                 "Index rebuilt: {} messages ({} entries added, {} removed).",
                 response.messages, response.added, response.removed
             ),
-            Request::CertStatus
-            | Request::CertRenew
-            | Request::ArchiveStats
-            | Request::Grant(_) => {}
+            _ => {}
         }
     }
     Ok(if response.ok { 0 } else { 1 })

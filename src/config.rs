@@ -232,8 +232,11 @@ pub struct ArchiveConfig {
     /// Only reports from these networks are read as journal reports; from anywhere else a
     /// report is archived as a plain copy of what its SMTP envelope says.
     pub journal_sources: Vec<IpNet>,
-    /// Archived items older than this are removed (0 keeps them forever).
+    /// Archived items older than this are removed (0 keeps them forever); a rule of least
+    /// weight beside `retention`.
     pub retention_days: u32,
+    /// Retention rules (`[[archive.retention]]`): the most specific matching rule wins.
+    pub retention: Vec<RetentionRule>,
     /// Headers that name the envelope recipients of plain copies (`X-Envelope-To`), trusted
     /// only from the given network.
     pub envelope_headers: Vec<EnvelopeHeader>,
@@ -253,9 +256,47 @@ impl Default for ArchiveConfig {
             unknown_addresses: UnknownAddresses::CatchAll,
             journal_sources: vec![],
             retention_days: 0,
+            retention: vec![],
             envelope_headers: vec![],
             intake_key_file: None,
             dedupe_hours: 48,
+        }
+    }
+}
+
+/// One `[[archive.retention]]` rule: which entries it matches (by user login and folder:
+/// `INBOX`, `Sent`, `Unknown`), the minimum they are kept, and when they may go.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionRule {
+    pub user: Option<String>,
+    pub folder: Option<String>,
+    /// Never deleted before this many days (added to `keep_years`).
+    pub keep_days: u32,
+    pub keep_years: u32,
+    /// Deleted once this old (and past the minimum); none: kept.
+    pub delete_after_days: Option<u32>,
+}
+
+impl RetentionRule {
+    /// The minimum in days.
+    pub fn minimum_days(&self) -> i64 {
+        i64::from(self.keep_days) + 365 * i64::from(self.keep_years)
+    }
+
+    /// A rule that cannot be what the operator meant.
+    pub fn problem(&self) -> Option<String> {
+        if let Some(f) = &self.folder {
+            if !["inbox", "sent", "unknown"].contains(&f.to_lowercase().as_str()) {
+                return Some(format!("folder {f:?} is not INBOX, Sent or Unknown"));
+            }
+        }
+        match self.delete_after_days {
+            Some(after) if i64::from(after) < self.minimum_days() => Some(format!(
+                "delete_after_days = {after} is shorter than the minimum of {} days",
+                self.minimum_days()
+            )),
+            _ => None,
         }
     }
 }
@@ -391,6 +432,14 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "max_connections must be at least 1".into(),
             ));
+        }
+        for (i, rule) in self.archive.retention.iter().enumerate() {
+            if let Some(problem) = rule.problem() {
+                return Err(ConfigError::Invalid(format!(
+                    "[[archive.retention]] rule {}: {problem}",
+                    i + 1
+                )));
+            }
         }
         Ok(())
     }

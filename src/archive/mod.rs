@@ -16,10 +16,12 @@
 mod file;
 mod fingerprint;
 mod grant;
+pub mod holds;
 pub use grant::GrantReport;
 mod keys;
 mod plan;
 mod reader;
+pub mod retention;
 pub use reader::ArchiveStore;
 pub mod recovery;
 pub mod skeleton;
@@ -132,6 +134,7 @@ pub struct Archive {
     /// The users, with the generation they were read at.
     user_cache: Mutex<Option<(String, Arc<Vec<UserRecord>>)>>,
     recovery: recovery::Recovery,
+    holds: holds::Holds,
     /// The current recovery key's public half, with the user generation it was read at.
     recovery_cache: Mutex<Option<(String, Option<String>)>>,
     /// Held while the worker files a batch and while a grant re-wraps one, so that the two
@@ -158,6 +161,7 @@ impl Archive {
         let secret = load_or_create_secret(&dir.join("dedupe.key"))?;
         let users = Users::new(spool.data_dir());
         let recovery = recovery::Recovery::new(spool.data_dir());
+        let holds = holds::Holds::new(spool.data_dir());
         users.clean_leftovers()?;
         let store = Store::open(&dir.join("archive.redb"))?;
         let archive = Arc::new(Archive {
@@ -173,6 +177,7 @@ impl Archive {
             spool,
             user_cache: Mutex::new(None),
             recovery,
+            holds,
             recovery_cache: Mutex::new(None),
             filing: Mutex::new(()),
             stop: AtomicBool::new(false),
@@ -259,22 +264,23 @@ impl Archive {
         &self.recovery
     }
 
-    /// Removes items older than `retention_days` (0 keeps everything).
+    pub fn holds(&self) -> &holds::Holds {
+        &self.holds
+    }
+
+    /// What retention would remove now, and what holds keep.
+    pub fn retention_plan(&self) -> Result<retention::RetentionPlan, ArchiveError> {
+        Ok(retention::current(self, chrono::Utc::now().timestamp())?.0)
+    }
+
+    /// Removes the items the retention rules let go and no hold keeps; returns how many.
     pub fn apply_retention(&self) -> Result<u64, ArchiveError> {
-        if self.config.retention_days == 0 {
+        if self.config.retention.is_empty() && self.config.retention_days == 0 {
             return Ok(0);
         }
         let _filing = self.filing.lock().unwrap_or_else(|e| e.into_inner());
-        let cutoff =
-            chrono::Utc::now().timestamp() - i64::from(self.config.retention_days) * 86_400;
-        let mut old = Vec::new();
-        for id in self.store.item_ids()? {
-            if let Some(item) = self.store.item(id)? {
-                if item.received < cutoff {
-                    old.push(id);
-                }
-            }
-        }
+        let (plan, items) = retention::current(self, chrono::Utc::now().timestamp())?;
+        let old = plan.ids(&items);
         if old.is_empty() {
             return Ok(0);
         }
@@ -292,8 +298,8 @@ impl Archive {
         }
         tracing::info!(
             items = old.len(),
-            days = self.config.retention_days,
-            "archive retention removed old items"
+            held = plan.held.len(),
+            "archive retention removed items"
         );
         Ok(old.len() as u64)
     }

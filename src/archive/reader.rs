@@ -4,6 +4,9 @@
 use tokio::sync::broadcast;
 
 use super::*;
+
+/// Folder keys of legal holds: `hold:<name>`.
+const HOLD_PREFIX: &str = "hold:";
 use crate::message::Flags;
 use crate::store::{ChangeKey, FolderInfo, MailStore, MessageReader, StoreError as MailStoreError};
 
@@ -41,8 +44,53 @@ impl Archive {
                 key: UNKNOWN_FOLDER.to_owned(),
                 special_use: None,
             });
+            for hold in self.holds.list().unwrap_or_else(|e| {
+                tracing::error!(error = %e, "cannot read the legal holds");
+                Vec::new()
+            }) {
+                out.push(FolderView {
+                    name: format!("Holds/{}", hold.name),
+                    key: format!("{HOLD_PREFIX}{}", hold.name),
+                    special_use: None,
+                });
+            }
         }
         out
+    }
+
+    /// The hold a `hold:<name>` folder key names.
+    fn hold_of(&self, folder: &str) -> Result<Option<super::holds::Hold>, ArchiveError> {
+        let Some(name) = folder.strip_prefix(HOLD_PREFIX) else {
+            return Ok(None);
+        };
+        match self.holds.find(name) {
+            Ok(hold) => Ok(Some(hold)),
+            Err(super::holds::HoldError::NotFound(_)) => Err(ArchiveError::NoSuchMessage),
+            Err(e) => Err(ArchiveError::Damaged(e.to_string())),
+        }
+    }
+
+    /// A hold's folder: every item it covers, the item ID as UID.
+    fn hold_entries(&self, hold: &super::holds::Hold) -> Result<Vec<Entry>, ArchiveError> {
+        Ok(self
+            .store
+            .items()?
+            .into_iter()
+            .filter(|(id, item)| hold.covers(item) && u32::try_from(*id).is_ok())
+            .map(|(id, item)| Entry {
+                uid: id as u32,
+                item: id,
+                received: item.received,
+                size: item.size,
+            })
+            .collect())
+    }
+
+    fn folder_entries(&self, folder: &str) -> Result<Vec<Entry>, ArchiveError> {
+        match self.hold_of(folder)? {
+            Some(hold) => self.hold_entries(&hold),
+            None => Ok(self.store.entries(folder)?),
+        }
     }
 
     /// The messages of a folder that the holder of `public_key` can read, as IMAP metadata
@@ -50,8 +98,7 @@ impl Archive {
     pub fn list(&self, folder: &str, public_key: &str) -> Result<Vec<MessageMeta>, ArchiveError> {
         let readable = self.store.readable(public_key)?;
         Ok(self
-            .store
-            .entries(folder)?
+            .folder_entries(folder)?
             .into_iter()
             .filter(|e| readable.contains(&e.item))
             .map(|e: Entry| MessageMeta {
@@ -66,6 +113,10 @@ impl Archive {
 
     /// (UIDVALIDITY, UIDNEXT) of a folder.
     pub fn numbers(&self, folder: &str) -> Result<(u32, u32), ArchiveError> {
+        if let Some(hold) = self.hold_of(folder)? {
+            let next = self.store.next_item()?.min(u64::from(u32::MAX)) as u32;
+            return Ok((hold.uidvalidity(), next.max(1)));
+        }
         Ok(self.store.folder(folder)?)
     }
 
@@ -76,7 +127,7 @@ impl Archive {
         uid: u32,
         identity: &Identity,
     ) -> Result<impl Read + Send + use<>, ArchiveError> {
-        let entries = self.store.entries(folder)?;
+        let entries = self.folder_entries(folder)?;
         let entry = entries
             .iter()
             .find(|e| e.uid == uid)

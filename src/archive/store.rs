@@ -190,6 +190,20 @@ impl Store {
         Ok(found.and_then(|v| serde_json::from_slice(v.value()).ok()))
     }
 
+    /// Every item record, in ID order.
+    pub fn items(&self) -> Result<Vec<(u64, Item)>, StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let items = txn.open_table(ITEMS).map_err(err)?;
+        let mut out = Vec::new();
+        for row in items.iter().map_err(err)? {
+            let (k, v) = row.map_err(err)?;
+            if let Ok(item) = serde_json::from_slice(v.value()) {
+                out.push((k.value(), item));
+            }
+        }
+        Ok(out)
+    }
+
     pub fn item_ids(&self) -> Result<Vec<u64>, StoreError> {
         let txn = self.db.begin_read().map_err(err)?;
         let items = txn.open_table(ITEMS).map_err(err)?;

@@ -28,6 +28,13 @@ pub enum ArchiveCommand {
     /// Make every item USER is entitled to readable by USER's current key (after a password
     /// reset, or for an auditor added later). Resumable: run it again after an interruption.
     Grant(GrantArgs),
+    /// Apply the retention rules now; with --dry-run only list what would go and why.
+    Retention {
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -81,6 +88,7 @@ pub fn run(config: &Config, cmd: ArchiveCommand) -> Result<i32> {
         ArchiveCommand::Recovery(RecoveryCommand::Rotate(args)) => create(config, true, args),
         ArchiveCommand::Recovery(RecoveryCommand::List(flag)) => list(config, flag.json),
         ArchiveCommand::Grant(args) => grant(config, args),
+        ArchiveCommand::Retention { dry_run, json } => retention(config, dry_run, json),
     }
 }
 
@@ -201,6 +209,60 @@ fn read_password(prompt: &str) -> Result<String> {
     Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }
 
+/// The response of a request the server answers, or of `offline` on an archive opened here.
+fn through_server_or_open(
+    config: &Config,
+    request: Request,
+    progress: &mut dyn FnMut(u64, u64),
+    offline: impl FnOnce(&crate::archive::Archive, &mut dyn FnMut(u64, u64)) -> admin::Response,
+) -> Result<admin::Response> {
+    if let Some(response) = admin::request_with_progress(&config.data_dir, request, progress)? {
+        return Ok(response);
+    }
+    let spool = crate::spool::Spool::open(&config.data_dir)?;
+    let archive = crate::archive::Archive::open(&config.archive, Arc::clone(&spool))?;
+    let response = offline(&archive, progress);
+    spool.shutdown();
+    Ok(response)
+}
+
+fn retention(config: &Config, dry_run: bool, json: bool) -> Result<i32> {
+    let response = through_server_or_open(
+        config,
+        Request::Retention { dry_run },
+        &mut |_, _| {},
+        |archive, _| admin::run_retention(archive, dry_run),
+    )?;
+    if let Some(e) = response.error {
+        bail!("{e}");
+    }
+    let value = response.archive.unwrap_or(Value::Null);
+    if json {
+        print_json(&value);
+        return Ok(0);
+    }
+    let plan = &value["plan"];
+    let remove = plan["remove"].as_array().cloned().unwrap_or_default();
+    let verb = if dry_run { "would remove" } else { "removed" };
+    println!("Retention {verb} {} items.", remove.len());
+    for d in &remove {
+        let when = chrono::DateTime::from_timestamp(d["received"].as_i64().unwrap_or(0), 0)
+            .map(|t| t.format("%Y-%m-%d").to_string())
+            .unwrap_or_default();
+        let why: Vec<&str> = d["because"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|b| b.as_str())
+            .collect();
+        println!("  item {} received {when}: {}", d["item"], why.join("; "));
+    }
+    for h in plan["held"].as_array().into_iter().flatten() {
+        println!("  item {} kept by hold {}", h[0], h[1]);
+    }
+    Ok(0)
+}
+
 fn grant(config: &Config, args: GrantArgs) -> Result<i32> {
     use age::secrecy::ExposeSecret;
     let identity = unlock(config, &args)?;
@@ -217,20 +279,12 @@ fn grant(config: &Config, args: GrantArgs) -> Result<i32> {
         bar.set_length(total);
         bar.set_position(done);
     };
-    let response = match admin::request_with_progress(
-        &config.data_dir,
+    let response = through_server_or_open(
+        config,
         Request::Grant(request.clone()),
         &mut progress,
-    )? {
-        Some(response) => response,
-        None => {
-            let spool = crate::spool::Spool::open(&config.data_dir)?;
-            let archive = crate::archive::Archive::open(&config.archive, Arc::clone(&spool))?;
-            let response = admin::run_grant(&archive, &request, &mut progress);
-            spool.shutdown();
-            response
-        }
-    };
+        |archive, progress| admin::run_grant(archive, &request, progress),
+    )?;
     bar.finish_and_clear();
     if let Some(e) = response.error {
         bail!("{e}");
