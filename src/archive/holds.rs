@@ -215,16 +215,7 @@ mod tests {
     use super::*;
 
     fn item(received: i64, folders: &[&str]) -> Item {
-        Item {
-            received,
-            size: 1,
-            exact: String::new(),
-            dedupe: String::new(),
-            keys: vec![],
-            entries: folders.iter().map(|f| (f.to_string(), 1)).collect(),
-            linked: vec![],
-            origin: None,
-        }
+        Item::filed_in(received, folders)
     }
 
     #[test]

@@ -182,16 +182,7 @@ mod tests {
     use super::*;
 
     fn item(days_old: i64, folders: &[&str]) -> Item {
-        Item {
-            received: 1_000 * DAY - days_old * DAY,
-            size: 1,
-            exact: String::new(),
-            dedupe: String::new(),
-            keys: vec![],
-            entries: folders.iter().map(|f| (f.to_string(), 1)).collect(),
-            linked: vec![],
-            origin: None,
-        }
+        Item::filed_in(1_000 * DAY - days_old * DAY, folders)
     }
 
     fn rule(

@@ -55,6 +55,23 @@ pub struct Item {
     pub origin: Option<Origin>,
 }
 
+#[cfg(test)]
+impl Item {
+    /// A record with only what holds and retention look at: the arrival time and folders.
+    pub fn filed_in(received: i64, folders: &[&str]) -> Item {
+        Item {
+            received,
+            size: 1,
+            exact: String::new(),
+            dedupe: String::new(),
+            keys: vec![],
+            entries: folders.iter().map(|f| (f.to_string(), 1)).collect(),
+            linked: vec![],
+            origin: None,
+        }
+    }
+}
+
 /// An original's place in a kept intake file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Origin {
