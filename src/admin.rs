@@ -40,6 +40,13 @@ pub enum Request {
 pub struct GrantRequest {
     pub login: String,
     pub keys: Vec<String>,
+    /// Items per durable commit.
+    #[serde(default = "default_grant_batch")]
+    pub batch: usize,
+}
+
+fn default_grant_batch() -> usize {
+    crate::archive::GRANT_BATCH
 }
 
 impl std::fmt::Debug for GrantRequest {
@@ -47,6 +54,7 @@ impl std::fmt::Debug for GrantRequest {
         f.debug_struct("GrantRequest")
             .field("login", &self.login)
             .field("keys", &format_args!("[{} redacted]", self.keys.len()))
+            .field("batch", &self.batch)
             .finish()
     }
 }
@@ -230,7 +238,7 @@ pub fn run_grant(
             .map(|k| k.parse::<crate::crypto::Identity>())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| crate::archive::ArchiveError::Damaged("not a secret key".into()))?;
-        archive.grant(&user, &keys, progress)
+        archive.grant(&user, &keys, grant.batch, progress)
     })();
     match result {
         Ok(report) => Response {

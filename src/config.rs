@@ -247,6 +247,9 @@ pub struct ArchiveConfig {
     /// Hours a new item's intake copy is kept for merging duplicate reports (0: none kept;
     /// duplicates are then stored twice).
     pub dedupe_hours: u64,
+    /// Hours one sealing epoch lasts: new items are sealed to their readers through keys
+    /// derived once per epoch (see `crypto::epoch`); its secret lives only in memory.
+    pub key_epoch_hours: f64,
 }
 
 impl Default for ArchiveConfig {
@@ -260,6 +263,7 @@ impl Default for ArchiveConfig {
             envelope_headers: vec![],
             intake_key_file: None,
             dedupe_hours: 48,
+            key_epoch_hours: 24.0,
         }
     }
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::crypto::{self, Recipient};
+use crate::crypto::{self, epoch::EpochRecipient};
 use crate::message::Envelope;
 
 use super::fingerprint::Normalizer;
@@ -286,10 +286,12 @@ impl Archive {
         durable: bool,
         fill: impl FnOnce(&mut dyn Write) -> Result<(), ArchiveError>,
     ) -> Result<Written, ArchiveError> {
-        let recipients: Vec<Recipient> = keys
+        let epoch = self.current_epoch();
+        let recipients: Vec<EpochRecipient> = keys
             .iter()
-            .map(|k| crypto::parse_recipient(k))
+            .map(|k| epoch.recipient(k))
             .collect::<Result<_, _>>()?;
+        let recipients: Vec<&dyn age::Recipient> = recipients.iter().map(|r| r as _).collect();
         let tmp = self
             .tmp_dir
             .join(format!("{}.tmp", crypto::random_hex128()));

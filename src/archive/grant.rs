@@ -2,31 +2,31 @@
 //!
 //! An auditor is entitled to every item; a user to the items filed in their own folders (and
 //! the copies linked to them). The file keys are unwrapped with what the operator brings
-//! (the recovery key, or an auditor's unwrapped key) and wrapped again for the user: only
-//! the item file's header changes ([`crate::crypto::rewrap`]), never the sealed body.
+//! (the recovery key, or an auditor's unwrapped key) and wrapped again for the user, through
+//! one fresh epoch per grant ([`crate::crypto::epoch`]): a grant costs one key agreement for
+//! the user, one per epoch for the unlocking key, and a small stanza per item, kept in the
+//! store beside the item. Item files are never rewritten, so their hashes on the integrity
+//! chain stay valid.
 //!
-//! Work goes in batches: the new files are written beside the items, flushed to disk
-//! (`syncfs`), renamed over the old ones, the directory synced, and then the item records
-//! gain the user's key in one commit. A grant killed at any point loses nothing (an item file
-//! is replaced only by a durable copy that every old reader still opens) and is resumed by
-//! running it again: items already readable are skipped. The worker does not file while a
-//! batch is in flight (`Archive::filing`), so the two never rewrite one file at once.
+//! Work goes in batches of one durable store commit each. A grant killed at any point loses
+//! nothing (an item gains its stanza and the user's key in the same commit) and is resumed
+//! by running it again: items already readable are skipped. The worker does not file while a
+//! batch is in flight (`Archive::filing`), so a duplicate is never re-sealed under a grant.
 
 use std::collections::BTreeSet;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, BufWriter, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
+use std::io::{self, BufReader};
 
+use age_core::format::FileKey;
 use serde::Serialize;
 
-use super::store::{Batch, Item};
 use super::users::UserRecord;
 use super::{Archive, ArchiveError};
-use crate::crypto::{self, rewrap, Identity};
-use crate::fsutil;
+use crate::crypto::epoch::{Epoch, Keyring};
+use crate::crypto::{rewrap, Identity};
 
-/// Items re-wrapped per durable commit.
-const BATCH: usize = 256;
+/// Items granted per durable commit, unless told otherwise.
+pub const GRANT_BATCH: usize = 1024;
 
 /// What a grant did.
 #[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
@@ -49,14 +49,16 @@ impl Archive {
         &self,
         user: &UserRecord,
         unlock: &[Identity],
+        batch: usize,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<GrantReport, ArchiveError> {
         let entitled = self.entitled(user)?;
         let target = user.public_key.clone();
         let have = self.store.readable(&target)?;
+        let keyrings: Vec<Keyring> = unlock.iter().cloned().map(Keyring::new).collect();
         let mut openable = std::collections::HashSet::new();
-        for identity in unlock {
-            openable.extend(self.store.readable(&identity.to_public().to_string())?);
+        for keyring in &keyrings {
+            openable.extend(self.store.readable(keyring.public())?);
         }
         let mut report = GrantReport {
             entitled: entitled.len() as u64,
@@ -72,14 +74,14 @@ impl Archive {
                 report.unreachable += 1;
             }
         }
-        let recipient = crypto::parse_recipient(&target)?;
+        let epoch = Epoch::new();
         let total = todo.len() as u64;
         progress(0, total);
-        for chunk in todo.chunks(BATCH) {
+        for chunk in todo.chunks(batch.max(1)) {
             if self.stop.load(std::sync::atomic::Ordering::SeqCst) {
                 break;
             }
-            report.granted += self.grant_batch(chunk, unlock, &recipient, &target)?;
+            report.granted += self.grant_batch(chunk, &keyrings, &epoch, &target)?;
             progress(report.granted, total);
         }
         if report.granted > 0 {
@@ -110,66 +112,34 @@ impl Archive {
         Ok(out)
     }
 
-    /// Re-wraps one batch durably; returns how many items were granted.
+    /// Grants one batch in one durable commit; returns how many items were granted.
     fn grant_batch(
         &self,
         ids: &[u64],
-        unlock: &[Identity],
-        recipient: &crypto::Recipient,
+        keyrings: &[Keyring],
+        epoch: &Epoch,
         target: &str,
     ) -> Result<u64, ArchiveError> {
+        let recipient = epoch.recipient(target)?;
         let _filing = self.filing.lock().unwrap_or_else(|e| e.into_inner());
-        let mut written: Vec<(u64, Item, std::path::PathBuf)> = Vec::new();
-        let result = (|| {
-            for &id in ids {
-                // Re-read under the lock: retention or the worker may have changed it.
-                let Some(mut item) = self.store.item(id)? else {
-                    continue;
-                };
-                if item.keys.iter().any(|k| k == target) {
-                    continue;
-                }
-                let tmp = self.tmp_dir.join(format!("grant-{id}.tmp"));
-                match self.rewrap_item(id, &tmp, unlock, recipient) {
-                    Ok(()) => {}
-                    Err(ArchiveError::NoSuchMessage) => continue,
-                    Err(e) => {
-                        let _ = fs::remove_file(&tmp);
-                        return Err(e);
-                    }
-                }
-                item.keys.push(target.to_owned());
-                written.push((id, item, tmp));
+        let mut stanzas = Vec::with_capacity(ids.len());
+        for &id in ids {
+            match self.item_file_key(id, keyrings) {
+                Ok(key) => stanzas.push((id, rewrap::stanza_bytes(&recipient.stanza(&key)))),
+                Err(ArchiveError::NoSuchMessage) => continue,
+                Err(e) => return Err(e),
             }
-            if written.is_empty() {
-                return Ok(0);
-            }
-            flush_to_disk(&self.tmp_dir, written.iter().map(|(_, _, p)| p.as_path()))?;
-            for (id, _, tmp) in &written {
-                fs::rename(tmp, self.item_path(*id))?;
-            }
-            fsutil::sync_dir(&self.items_dir)?;
-            let count = written.len() as u64;
-            self.store.apply(Batch {
-                items: written.drain(..).map(|(id, item, _)| (id, item)).collect(),
-                ..Batch::default()
-            })?;
-            Ok(count)
-        })();
-        for (_, _, tmp) in &written {
-            let _ = fs::remove_file(tmp);
         }
-        result
+        Ok(self.store.grant(target, &stanzas)?)
     }
 
-    /// Writes item `id` with a stanza for `recipient` added to `tmp` (not yet synced).
-    fn rewrap_item(
+    /// The file key of an item, unwrapped with the first keyring that opens it (directly or
+    /// through an earlier grant) and checked against the file's header MAC.
+    pub(super) fn item_file_key(
         &self,
         id: u64,
-        tmp: &std::path::Path,
-        unlock: &[Identity],
-        recipient: &crypto::Recipient,
-    ) -> Result<(), ArchiveError> {
+        keyrings: &[Keyring],
+    ) -> Result<FileKey, ArchiveError> {
         let file = match File::open(self.item_path(id)) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -177,37 +147,17 @@ impl Archive {
             }
             Err(e) => return Err(e.into()),
         };
-        let mut input = BufReader::with_capacity(64 << 10, file);
-        let out = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(tmp)?;
-        let mut out = BufWriter::with_capacity(64 << 10, out);
-        rewrap::add_recipients(
-            &mut input,
-            unlock,
-            std::slice::from_ref(recipient),
-            &mut out,
-        )?;
-        out.flush()?;
-        Ok(())
+        let header = rewrap::Header::read(&mut BufReader::with_capacity(8 << 10, file))?;
+        let mut last = None;
+        for keyring in keyrings {
+            let identity = self.reader_of(id, keyring)?;
+            match header.checked_file_key(&identity) {
+                Ok(key) => return Ok(key),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last
+            .unwrap_or(crate::crypto::CryptoError::WrongPassword)
+            .into())
     }
-}
-
-/// Makes the files' data durable: one `syncfs` for the whole batch, or an fsync per file
-/// where the file system refuses that.
-fn flush_to_disk<'a>(
-    dir: &std::path::Path,
-    files: impl Iterator<Item = &'a std::path::Path>,
-) -> io::Result<()> {
-    let handle = File::open(dir)?;
-    if rustix::fs::syncfs(&handle).is_ok() {
-        return Ok(());
-    }
-    for path in files {
-        File::open(path)?.sync_data()?;
-    }
-    Ok(())
 }

@@ -17,7 +17,7 @@ mod file;
 mod fingerprint;
 mod grant;
 pub mod holds;
-pub use grant::GrantReport;
+pub use grant::{GrantReport, GRANT_BATCH};
 mod keys;
 mod plan;
 mod reader;
@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::config::ArchiveConfig;
+use crate::crypto::epoch::{Epoch, Keyring, SymmetricKey};
 use crate::crypto::{self, CryptoError, Identity};
 use crate::fsutil;
 use crate::message::{Envelope, MessageMeta};
@@ -127,7 +128,13 @@ pub struct Archive {
     /// Copies of recent items sealed to the server key, for merging duplicates.
     recent_dir: PathBuf,
     tmp_dir: PathBuf,
+    /// The server-held intake key: its X25519 form opened intake files of older versions,
+    /// its symmetric form ([`SymmetricKey`]) seals and opens them now.
     intake_identity: Identity,
+    intake_key: Arc<SymmetricKey>,
+    /// The epoch new items are sealed in (see [`crate::crypto::epoch`]); replaced every
+    /// `key_epoch_hours` and at each start, its secret never written anywhere.
+    epoch: Mutex<Arc<Epoch>>,
     /// Key of the duplicate hashes, so no Message-ID is stored in a guessable form.
     secret: Vec<u8>,
     spool: Arc<Spool>,
@@ -172,7 +179,9 @@ impl Archive {
             items_dir,
             recent_dir,
             tmp_dir,
+            intake_key: Arc::new(SymmetricKey::from_identity(&intake_identity, "intake")),
             intake_identity,
+            epoch: Mutex::new(Arc::new(Epoch::new())),
             secret,
             spool,
             user_cache: Mutex::new(None),
@@ -192,7 +201,7 @@ impl Archive {
         let archive = Arc::downgrade(self);
         self.spool.set_intake(Intake {
             dir: self.intake_dir.clone(),
-            recipient: self.intake_identity.to_public(),
+            recipient: self.intake_key.clone(),
             notify: tx,
             wants_copy: Box::new(move || {
                 archive
@@ -216,6 +225,16 @@ impl Archive {
     /// Asks the worker to stop after the item in progress (unprocessed intake stays queued).
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// The current sealing epoch, replaced by a fresh one once it is `key_epoch_hours` old.
+    pub(crate) fn current_epoch(&self) -> Arc<Epoch> {
+        let mut epoch = self.epoch.lock().unwrap();
+        let limit = Duration::from_secs_f64(self.config.key_epoch_hours.max(0.0) * 3600.0);
+        if epoch.age() >= limit {
+            *epoch = Arc::new(Epoch::new());
+        }
+        epoch.clone()
     }
 
     pub fn users(&self) -> &Users {

@@ -120,24 +120,93 @@ impl Archive {
         Ok(self.store.folder(folder)?)
     }
 
+    /// The entry behind a UID of a folder: a keyed lookup (hold folders use the item ID).
+    fn entry(&self, folder: &str, uid: u32) -> Result<Entry, ArchiveError> {
+        if let Some(hold) = self.hold_of(folder)? {
+            let item = self
+                .store
+                .item(u64::from(uid))?
+                .filter(|item| hold.covers(item))
+                .ok_or(ArchiveError::NoSuchMessage)?;
+            return Ok(Entry {
+                uid,
+                item: u64::from(uid),
+                received: item.received,
+                size: item.size,
+            });
+        }
+        self.store
+            .entry(folder, uid)?
+            .ok_or(ArchiveError::NoSuchMessage)
+    }
+
     /// Opens an archived message for reading. Blocking.
     pub fn open_message(
         &self,
         folder: &str,
         uid: u32,
-        identity: &Identity,
+        keyring: &Keyring,
     ) -> Result<impl Read + Send + use<>, ArchiveError> {
-        let entries = self.folder_entries(folder)?;
-        let entry = entries
-            .iter()
-            .find(|e| e.uid == uid)
-            .ok_or(ArchiveError::NoSuchMessage)?;
-        let file = File::open(self.item_path(entry.item)).map_err(|e| match e.kind() {
+        let entry = self.entry(folder, uid)?;
+        Ok(self.open_item(entry.item, keyring)?.take(entry.size))
+    }
+
+    /// Opens an item file with a reader's keyring, through a grant's stanza when the file
+    /// itself has none for it. Blocking.
+    pub(crate) fn open_item(
+        &self,
+        item: u64,
+        keyring: &Keyring,
+    ) -> Result<impl Read + Send + use<>, ArchiveError> {
+        let file = File::open(self.item_path(item)).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => ArchiveError::NoSuchMessage,
             _ => e.into(),
         })?;
-        let reader = crypto::open(identity, BufReader::with_capacity(64 << 10, file))?;
-        Ok(reader.take(entry.size))
+        let identity = self.reader_of(item, keyring)?;
+        Ok(crypto::open(
+            &identity,
+            BufReader::with_capacity(64 << 10, file),
+        )?)
+    }
+}
+
+impl Archive {
+    /// The identity that opens `item` for the holder of `keyring`: its keyring, plus the
+    /// stanza a grant gave it for that item.
+    pub(super) fn reader_of<'a>(
+        &self,
+        item: u64,
+        keyring: &'a Keyring,
+    ) -> Result<WithGrant<'a>, ArchiveError> {
+        let granted = self
+            .store
+            .granted(keyring.public(), item)?
+            .and_then(|bytes| crypto::rewrap::parse_stanza(&bytes));
+        Ok(WithGrant { keyring, granted })
+    }
+}
+
+/// A reader's keyring plus the stanza a grant gave it for one item (kept in the store).
+pub(super) struct WithGrant<'a> {
+    keyring: &'a Keyring,
+    granted: Option<age_core::format::Stanza>,
+}
+
+impl age::Identity for WithGrant<'_> {
+    fn unwrap_stanza(
+        &self,
+        stanza: &age_core::format::Stanza,
+    ) -> Option<Result<age_core::format::FileKey, age::DecryptError>> {
+        self.keyring.unwrap_stanza(stanza)
+    }
+
+    fn unwrap_stanzas(
+        &self,
+        stanzas: &[age_core::format::Stanza],
+    ) -> Option<Result<age_core::format::FileKey, age::DecryptError>> {
+        self.keyring
+            .unwrap_stanzas(stanzas)
+            .or_else(|| self.keyring.unwrap_stanzas(self.granted.as_slice()))
     }
 }
 
@@ -146,7 +215,7 @@ impl Archive {
 pub struct ArchiveStore {
     archive: Arc<Archive>,
     user: UserRecord,
-    identity: Identity,
+    keyring: Keyring,
 }
 
 impl ArchiveStore {
@@ -154,7 +223,7 @@ impl ArchiveStore {
         ArchiveStore {
             archive,
             user,
-            identity,
+            keyring: Keyring::new(identity),
         }
     }
 }
@@ -197,7 +266,7 @@ impl MailStore for ArchiveStore {
     ) -> Result<MessageReader, MailStoreError> {
         let reader = self
             .archive
-            .open_message(&folder.key, meta.uid, &self.identity)?;
+            .open_message(&folder.key, meta.uid, &self.keyring)?;
         Ok(Box::new(reader))
     }
 

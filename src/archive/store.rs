@@ -24,6 +24,9 @@ const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 const DONE: TableDefinition<&str, ()> = TableDefinition::new("done");
 /// (public key, item): the item is sealed to that key, so its owner can read it
 const SEALED_TO: TableDefinition<(&str, u64), ()> = TableDefinition::new("sealed-to");
+/// (public key, item) -> an age stanza wrapping the item's file key for that key, given by a
+/// grant (the item file itself is never rewritten for one)
+const GRANTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("grants");
 
 #[derive(Debug, thiserror::Error)]
 #[error("archive database: {0}")]
@@ -121,6 +124,7 @@ impl Store {
         txn.open_table(COUNTERS).map_err(err)?;
         txn.open_table(DONE).map_err(err)?;
         txn.open_table(SEALED_TO).map_err(err)?;
+        txn.open_table(GRANTS).map_err(err)?;
         txn.commit().map_err(err)?;
         Ok(Store { db })
     }
@@ -274,6 +278,62 @@ impl Store {
         Ok(out)
     }
 
+    /// One entry of a folder.
+    pub fn entry(&self, folder: &str, uid: u32) -> Result<Option<Entry>, StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(ENTRIES).map_err(err)?;
+        let found = table.get((folder, uid)).map_err(err)?;
+        Ok(found.map(|v| {
+            let (item, received, size) = v.value();
+            Entry {
+                uid,
+                item,
+                received,
+                size,
+            }
+        }))
+    }
+
+    /// Records grants durably: each item becomes readable by `key` through its stanza.
+    /// Items gone meanwhile, or already readable by `key`, are skipped; returns how many
+    /// were granted.
+    pub fn grant(&self, key: &str, stanzas: &[(u64, Vec<u8>)]) -> Result<u64, StoreError> {
+        let txn = self.db.begin_write().map_err(err)?;
+        let mut count = 0;
+        {
+            let mut items = txn.open_table(ITEMS).map_err(err)?;
+            let mut sealed = txn.open_table(SEALED_TO).map_err(err)?;
+            let mut grants = txn.open_table(GRANTS).map_err(err)?;
+            for (id, stanza) in stanzas {
+                let record = items.get(*id).map_err(err)?;
+                let Some(mut item) =
+                    record.and_then(|v| serde_json::from_slice::<Item>(v.value()).ok())
+                else {
+                    continue;
+                };
+                if item.keys.iter().any(|k| k == key) {
+                    continue;
+                }
+                item.keys.push(key.to_owned());
+                let json = serde_json::to_vec(&item).expect("serializes");
+                items.insert(*id, json.as_slice()).map_err(err)?;
+                sealed.insert((key, *id), ()).map_err(err)?;
+                grants.insert((key, *id), stanza.as_slice()).map_err(err)?;
+                count += 1;
+            }
+        }
+        txn.commit().map_err(err)?;
+        Ok(count)
+    }
+
+    /// The stanza a grant gave `key` for an item, if any.
+    pub fn granted(&self, key: &str, item: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(GRANTS).map_err(err)?;
+        let found = table.get((key, item)).map_err(err)?;
+        Ok(found.map(|v| v.value().to_vec()))
+    }
+
     /// The items sealed to a public key (what its owner can read).
     pub fn readable(&self, key: &str) -> Result<std::collections::HashSet<u64>, StoreError> {
         let txn = self.db.begin_read().map_err(err)?;
@@ -313,6 +373,7 @@ impl Store {
             let mut entries = txn.open_table(ENTRIES).map_err(err)?;
             let mut dedupe = txn.open_table(DEDUPE).map_err(err)?;
             let mut sealed = txn.open_table(SEALED_TO).map_err(err)?;
+            let mut grants = txn.open_table(GRANTS).map_err(err)?;
             for id in ids {
                 let Some(raw) = items.remove(*id).map_err(err)? else {
                     continue;
@@ -323,6 +384,7 @@ impl Store {
                 drop(raw);
                 for key in &rec.keys {
                     sealed.remove((key.as_str(), *id)).map_err(err)?;
+                    grants.remove((key.as_str(), *id)).map_err(err)?;
                 }
                 for (folder, uid) in &rec.entries {
                     entries.remove((folder.as_str(), *uid)).map_err(err)?;

@@ -18,7 +18,7 @@ fn setup(
     let (tx, _rx) = mpsc::channel();
     spool.set_intake(Intake {
         dir: archive.intake_dir.clone(),
-        recipient: archive.intake_identity.to_public(),
+        recipient: archive.intake_key.clone(),
         notify: tx,
         wants_copy: Box::new(|| true),
     });
@@ -103,7 +103,7 @@ async fn bifurcated_reports_are_stored_once_within_and_across_commits() {
         .unwrap();
         let mut raw = String::new();
         archive
-            .open_message(&inbox, listed[0].uid, &identity)
+            .open_message(&inbox, listed[0].uid, &Keyring::new(identity.clone()))
             .unwrap()
             .read_to_string(&mut raw)
             .unwrap();
@@ -146,7 +146,7 @@ async fn plain_copies_are_filed_and_retention_removes_old_ones() {
     .unwrap();
     let mut first = String::new();
     archive
-        .open_message(&inbox, listed[0].uid, &identity)
+        .open_message(&inbox, listed[0].uid, &Keyring::new(identity.clone()))
         .unwrap()
         .read_to_string(&mut first)
         .unwrap();
@@ -179,7 +179,7 @@ fn intake_names() {
 fn read_all(archive: &Archive, folder: &str, uid: u32, identity: &Identity) -> String {
     let mut raw = String::new();
     archive
-        .open_message(folder, uid, identity)
+        .open_message(folder, uid, &Keyring::new(identity.clone()))
         .unwrap()
         .read_to_string(&mut raw)
         .unwrap();
@@ -236,9 +236,12 @@ async fn a_recovery_grant_restores_history_and_keeps_catch_all_mail() {
     assert!(archive.list(&inbox, &bob.public_key).unwrap().is_empty());
     let mut calls = Vec::new();
     let report = archive
-        .grant(&bob, std::slice::from_ref(&recovery_key), &mut |d, t| {
-            calls.push((d, t))
-        })
+        .grant(
+            &bob,
+            std::slice::from_ref(&recovery_key),
+            GRANT_BATCH,
+            &mut |d, t| calls.push((d, t)),
+        )
         .unwrap();
     assert_eq!(
         (
@@ -263,7 +266,12 @@ async fn a_recovery_grant_restores_history_and_keeps_catch_all_mail() {
     );
     assert!(read_all(&archive, &inbox, listed[0].uid, &identity).contains("Subject: after"));
     let again = archive
-        .grant(&bob, std::slice::from_ref(&recovery_key), &mut |_, _| {})
+        .grant(
+            &bob,
+            std::slice::from_ref(&recovery_key),
+            GRANT_BATCH,
+            &mut |_, _| {},
+        )
         .unwrap();
     assert_eq!((again.granted, again.already), (0, 1));
 
@@ -277,7 +285,7 @@ async fn a_recovery_grant_restores_history_and_keeps_catch_all_mail() {
         .unwrap()
         .is_empty());
     let report = archive
-        .grant(&auditor, &[recovery_key], &mut |_, _| {})
+        .grant(&auditor, &[recovery_key], GRANT_BATCH, &mut |_, _| {})
         .unwrap();
     assert_eq!(
         (report.entitled, report.granted, report.unreachable),

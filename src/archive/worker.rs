@@ -229,10 +229,8 @@ impl Archive {
 
     pub(super) fn open_intake(&self, path: &Path) -> Result<impl BufRead + use<>, ArchiveError> {
         let file = File::open(path)?;
-        let reader = crypto::open(
-            &self.intake_identity,
-            BufReader::with_capacity(64 << 10, file),
-        )?;
+        let identities: [&dyn age::Identity; 2] = [&*self.intake_key, &self.intake_identity];
+        let reader = crypto::open_any(&identities, BufReader::with_capacity(64 << 10, file))?;
         Ok(BufReader::with_capacity(64 << 10, reader))
     }
 

@@ -77,6 +77,9 @@ pub struct GrantArgs {
     /// or from the first line of standard input.
     #[arg(long, value_name = "AUDITOR")]
     pub by: Option<String>,
+    /// Items made readable per durable commit (a killed grant redoes at most one batch).
+    #[arg(long, value_name = "N", default_value_t = crate::archive::GRANT_BATCH)]
+    pub batch: usize,
     #[arg(long)]
     pub json: bool,
 }
@@ -269,6 +272,7 @@ fn grant(config: &Config, args: GrantArgs) -> Result<i32> {
     let request = GrantRequest {
         login: args.login.clone(),
         keys: vec![identity.to_string().expose_secret().to_owned()],
+        batch: args.batch.max(1),
     };
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(

@@ -14,6 +14,7 @@ use rand::{rngs::OsRng, Rng, RngCore};
 
 pub use age::x25519::{Identity, Recipient};
 
+pub mod epoch;
 pub mod rewrap;
 
 /// scrypt cost for wrapping a secret key: N = 2^15 (32 MiB, ~60 ms here).
@@ -85,28 +86,44 @@ pub fn parse_recipient(public: &str) -> Result<Recipient, CryptoError> {
 }
 
 /// Starts sealing a stream to `recipient`; call `finish()` on the result.
-pub fn seal<W: Write>(recipient: &Recipient, out: W) -> Result<StreamWriter<W>, CryptoError> {
-    let encryptor = age::Encryptor::with_recipients(iter::once(recipient as _))
-        .map_err(|e| CryptoError::Damaged(e.to_string()))?;
-    Ok(encryptor.wrap_output(out)?)
+pub fn seal<W: Write>(
+    recipient: &dyn age::Recipient,
+    out: W,
+) -> Result<StreamWriter<W>, CryptoError> {
+    seal_to_all(&[recipient], out)
 }
 
 /// Starts sealing a stream to several recipients (an archive copy: users and auditors).
 pub fn seal_to_all<W: Write>(
-    recipients: &[Recipient],
+    recipients: &[&dyn age::Recipient],
     out: W,
 ) -> Result<StreamWriter<W>, CryptoError> {
-    let encryptor = age::Encryptor::with_recipients(recipients.iter().map(|r| r as _))
+    let encryptor = age::Encryptor::with_recipients(recipients.iter().copied())
         .map_err(|e| CryptoError::Damaged(e.to_string()))?;
     Ok(encryptor.wrap_output(out)?)
 }
 
-/// Opens a sealed stream with the mailbox identity.
-pub fn open<R: BufRead>(identity: &Identity, input: R) -> Result<StreamReader<R>, CryptoError> {
+/// Opens a sealed stream with an identity (a mailbox's, a [`epoch::Keyring`], ...).
+pub fn open<R: BufRead>(
+    identity: &dyn age::Identity,
+    input: R,
+) -> Result<StreamReader<R>, CryptoError> {
     let decryptor =
         age::Decryptor::new_buffered(input).map_err(|e| CryptoError::Damaged(e.to_string()))?;
     decryptor
-        .decrypt(iter::once(identity as _))
+        .decrypt(iter::once(identity))
+        .map_err(|e| CryptoError::Damaged(e.to_string()))
+}
+
+/// Opens a sealed stream with whichever of `identities` has a stanza in it.
+pub fn open_any<R: BufRead>(
+    identities: &[&dyn age::Identity],
+    input: R,
+) -> Result<StreamReader<R>, CryptoError> {
+    let decryptor =
+        age::Decryptor::new_buffered(input).map_err(|e| CryptoError::Damaged(e.to_string()))?;
+    decryptor
+        .decrypt(identities.iter().copied())
         .map_err(|e| CryptoError::Damaged(e.to_string()))
 }
 

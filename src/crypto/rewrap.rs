@@ -9,14 +9,13 @@
 
 use std::io::{self, BufRead, Read, Write};
 
-use age::{Identity as _, Recipient as _};
 use age_core::format::{FileKey, Stanza};
 use age_core::secrecy::ExposeSecret;
 use base64::prelude::{Engine, BASE64_STANDARD_NO_PAD};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::{CryptoError, Identity, Recipient};
+use super::CryptoError;
 
 /// Longest header read (age headers here hold a few dozen stanzas of ~120 bytes).
 const MAX_HEADER: usize = 256 << 10;
@@ -28,6 +27,8 @@ pub struct Header {
     /// Everything before the `---` line: the version line and the stanzas, as read.
     body: Vec<u8>,
     stanzas: Vec<Stanza>,
+    /// The MAC from the `---` line.
+    mac: Vec<u8>,
 }
 
 impl Header {
@@ -53,7 +54,44 @@ impl Header {
         }
         let stanzas =
             parse_stanzas(&body[VERSION_LINE.len()..]).ok_or_else(|| damaged("stanza"))?;
-        Ok(Header { body, stanzas })
+        let mac = line
+            .strip_prefix(b"--- ")
+            .and_then(|m| m.strip_suffix(b"\n"))
+            .and_then(|m| BASE64_STANDARD_NO_PAD.decode(m).ok())
+            .ok_or_else(|| damaged("MAC line"))?;
+        Ok(Header { body, stanzas, mac })
+    }
+
+    /// The header MAC of `body` ending in `---` under `file_key`.
+    fn mac_of(body: &[u8], file_key: &FileKey) -> Hmac<Sha256> {
+        let mac_key = age_core::primitives::hkdf(&[], b"header", file_key.expose_secret());
+        let mut mac = Hmac::<Sha256>::new_from_slice(&mac_key).expect("any key length");
+        mac.update(body);
+        mac.update(MAC_PREFIX);
+        mac
+    }
+
+    /// Whether `file_key` is this file's key (its header MAC checks out).
+    pub fn verify(&self, file_key: &FileKey) -> bool {
+        Self::mac_of(&self.body, file_key)
+            .verify_slice(&self.mac)
+            .is_ok()
+    }
+
+    /// The file key, unwrapped with `identity` and checked against the header MAC.
+    pub fn checked_file_key(&self, identity: &dyn age::Identity) -> Result<FileKey, CryptoError> {
+        let key = self.file_key(&[identity])?;
+        if !self.verify(&key) {
+            return Err(CryptoError::Damaged(
+                "age header: MAC does not match".into(),
+            ));
+        }
+        Ok(key)
+    }
+
+    /// The recipient stanzas.
+    pub fn stanzas(&self) -> &[Stanza] {
+        &self.stanzas
     }
 
     /// How many recipient stanzas the header holds.
@@ -62,7 +100,7 @@ impl Header {
     }
 
     /// The file key, unwrapped with the first of `identities` that has a stanza here.
-    pub fn file_key(&self, identities: &[Identity]) -> Result<FileKey, CryptoError> {
+    pub fn file_key(&self, identities: &[&dyn age::Identity]) -> Result<FileKey, CryptoError> {
         for identity in identities {
             match identity.unwrap_stanzas(&self.stanzas) {
                 Some(Ok(key)) => return Ok(key),
@@ -78,7 +116,7 @@ impl Header {
     pub fn write_with<W: Write>(
         &self,
         file_key: &FileKey,
-        recipients: &[Recipient],
+        recipients: &[&dyn age::Recipient],
         out: &mut W,
     ) -> Result<(), CryptoError> {
         let mut header = self.body.clone();
@@ -90,11 +128,9 @@ impl Header {
                 write_stanza(stanza, &mut header);
             }
         }
+        let tag =
+            BASE64_STANDARD_NO_PAD.encode(Self::mac_of(&header, file_key).finalize().into_bytes());
         header.extend_from_slice(MAC_PREFIX);
-        let mac_key = age_core::primitives::hkdf(&[], b"header", file_key.expose_secret());
-        let mut mac = Hmac::<Sha256>::new_from_slice(&mac_key).expect("any key length");
-        mac.update(&header);
-        let tag = BASE64_STANDARD_NO_PAD.encode(mac.finalize().into_bytes());
         header.push(b' ');
         header.extend_from_slice(tag.as_bytes());
         header.push(b'\n');
@@ -107,8 +143,8 @@ impl Header {
 /// its key with one of `identities`. The payload is copied byte for byte.
 pub fn add_recipients<R: BufRead, W: Write>(
     input: &mut R,
-    identities: &[Identity],
-    recipients: &[Recipient],
+    identities: &[&dyn age::Identity],
+    recipients: &[&dyn age::Recipient],
     out: &mut W,
 ) -> Result<u64, CryptoError> {
     let header = Header::read(input)?;
@@ -125,6 +161,19 @@ fn parse_stanzas(mut input: &[u8]) -> Option<Vec<Stanza>> {
         input = rest;
     }
     Some(out)
+}
+
+/// One stanza in its header form (for keeping it outside a file, e.g. a grant).
+pub fn stanza_bytes(stanza: &Stanza) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_stanza(stanza, &mut out);
+    out
+}
+
+/// Reads back what [`stanza_bytes`] wrote.
+pub fn parse_stanza(bytes: &[u8]) -> Option<Stanza> {
+    let (rest, stanza) = age_core::format::read::legacy_age_stanza(bytes).ok()?;
+    rest.is_empty().then(|| Stanza::from(stanza))
 }
 
 /// `-> tag args...` and the body in base64, 64 columns, ending with a short line.
@@ -148,11 +197,13 @@ fn write_stanza(stanza: &Stanza, out: &mut Vec<u8>) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::{Identity, Recipient};
     use super::*;
 
     fn sealed(to: &[Recipient], text: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        let mut w = super::super::seal_to_all(to, &mut out).unwrap();
+        let to: Vec<&dyn age::Recipient> = to.iter().map(|r| r as _).collect();
+        let mut w = super::super::seal_to_all(&to, &mut out).unwrap();
         w.write_all(text).unwrap();
         w.finish().unwrap();
         out
@@ -177,8 +228,8 @@ mod tests {
         let mut granted = Vec::new();
         add_recipients(
             &mut &file[..],
-            &[stranger.clone(), owner.clone()],
-            &[reader.to_public()],
+            &[&stranger, &owner],
+            &[&reader.to_public()],
             &mut granted,
         )
         .unwrap();
@@ -204,12 +255,7 @@ mod tests {
         let mut out = Vec::new();
         let other = Identity::generate();
         assert!(matches!(
-            add_recipients(
-                &mut &file[..],
-                std::slice::from_ref(&other),
-                &[other.to_public()],
-                &mut out
-            ),
+            add_recipients(&mut &file[..], &[&other], &[&other.to_public()], &mut out),
             Err(CryptoError::WrongPassword)
         ));
         let mut tampered = file.clone();
@@ -218,8 +264,8 @@ mod tests {
         let mut out = Vec::new();
         let result = add_recipients(
             &mut &tampered[..],
-            std::slice::from_ref(&owner),
-            &[other.to_public()],
+            &[&owner],
+            &[&other.to_public()],
             &mut out,
         );
         assert!(result.is_err() || opened(&other, &out).is_err());

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
-use super::{CommitJob, Dest, Spool, SpoolError, ENVELOPE_MAGIC, SPILL_THRESHOLD};
-use crate::crypto::{self, Recipient};
+use super::{CommitJob, Dest, SealTo, Spool, SpoolError, ENVELOPE_MAGIC, SPILL_THRESHOLD};
+use crate::crypto;
 use crate::mailbox::MailboxId;
 use crate::message::{Envelope, Flags, MessageMeta};
 
@@ -34,7 +34,7 @@ pub struct Delivery {
 
 pub(super) struct Sink {
     pub(super) dest: Dest,
-    pub(super) recipient: Recipient,
+    pub(super) recipient: SealTo,
     pub(super) received: i64,
     pub(super) envelope_line: Vec<u8>,
     pub(super) file: Option<(PathBuf, age::stream::StreamWriter<BufWriter<File>>)>,
@@ -48,7 +48,7 @@ impl Sink {
             .create_new(true)
             .mode(0o600)
             .open(&path)?;
-        let mut writer = crypto::seal(&self.recipient, BufWriter::with_capacity(64 * 1024, file))?;
+        let mut writer = crypto::seal(&*self.recipient, BufWriter::with_capacity(64 * 1024, file))?;
         let result = writer.write_all(&self.envelope_line);
         self.file = Some((path, writer));
         result.map_err(SpoolError::from)

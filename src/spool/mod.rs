@@ -90,11 +90,14 @@ enum Dest {
     Intake,
 }
 
+/// What a copy is sealed to: a mailbox's X25519 key, or the archive's server-held key.
+pub type SealTo = Arc<dyn age::Recipient + Send + Sync>;
+
 /// The archive's intake queue: a copy of every accepted message, sealed to the archive's
 /// server key, durable before the 250 like the mailbox copies (see `archive`).
 pub struct Intake {
     pub dir: PathBuf,
-    pub recipient: Recipient,
+    pub recipient: SealTo,
     /// Told after each batch of new intake files is durable.
     pub notify: mpsc::Sender<()>,
     /// Whether a delivery starting now needs a copy (the archive decides: it wants one once
@@ -318,7 +321,7 @@ impl Spool {
         for t in targets {
             sinks.push(Sink {
                 dest: Dest::Mailbox(t.mailbox),
-                recipient: t.recipient,
+                recipient: Arc::new(t.recipient),
                 received: t.envelope.received,
                 envelope_line: envelope_line(&t.envelope),
                 file: None,

@@ -238,8 +238,10 @@ def test_alias_added_after_creation_files_new_mail(archive_gw):
 
 
 def _spawn_grant(gw, login, key):
+    # One durable commit per item: a grant of 700 items takes long enough to be killed
+    # part way (with the default batch it is over in a few milliseconds).
     cmd = [str(BIN), "--config", str(gw.config_path), "archive", "grant", login,
-           "--recovery", str(key), "--json"]
+           "--recovery", str(key), "--batch", "1", "--json"]
     return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, cwd=gw.base)
 
