@@ -32,6 +32,9 @@ pub enum Request {
     Retention {
         dry_run: bool,
     },
+    /// Check the integrity chain and every item file (`archive verify`); answered with
+    /// progress lines before the response.
+    Verify,
 }
 
 /// `archive grant` through the server: the user and the keys that open the file keys (the
@@ -140,7 +143,22 @@ pub async fn run(listener: UnixListener, state: Arc<State>) {
                     cert_request(&state, request).await
                 }
                 Ok(Request::ArchiveStats) => archive_stats(&state).await,
-                Ok(Request::Grant(grant)) => grant_request(&state, grant, &mut write).await,
+                Ok(Request::Grant(grant)) => match state.archive.clone() {
+                    Some(archive) => {
+                        with_progress(&mut write, move |progress| {
+                            run_grant(&archive, &grant, progress)
+                        })
+                        .await
+                    }
+                    None => failure("the archive is disabled (archive.enabled = false)".into()),
+                },
+                Ok(Request::Verify) => match state.archive.clone() {
+                    Some(archive) => {
+                        with_progress(&mut write, move |progress| run_verify(&archive, progress))
+                            .await
+                    }
+                    None => failure("the archive is disabled (archive.enabled = false)".into()),
+                },
                 Ok(Request::Retention { dry_run }) => match state.archive.clone() {
                     Some(archive) => {
                         tokio::task::spawn_blocking(move || run_retention(&archive, dry_run))
@@ -200,21 +218,17 @@ async fn archive_stats(state: &State) -> Response {
     }
 }
 
-/// `archive grant` in the server: runs on a blocking thread, progress lines stream back.
-async fn grant_request(
-    state: &State,
-    grant: GrantRequest,
+/// Runs a long request on a blocking thread; its progress lines stream back first.
+async fn with_progress(
     write: &mut tokio::net::unix::OwnedWriteHalf,
+    job: impl FnOnce(&mut dyn FnMut(u64, u64)) -> Response + Send + 'static,
 ) -> Response {
-    let Some(archive) = state.archive.clone() else {
-        return failure("the archive is disabled (archive.enabled = false)".into());
-    };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(u64, u64)>(4);
     let work = tokio::task::spawn_blocking(move || {
         let mut progress = |done, total| {
             let _ = tx.blocking_send((done, total));
         };
-        run_grant(&archive, &grant, &mut progress)
+        job(&mut progress)
     });
     while let Some(progress) = rx.recv().await {
         let mut line = serde_json::to_vec(&Progress { progress }).expect("serializes");
@@ -222,6 +236,22 @@ async fn grant_request(
         let _ = write.write_all(&line).await;
     }
     work.await.unwrap_or_else(|e| failure(e.to_string()))
+}
+
+/// `archive verify` against an open archive (in the server or in the CLI).
+pub fn run_verify(
+    archive: &crate::archive::Archive,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Response {
+    match archive.verify(progress) {
+        Ok(report) => Response {
+            ok: true,
+            error: None,
+            archive: serde_json::to_value(report).ok(),
+            ..failure(String::new())
+        },
+        Err(e) => failure(e.to_string()),
+    }
 }
 
 /// Runs a grant against an open archive (in the server or in the CLI).
@@ -330,6 +360,7 @@ pub fn execute(spool: &crate::spool::Spool, request: Request) -> Response {
         | Request::CertRenew
         | Request::ArchiveStats
         | Request::Grant(_)
+        | Request::Verify
         | Request::Retention { .. } => {
             return failure("this request needs the running server".into())
         }

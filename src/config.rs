@@ -250,6 +250,12 @@ pub struct ArchiveConfig {
     /// Hours one sealing epoch lasts: new items are sealed to their readers through keys
     /// derived once per epoch (see `crypto::epoch`); its secret lives only in memory.
     pub key_epoch_hours: f64,
+    /// The Ed25519 key that signs the integrity chain's checkpoints (like the intake key,
+    /// outside `data_dir`). Default: `$CREDENTIALS_DIRECTORY/chain.key`, else
+    /// `<data_dir>.chain.key`.
+    pub signing_key_file: Option<PathBuf>,
+    /// Minutes between signed checkpoints of the integrity chain (while it grows).
+    pub checkpoint_minutes: f64,
 }
 
 impl Default for ArchiveConfig {
@@ -264,6 +270,8 @@ impl Default for ArchiveConfig {
             intake_key_file: None,
             dedupe_hours: 48,
             key_epoch_hours: 24.0,
+            signing_key_file: None,
+            checkpoint_minutes: 10.0,
         }
     }
 }

@@ -9,11 +9,12 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 use crate::crypto::{self, epoch::EpochRecipient};
 use crate::message::Envelope;
 
+use super::chain::{Change, Op, Sealed};
 use super::fingerprint::Normalizer;
 use super::plan::Plan;
 use super::skeleton::Skeleton;
@@ -35,6 +36,8 @@ pub(super) struct Delta {
     pub(super) published: Vec<u64>,
     /// The intake file is the duplicate-merge copy of a new item: keep it for a while.
     pub(super) keep_intake: bool,
+    /// Item files written, for the integrity chain.
+    pub(super) chain: Vec<Change>,
 }
 
 impl Delta {
@@ -61,6 +64,7 @@ pub(super) struct Pending {
     /// Intake files of this commit, and whether each is kept in `recent/`.
     pub(super) intake: Vec<(PathBuf, bool)>,
     pub(super) changed: BTreeSet<String>,
+    pub(super) chain: Vec<Change>,
 }
 
 impl Pending {
@@ -79,6 +83,7 @@ impl Pending {
         }
         self.dedupe.extend(delta.dedupe);
         self.counters.extend(delta.counters);
+        self.chain.extend(delta.chain);
         self.next_item = self.next_item.max(delta.next_item);
         self.done.push(name);
         self.intake.push((path, delta.keep_intake));
@@ -125,7 +130,7 @@ impl Archive {
         let received = envelope.received;
         if existing.is_empty() {
             let id = delta.allocate();
-            self.publish(&written.tmp, id, delta)?;
+            self.publish(&written, id, Op::Filed, received, delta)?;
             delta.keep_intake = true;
             let mut item = Item {
                 received,
@@ -141,7 +146,7 @@ impl Archive {
             for (range, b64) in plan.originals.iter().skip(1).cloned() {
                 let extra = self.write_item(source, range, b64, &keys)?;
                 let extra_id = delta.allocate();
-                self.publish(&extra.tmp, extra_id, delta)?;
+                self.publish(&extra, extra_id, Op::Filed, received, delta)?;
                 item.linked.push(extra_id);
                 delta.items.push((
                     extra_id,
@@ -205,8 +210,14 @@ impl Archive {
         // Within the window the first copy is re-sealed to everyone: stored once.
         if let Some((id, item)) = records.first() {
             let all = union(item);
-            if self.reseal_from_recent(*id, item, &all)? {
+            if let Some(sealed) = self.reseal_from_recent(*id, item, &all)? {
                 let _ = fs::remove_file(&written.tmp);
+                delta.chain.push(Change {
+                    op: Op::Resealed,
+                    item: *id,
+                    sealed: Some(sealed),
+                    time: received,
+                });
                 let mut updated = item.clone();
                 updated.keys = all;
                 delta.items.push((*id, updated));
@@ -222,7 +233,7 @@ impl Archive {
                 let _ = fs::remove_file(&written.tmp);
                 let all = union(item);
                 let resealed = self.write_item(source, first, first_b64, &all)?;
-                fs::rename(&resealed.tmp, self.item_path(*id))?;
+                self.publish(&resealed, *id, Op::Resealed, received, delta)?;
                 let mut updated = item.clone();
                 updated.keys = all;
                 delta.items.push((*id, updated));
@@ -230,7 +241,7 @@ impl Archive {
             }
             None => {
                 let id = delta.allocate();
-                self.publish(&written.tmp, id, delta)?;
+                self.publish(&written, id, Op::Filed, received, delta)?;
                 delta.items.push((
                     id,
                     Item {
@@ -256,10 +267,26 @@ impl Archive {
         Ok(())
     }
 
-    /// Moves a new item file into place (durable at the next commit's folder sync).
-    fn publish(&self, tmp: &Path, id: u64, delta: &mut Delta) -> io::Result<()> {
-        fs::rename(tmp, self.item_path(id))?;
-        delta.published.push(id);
+    /// Moves an item file into place (durable at the next commit's folder sync) and notes
+    /// it for the chain. A new item's file is removed again if its intake file fails.
+    fn publish(
+        &self,
+        written: &Written,
+        id: u64,
+        op: Op,
+        time: i64,
+        delta: &mut Delta,
+    ) -> io::Result<()> {
+        fs::rename(&written.tmp, self.item_path(id))?;
+        if op == Op::Filed {
+            delta.published.push(id);
+        }
+        delta.chain.push(Change {
+            op,
+            item: id,
+            sealed: Some(written.sealed.clone()),
+            time,
+        });
         Ok(())
     }
 
@@ -300,42 +327,57 @@ impl Archive {
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
+        let out = DigestWriter::new(BufWriter::with_capacity(64 << 10, file));
+        let mut salt = [0u8; SALT_BYTES];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut salt);
         let mut sink = HashingWriter {
-            inner: crypto::seal_to_all(&recipients, BufWriter::with_capacity(64 << 10, file))?,
+            inner: crypto::seal_to_all(&recipients, out)?,
             exact: Hmac::<Sha256>::new_from_slice(&self.secret).expect("any key length"),
             normalized: Normalizer::default(),
+            commitment: Sha256::new_with_prefix(salt),
             size: 0,
         };
         let finished = fill(&mut sink).and_then(|()| {
-            let buffered = sink.inner.finish()?;
+            // The salt of the commitment follows the original, inside the sealed stream.
+            sink.inner.write_all(&salt)?;
+            let out = sink.inner.finish()?;
+            let (digest, size, buffered) = out.finish();
             let file = buffered.into_inner().map_err(|e| e.into_error())?;
             if durable {
                 file.sync_data()?;
             }
-            Ok(())
+            Ok((digest, size))
         });
-        if let Err(e) = finished {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
+        let (digest, sealed_size) = match finished {
+            Ok(done) => done,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
         Ok(Written {
             tmp,
             size: sink.size,
             exact: sink.exact.finalize().into_bytes().to_vec(),
             normalized: sink.normalized.finish(),
+            sealed: Sealed {
+                sha256: hex::encode(digest),
+                size: sealed_size,
+                commitment: Some(hex::encode(sink.commitment.finalize())),
+            },
         })
     }
 
     /// Re-seals item `id` to `keys` from the message it came from, while that is kept in
-    /// `recent/`; false when it is not (any more).
+    /// `recent/`; none when it is not (any more).
     fn reseal_from_recent(
         &self,
         id: u64,
         item: &Item,
         keys: &[String],
-    ) -> Result<bool, ArchiveError> {
+    ) -> Result<Option<Sealed>, ArchiveError> {
         let Some(origin) = &item.origin else {
-            return Ok(false);
+            return Ok(None);
         };
         // Still in the intake when the item was filed by this same commit.
         let Some(path) = [&self.recent_dir, &self.intake_dir]
@@ -343,7 +385,7 @@ impl Archive {
             .map(|dir| dir.join(&origin.file))
             .find(|p| p.is_file())
         else {
-            return Ok(false);
+            return Ok(None);
         };
         let source = Source {
             archive: self,
@@ -356,10 +398,10 @@ impl Archive {
         })?;
         if written.size != item.size {
             let _ = fs::remove_file(&written.tmp);
-            return Ok(false);
+            return Ok(None);
         }
         fs::rename(&written.tmp, self.item_path(id))?;
-        Ok(true)
+        Ok(Some(written.sealed))
     }
 
     /// Removes kept intake files older than the duplicate-merge window.
@@ -455,17 +497,23 @@ impl Source<'_> {
     }
 }
 
+/// Bytes of random salt sealed after an item's original (see [`super::chain`]).
+pub(super) const SALT_BYTES: usize = 16;
+
 struct Written {
     tmp: PathBuf,
     size: u64,
     exact: Vec<u8>,
     normalized: Vec<u8>,
+    sealed: Sealed,
 }
 
+/// Hashes the plaintext on its way into the sealing stream.
 struct HashingWriter<W: Write> {
     inner: W,
     exact: Hmac<Sha256>,
     normalized: Normalizer,
+    commitment: Sha256,
     size: u64,
 }
 
@@ -474,6 +522,42 @@ impl<W: Write> Write for HashingWriter<W> {
         let n = self.inner.write(buf)?;
         self.exact.update(&buf[..n]);
         self.normalized.update(&buf[..n]);
+        self.commitment.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Hashes the sealed bytes on their way to the file.
+pub(super) struct DigestWriter<W: Write> {
+    inner: W,
+    digest: Sha256,
+    size: u64,
+}
+
+impl<W: Write> DigestWriter<W> {
+    pub(super) fn new(inner: W) -> DigestWriter<W> {
+        DigestWriter {
+            inner,
+            digest: Sha256::new(),
+            size: 0,
+        }
+    }
+
+    /// (SHA-256, bytes written, the writer).
+    pub(super) fn finish(self) -> ([u8; 32], u64, W) {
+        (self.digest.finalize().into(), self.size, self.inner)
+    }
+}
+
+impl<W: Write> Write for DigestWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.digest.update(&buf[..n]);
         self.size += n as u64;
         Ok(n)
     }

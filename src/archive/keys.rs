@@ -1,4 +1,5 @@
-//! The server-held intake key: where it lives and how it is created or moved there.
+//! The server-held keys: the intake key and the chain's signing key; where they live and how
+//! they are created (or, for an old intake key, moved there).
 //!
 //! Intake copies (and the duplicate-merge copies kept `dedupe_hours`) are sealed to this key
 //! so the archive can be filed without any user's password. It is kept **outside
@@ -12,6 +13,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use age::secrecy::ExposeSecret;
+use ed25519_dalek::SigningKey;
 
 use super::ArchiveError;
 use crate::config::ArchiveConfig;
@@ -20,26 +22,50 @@ use crate::fsutil;
 
 /// Where the intake key of the archive under `data_dir` lives.
 pub(super) fn intake_key_path(config: &ArchiveConfig, data_dir: &Path) -> PathBuf {
-    if let Some(path) = &config.intake_key_file {
-        return path.clone();
+    key_path(config.intake_key_file.as_deref(), data_dir, "intake.key")
+}
+
+/// Where the chain's signing key lives.
+pub(super) fn signing_key_path(config: &ArchiveConfig, data_dir: &Path) -> PathBuf {
+    key_path(config.signing_key_file.as_deref(), data_dir, "chain.key")
+}
+
+/// The configured path, else `$CREDENTIALS_DIRECTORY/<name>` when systemd provides it, else
+/// `<data_dir>.<name>` beside the data directory.
+fn key_path(configured: Option<&Path>, data_dir: &Path, name: &str) -> PathBuf {
+    if let Some(path) = configured {
+        return path.to_owned();
     }
     if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
-        let credential = Path::new(&dir).join("intake.key");
+        let credential = Path::new(&dir).join(name);
         if credential.is_file() {
             return credential;
         }
     }
-    beside(data_dir)
-}
-
-/// `<data_dir>.intake.key` in the data directory's parent.
-fn beside(data_dir: &Path) -> PathBuf {
     let absolute = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_owned());
-    let name = absolute
+    let dir_name = absolute
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "journalgate".into());
-    absolute.with_file_name(format!("{name}.intake.key"))
+    absolute.with_file_name(format!("{dir_name}.{name}"))
+}
+
+/// Loads the Ed25519 key that signs chain checkpoints (hex), creating it when missing.
+pub(super) fn load_signing_key(path: &Path) -> Result<SigningKey, ArchiveError> {
+    match fs::read_to_string(path) {
+        Ok(text) => hex::decode(text.trim())
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .map(|b| SigningKey::from_bytes(&b))
+            .ok_or_else(|| ArchiveError::Damaged(format!("{}: not a signing key", path.display()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let key = SigningKey::generate(&mut rand::rngs::OsRng);
+            let text = zeroize::Zeroizing::new(format!("{}\n", hex::encode(key.to_bytes())));
+            write_key(path, text.as_bytes())?;
+            Ok(key)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Loads the intake key from `path`, creating it (0600) when missing; a key still at `legacy`

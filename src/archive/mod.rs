@@ -13,10 +13,12 @@
 //! to be written without any user's password. Intake files live only until they are
 //! processed; the copies kept for merging duplicates live `dedupe_hours` (default 48).
 
+pub mod chain;
 mod file;
 mod fingerprint;
 mod grant;
 pub mod holds;
+mod integrity;
 pub use grant::{GrantReport, GRANT_BATCH};
 mod keys;
 mod plan;
@@ -135,6 +137,8 @@ pub struct Archive {
     /// The epoch new items are sealed in (see [`crate::crypto::epoch`]); replaced every
     /// `key_epoch_hours` and at each start, its secret never written anywhere.
     epoch: Mutex<Arc<Epoch>>,
+    /// Signs the integrity chain's checkpoints (kept outside `data_dir`).
+    signing_key: ed25519_dalek::SigningKey,
     /// Key of the duplicate hashes, so no Message-ID is stored in a guessable form.
     secret: Vec<u8>,
     spool: Arc<Spool>,
@@ -166,6 +170,8 @@ impl Archive {
         let key_path = keys::intake_key_path(config, spool.data_dir());
         let intake_identity = keys::load_intake_key(&key_path, &dir.join("intake.key"))?;
         let secret = load_or_create_secret(&dir.join("dedupe.key"))?;
+        let signing_key =
+            keys::load_signing_key(&keys::signing_key_path(config, spool.data_dir()))?;
         let users = Users::new(spool.data_dir());
         let recovery = recovery::Recovery::new(spool.data_dir());
         let holds = holds::Holds::new(spool.data_dir());
@@ -182,6 +188,7 @@ impl Archive {
             intake_key: Arc::new(SymmetricKey::from_identity(&intake_identity, "intake")),
             intake_identity,
             epoch: Mutex::new(Arc::new(Epoch::new())),
+            signing_key,
             secret,
             spool,
             user_cache: Mutex::new(None),
@@ -192,6 +199,7 @@ impl Archive {
             stop: AtomicBool::new(false),
         });
         archive.remove_orphans()?;
+        archive.chain_existing()?;
         Ok(archive)
     }
 
@@ -303,7 +311,9 @@ impl Archive {
         if old.is_empty() {
             return Ok(0);
         }
-        let changed = self.store.remove_items(&old)?;
+        let changed = self
+            .store
+            .remove_items(&old, chrono::Utc::now().timestamp())?;
         for id in &old {
             let _ = fs::remove_file(self.item_path(*id));
         }

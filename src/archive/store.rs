@@ -7,8 +7,10 @@
 
 use std::path::Path;
 
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
+
+use super::chain::{self, Change, Checkpoint, Link};
 
 /// (folder, uid) -> (item, received, size)
 const ENTRIES: TableDefinition<(&str, u32), (u64, i64, u64)> = TableDefinition::new("entries");
@@ -27,6 +29,10 @@ const SEALED_TO: TableDefinition<(&str, u64), ()> = TableDefinition::new("sealed
 /// (public key, item) -> an age stanza wrapping the item's file key for that key, given by a
 /// grant (the item file itself is never rewritten for one)
 const GRANTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("grants");
+/// seq -> one link of the integrity chain, as the exact bytes it is hashed over
+const CHAIN: TableDefinition<u64, &[u8]> = TableDefinition::new("chain");
+/// seq -> JSON [`Checkpoint`] signed at that link
+const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("checkpoints");
 
 #[derive(Debug, thiserror::Error)]
 #[error("archive database: {0}")]
@@ -111,6 +117,8 @@ pub struct Batch {
     pub counters: Vec<(&'static str, u64)>,
     /// Intake files archived by this batch.
     pub done: Vec<String>,
+    /// Item files written or replaced by this batch, for the integrity chain.
+    pub chain: Vec<Change>,
 }
 
 impl Store {
@@ -125,6 +133,8 @@ impl Store {
         txn.open_table(DONE).map_err(err)?;
         txn.open_table(SEALED_TO).map_err(err)?;
         txn.open_table(GRANTS).map_err(err)?;
+        txn.open_table(CHAIN).map_err(err)?;
+        txn.open_table(CHECKPOINTS).map_err(err)?;
         txn.commit().map_err(err)?;
         Ok(Store { db })
     }
@@ -192,8 +202,66 @@ impl Store {
                 done.insert(name.as_str(), ()).map_err(err)?;
             }
         }
+        append_links(&txn, &batch.chain)?;
         txn.commit().map_err(err)?;
         Ok(placed)
+    }
+
+    /// The newest link: (sequence number, hash); `(0, GENESIS)` for an empty chain.
+    pub fn chain_head(&self) -> Result<(u64, String), StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(CHAIN).map_err(err)?;
+        let last = table.last().map_err(err)?;
+        Ok(match last {
+            Some((k, v)) => (k.value(), chain::hash(v.value())),
+            None => (0, chain::GENESIS.to_owned()),
+        })
+    }
+
+    /// Calls `f` with each link from `from` on, in order.
+    pub fn for_each_link(
+        &self,
+        from: u64,
+        mut f: impl FnMut(u64, &[u8]),
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(CHAIN).map_err(err)?;
+        for row in table.range(from..).map_err(err)? {
+            let (k, v) = row.map_err(err)?;
+            f(k.value(), v.value());
+        }
+        Ok(())
+    }
+
+    /// Adds links for changes made outside a batch (e.g. the first chain of an older archive).
+    pub fn append_chain(&self, changes: &[Change]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(err)?;
+        append_links(&txn, changes)?;
+        txn.commit().map_err(err)
+    }
+
+    pub fn add_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(err)?;
+        {
+            let mut table = txn.open_table(CHECKPOINTS).map_err(err)?;
+            let json = serde_json::to_vec(checkpoint).expect("serializes");
+            table.insert(checkpoint.seq, json.as_slice()).map_err(err)?;
+        }
+        txn.commit().map_err(err)
+    }
+
+    /// Every checkpoint, oldest first (unreadable ones are left out).
+    pub fn checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(CHECKPOINTS).map_err(err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(err)? {
+            let (_, v) = row.map_err(err)?;
+            if let Ok(cp) = serde_json::from_slice(v.value()) {
+                out.push(cp);
+            }
+        }
+        Ok(out)
     }
 
     /// The next free item number.
@@ -364,9 +432,11 @@ impl Store {
         Ok(out)
     }
 
-    /// Removes items (and their entries and duplicate keys) durably.
-    pub fn remove_items(&self, ids: &[u64]) -> Result<Vec<String>, StoreError> {
+    /// Removes items (and their entries and duplicate keys) durably, each with a removal
+    /// link on the chain at `time`.
+    pub fn remove_items(&self, ids: &[u64], time: i64) -> Result<Vec<String>, StoreError> {
         let txn = self.db.begin_write().map_err(err)?;
+        let mut removed = Vec::new();
         let mut folders_changed = Vec::new();
         {
             let mut items = txn.open_table(ITEMS).map_err(err)?;
@@ -382,6 +452,12 @@ impl Store {
                     continue;
                 };
                 drop(raw);
+                removed.push(Change {
+                    op: chain::Op::Removed,
+                    item: *id,
+                    sealed: None,
+                    time,
+                });
                 for key in &rec.keys {
                     sealed.remove((key.as_str(), *id)).map_err(err)?;
                     grants.remove((key.as_str(), *id)).map_err(err)?;
@@ -410,9 +486,42 @@ impl Store {
                 }
             }
         }
+        append_links(&txn, &removed)?;
         txn.commit().map_err(err)?;
         Ok(folders_changed)
     }
+}
+
+#[cfg(test)]
+impl Store {
+    /// Cuts the chain after link `keep` (what an attacker hiding removals would do).
+    pub fn truncate_chain_for_test(&self, keep: u64) {
+        let txn = self.db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(CHAIN).unwrap();
+            table.retain(|seq, _| seq <= keep).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+}
+
+/// Appends links for `changes` after the chain's head, in the same transaction.
+fn append_links(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let mut table = txn.open_table(CHAIN).map_err(err)?;
+    let (mut seq, mut head) = match table.last().map_err(err)? {
+        Some((k, v)) => (k.value(), chain::hash(v.value())),
+        None => (0, chain::GENESIS.to_owned()),
+    };
+    for change in changes {
+        let bytes = Link::encode(change, seq, &head);
+        seq += 1;
+        head = chain::hash(&bytes);
+        table.insert(seq, bytes.as_slice()).map_err(err)?;
+    }
+    Ok(())
 }
 
 fn uidvalidity_now() -> u32 {

@@ -308,3 +308,63 @@ async fn a_recovery_grant_restores_history_and_keeps_catch_all_mail() {
     spool.shutdown();
     fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_finds_altered_swapped_and_removed_item_files_and_a_cut_chain() {
+    let (dir, spool, archive, mbx) = setup(ArchiveConfig {
+        envelope_headers: vec![crate::config::EnvelopeHeader {
+            network: "127.0.0.0/8".parse().unwrap(),
+            header: "X-Envelope-To".into(),
+        }],
+        ..ArchiveConfig::default()
+    });
+    archive.users().add("bob@x.example", &[], "", true).unwrap();
+    let now = chrono::Utc::now().timestamp();
+    for n in 0..4 {
+        let raw = format!("X-Envelope-To: <bob@x.example>\r\nSubject: {n}\r\n\r\nbody {n}\r\n");
+        deliver(&spool, &mbx, raw.as_bytes(), now).await;
+    }
+    archive_all(&archive);
+    archive.checkpoint(true).unwrap();
+    let report = archive.verify(&mut |_, _| {}).unwrap();
+    assert!(report.ok, "{:?}", report.problems);
+    assert_eq!(
+        (report.links, report.items_checked, report.signed_up_to),
+        (4, 4, 4)
+    );
+
+    let path = |id: u64| archive.item_path(id);
+    let mut bytes = fs::read(path(1)).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    fs::write(path(1), bytes).unwrap();
+    let (two, three) = (fs::read(path(2)).unwrap(), fs::read(path(3)).unwrap());
+    fs::write(path(2), &three).unwrap();
+    fs::write(path(3), &two).unwrap();
+    fs::remove_file(path(4)).unwrap();
+    let report = archive.verify(&mut |_, _| {}).unwrap();
+    let found: Vec<(Option<u64>, &str)> =
+        report.problems.iter().map(|p| (p.item, p.kind)).collect();
+    assert_eq!(
+        found,
+        vec![
+            (Some(1), "altered"),
+            (Some(2), "altered"),
+            (Some(3), "altered"),
+            (Some(4), "missing")
+        ]
+    );
+    // Removing the newest links is caught by the signed checkpoint.
+    drop(archive);
+    let store = Store::open(&dir.join("archive").join("archive.redb")).unwrap();
+    store.truncate_chain_for_test(3);
+    drop(store);
+    let archive = Archive::open(&ArchiveConfig::default(), spool.clone()).unwrap();
+    let report = archive.verify(&mut |_, _| {}).unwrap();
+    assert!(report
+        .problems
+        .iter()
+        .any(|p| p.kind == "checkpoint-beyond-chain"));
+    spool.shutdown();
+    fs::remove_dir_all(dir).unwrap();
+}

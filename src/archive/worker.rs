@@ -45,6 +45,9 @@ impl Archive {
                     }
                     self.commit_logged(&mut pending);
                     drop(filing);
+                    if let Err(e) = self.checkpoint(false) {
+                        tracing::error!(error = %e, "cannot sign an archive chain checkpoint");
+                    }
                     if self.stop.load(Ordering::SeqCst) {
                         return;
                     }
@@ -189,6 +192,7 @@ impl Archive {
             dedupe: pending.dedupe.drain().collect(),
             counters: std::mem::take(&mut pending.counters),
             done: std::mem::take(&mut pending.done),
+            chain: std::mem::take(&mut pending.chain),
         };
         self.store.apply(batch)?;
         for folder in std::mem::take(&mut pending.changed) {

@@ -35,6 +35,9 @@ pub enum ArchiveCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Check the integrity chain, its signed checkpoints and every item file; exit 1 when
+    /// an item file was removed, altered or swapped, or the chain was cut or changed.
+    Verify(JsonFlag),
 }
 
 #[derive(Subcommand, Debug)]
@@ -92,6 +95,7 @@ pub fn run(config: &Config, cmd: ArchiveCommand) -> Result<i32> {
         ArchiveCommand::Recovery(RecoveryCommand::List(flag)) => list(config, flag.json),
         ArchiveCommand::Grant(args) => grant(config, args),
         ArchiveCommand::Retention { dry_run, json } => retention(config, dry_run, json),
+        ArchiveCommand::Verify(flag) => verify(config, flag.json),
     }
 }
 
@@ -229,6 +233,60 @@ fn through_server_or_open(
     Ok(response)
 }
 
+/// A progress bar on standard error (hidden when that is not a terminal).
+fn progress_bar(unit: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{bar:40}} {{pos}}/{{len}} {unit}  {{per_sec}}  eta {{eta}}"
+        ))
+        .expect("template"),
+    );
+    bar
+}
+
+fn verify(config: &Config, json: bool) -> Result<i32> {
+    let bar = progress_bar("items");
+    let mut progress = |done: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let response =
+        through_server_or_open(config, Request::Verify, &mut progress, admin::run_verify)?;
+    bar.finish_and_clear();
+    if let Some(e) = response.error {
+        bail!("{e}");
+    }
+    let report = response.archive.unwrap_or(Value::Null);
+    let ok = report["ok"].as_bool().unwrap_or(false);
+    if json {
+        print_json(&report);
+    } else {
+        let n = |k: &str| report[k].as_u64().unwrap_or(0);
+        println!(
+            "{} links, {} checkpoints (signed up to link {}), {} item files checked: {}",
+            n("links"),
+            n("checkpoints"),
+            n("signed_up_to"),
+            n("items_checked"),
+            if ok { "intact" } else { "PROBLEMS" }
+        );
+        for p in report["problems"].as_array().into_iter().flatten() {
+            let at = match (p["item"].as_u64(), p["seq"].as_u64()) {
+                (Some(i), _) => format!("item {i}"),
+                (None, Some(s)) => format!("link {s}"),
+                _ => String::new(),
+            };
+            println!(
+                "  {at}: {} — {}",
+                p["kind"].as_str().unwrap_or(""),
+                p["detail"].as_str().unwrap_or("")
+            );
+        }
+    }
+    Ok(if ok { 0 } else { 1 })
+}
+
 fn retention(config: &Config, dry_run: bool, json: bool) -> Result<i32> {
     let response = through_server_or_open(
         config,
@@ -274,11 +332,7 @@ fn grant(config: &Config, args: GrantArgs) -> Result<i32> {
         keys: vec![identity.to_string().expose_secret().to_owned()],
         batch: args.batch.max(1),
     };
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} items  {per_sec}  eta {eta}")
-            .expect("template"),
-    );
+    let bar = progress_bar("items");
     let mut progress = |done: u64, total: u64| {
         bar.set_length(total);
         bar.set_position(done);
