@@ -256,6 +256,19 @@ pub struct ArchiveConfig {
     pub signing_key_file: Option<PathBuf>,
     /// Minutes between signed checkpoints of the integrity chain (while it grows).
     pub checkpoint_minutes: f64,
+    /// IMAP name of the folder of received mail (MailStore: "Journal Incoming"). When it is
+    /// not `INBOX`, an empty `INBOX` is shown too, as IMAP requires one.
+    pub inbox_folder: String,
+    /// IMAP name of the folder of sent mail (MailStore: "Journal Outgoing").
+    pub sent_folder: String,
+    /// IMAP name of the auditors' folder of journal envelopes.
+    pub envelopes_folder: String,
+    /// IMAP name of the auditors' catch-all folder.
+    pub unknown_folder: String,
+    /// Domains whose addresses are the organisation's own: a plain copy (BCC/multidrop
+    /// journaling, e.g. Google Workspace) whose sender is such an address is also filed in
+    /// that user's Sent folder.
+    pub internal_domains: Vec<String>,
 }
 
 impl Default for ArchiveConfig {
@@ -272,7 +285,46 @@ impl Default for ArchiveConfig {
             key_epoch_hours: 24.0,
             signing_key_file: None,
             checkpoint_minutes: 10.0,
+            inbox_folder: "INBOX".into(),
+            sent_folder: "Sent".into(),
+            envelopes_folder: "Journal Envelopes".into(),
+            unknown_folder: "Unknown Addresses".into(),
+            internal_domains: vec![],
         }
+    }
+}
+
+impl ArchiveConfig {
+    /// A folder name that IMAP cannot show as meant, or two folders with one name.
+    pub fn folder_problem(&self) -> Option<String> {
+        let names = [
+            ("inbox_folder", &self.inbox_folder),
+            ("sent_folder", &self.sent_folder),
+            ("envelopes_folder", &self.envelopes_folder),
+            ("unknown_folder", &self.unknown_folder),
+        ];
+        for (key, name) in names {
+            let bad = name.trim() != name
+                || name.is_empty()
+                || name.len() > 100
+                || name
+                    .chars()
+                    .any(|c| c.is_control() || "/\\\"*%".contains(c))
+                || ["users", "holds"].contains(&name.to_ascii_lowercase().as_str());
+            if bad {
+                return Some(format!(
+                    "{key} = {name:?}: a folder name must be 1-100 characters without / \\ \" * % or control characters, and not Users or Holds"
+                ));
+            }
+        }
+        for (i, (a, x)) in names.iter().enumerate() {
+            for (b, y) in &names[i + 1..] {
+                if x.eq_ignore_ascii_case(y) {
+                    return Some(format!("{a} and {b} name the same folder {x:?}"));
+                }
+            }
+        }
+        None
     }
 }
 
@@ -444,6 +496,9 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "max_connections must be at least 1".into(),
             ));
+        }
+        if let Some(problem) = self.archive.folder_problem() {
+            return Err(ConfigError::Invalid(format!("[archive] {problem}")));
         }
         for (i, rule) in self.archive.retention.iter().enumerate() {
             if let Some(problem) = rule.problem() {

@@ -30,6 +30,8 @@ pub(super) struct Delta {
     pub(super) next_item: u64,
     pub(super) items: Vec<(u64, Item)>,
     pub(super) entries: Vec<(String, u64, i64, u64)>,
+    /// (original, envelope item) pairs filed.
+    pub(super) envelopes: Vec<(u64, u64)>,
     pub(super) dedupe: Vec<(Vec<u8>, Vec<u64>)>,
     pub(super) counters: Vec<(&'static str, u64)>,
     /// New item files already in `items/` (removed again if the file fails).
@@ -41,7 +43,7 @@ pub(super) struct Delta {
 }
 
 impl Delta {
-    fn allocate(&mut self) -> u64 {
+    pub(super) fn allocate(&mut self) -> u64 {
         self.next_item += 1;
         self.next_item - 1
     }
@@ -65,6 +67,7 @@ pub(super) struct Pending {
     pub(super) intake: Vec<(PathBuf, bool)>,
     pub(super) changed: BTreeSet<String>,
     pub(super) chain: Vec<Change>,
+    pub(super) envelopes: Vec<(u64, u64)>,
 }
 
 impl Pending {
@@ -84,6 +87,7 @@ impl Pending {
         self.dedupe.extend(delta.dedupe);
         self.counters.extend(delta.counters);
         self.chain.extend(delta.chain);
+        self.envelopes.extend(delta.envelopes);
         self.next_item = self.next_item.max(delta.next_item);
         self.done.push(name);
         self.intake.push((path, delta.keep_intake));
@@ -91,18 +95,35 @@ impl Pending {
 }
 
 impl Archive {
-    /// Writes the originals as sealed items and records in `delta` where they are filed.
-    /// `pending` holds what earlier files of this commit did (not yet in the store).
+    /// Writes the originals as sealed items, and the report's journal envelope beside them,
+    /// and records in `delta` where they are filed. `pending` holds what earlier files of
+    /// this commit did (not yet in the store).
     pub(super) fn file_originals(
+        &self,
+        source: &Source<'_>,
+        envelope: &Envelope,
+        mut plan: Plan,
+        pending: &Pending,
+        delta: &mut Delta,
+    ) -> Result<(), ArchiveError> {
+        let journal = std::mem::take(&mut plan.envelope);
+        if let Some(target) = self.file_item(source, envelope, plan, pending, delta)? {
+            self.file_envelope(&journal, target, envelope.received, delta)?;
+        }
+        Ok(())
+    }
+
+    /// Files the originals; returns the item they are now shown as, if any.
+    fn file_item(
         &self,
         source: &Source<'_>,
         envelope: &Envelope,
         plan: Plan,
         pending: &Pending,
         delta: &mut Delta,
-    ) -> Result<(), ArchiveError> {
+    ) -> Result<Option<u64>, ArchiveError> {
         let Some((first, first_b64)) = plan.originals.first().cloned() else {
-            return Ok(());
+            return Ok(None);
         };
         let users = self.user_list();
         let mut keys: Vec<String> = plan.users.iter().map(|u| u.public_key.clone()).collect();
@@ -119,7 +140,7 @@ impl Archive {
         if keys.is_empty() {
             tracing::warn!(queue_id = %envelope.id, "no user, auditor or recovery key to seal the archive copy to: not archived");
             delta.counters.push(("unreadable_dropped", 1));
-            return Ok(());
+            return Ok(None);
         }
         let written = self.write_item(source, first.clone(), first_b64, &keys)?;
         let dedupe = self.dedupe_key(plan.message_id.as_deref(), &written.normalized);
@@ -141,6 +162,7 @@ impl Archive {
                 entries: Vec::new(),
                 linked: Vec::new(),
                 origin: Some(source.origin(&first, first_b64)),
+                ..Item::default()
             };
             // Further originals (the protected copy next to a decrypted one) are kept, linked.
             for (range, b64) in plan.originals.iter().skip(1).cloned() {
@@ -159,6 +181,7 @@ impl Archive {
                         entries: Vec::new(),
                         linked: Vec::new(),
                         origin: None,
+                        ..Item::default()
                     },
                 ));
             }
@@ -173,7 +196,7 @@ impl Archive {
             if plan.unknown {
                 delta.counters.push(("unknown", 1));
             }
-            return Ok(());
+            return Ok(Some(id));
         }
         // A duplicate: file it only in the folders that do not show it yet.
         delta.counters.push(("duplicates_merged", 1));
@@ -195,7 +218,7 @@ impl Archive {
         let new_folders: Vec<String> = plan.folders.difference(&shown).cloned().collect();
         if new_folders.is_empty() {
             let _ = fs::remove_file(&written.tmp);
-            return Ok(());
+            return Ok(records.first().map(|(id, _)| *id));
         }
         let exact = hex::encode(&written.exact);
         let union = |item: &Item| {
@@ -224,7 +247,7 @@ impl Archive {
                 for folder in new_folders {
                     delta.entries.push((folder, *id, received, item.size));
                 }
-                return Ok(());
+                return Ok(Some(*id));
             }
         }
         let (target, size) = match records.iter().find(|(_, item)| item.exact == exact) {
@@ -253,6 +276,7 @@ impl Archive {
                         entries: Vec::new(),
                         linked: Vec::new(),
                         origin: None,
+                        ..Item::default()
                     },
                 ));
                 let mut list = existing.clone();
@@ -264,12 +288,12 @@ impl Archive {
         for folder in new_folders {
             delta.entries.push((folder, target, received, size));
         }
-        Ok(())
+        Ok(Some(target))
     }
 
     /// Moves an item file into place (durable at the next commit's folder sync) and notes
     /// it for the chain. A new item's file is removed again if its intake file fails.
-    fn publish(
+    pub(super) fn publish(
         &self,
         written: &Written,
         id: u64,
@@ -307,7 +331,7 @@ impl Archive {
 
     /// Seals what `fill` writes to `keys` in a temp file (fdatasync'd when `durable`),
     /// hashing it on the way.
-    fn write_sealed(
+    pub(super) fn write_sealed(
         &self,
         keys: &[String],
         durable: bool,
@@ -500,9 +524,9 @@ impl Source<'_> {
 /// Bytes of random salt sealed after an item's original (see [`super::chain`]).
 pub(super) const SALT_BYTES: usize = 16;
 
-struct Written {
+pub(super) struct Written {
     tmp: PathBuf,
-    size: u64,
+    pub(super) size: u64,
     exact: Vec<u8>,
     normalized: Vec<u8>,
     sealed: Sealed,

@@ -28,7 +28,8 @@ use crate::crypto::{rewrap, Identity};
 /// Items granted per durable commit, unless told otherwise.
 pub const GRANT_BATCH: usize = 1024;
 
-/// What a grant did.
+/// What a grant did. The counts are of archived messages; the journal envelopes an auditor
+/// is also given are counted apart.
 #[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
 pub struct GrantReport {
     /// Items the user is entitled to.
@@ -40,6 +41,8 @@ pub struct GrantReport {
     /// Items none of the given keys opens (sealed before a recovery key existed, and to no
     /// auditor whose key was given).
     pub unreachable: u64,
+    /// Journal envelopes made readable now (auditors only).
+    pub envelopes: u64,
 }
 
 impl Archive {
@@ -52,7 +55,7 @@ impl Archive {
         batch: usize,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<GrantReport, ArchiveError> {
-        let entitled = self.entitled(user)?;
+        let (entitled, envelopes) = self.entitled(user)?;
         let target = user.public_key.clone();
         let have = self.store.readable(&target)?;
         let keyrings: Vec<Keyring> = unlock.iter().cloned().map(Keyring::new).collect();
@@ -74,15 +77,27 @@ impl Archive {
                 report.unreachable += 1;
             }
         }
+        let messages = todo.len();
+        todo.extend(
+            envelopes
+                .into_iter()
+                .filter(|id| !have.contains(id) && openable.contains(id)),
+        );
         let epoch = Epoch::new();
         let total = todo.len() as u64;
         progress(0, total);
+        let mut done = 0;
         for chunk in todo.chunks(batch.max(1)) {
             if self.stop.load(std::sync::atomic::Ordering::SeqCst) {
                 break;
             }
-            report.granted += self.grant_batch(chunk, &keyrings, &epoch, &target)?;
-            progress(report.granted, total);
+            let granted = self.grant_batch(chunk, &keyrings, &epoch, &target)?;
+            // Messages come first in `todo`, then the envelopes.
+            let messages_here = messages.saturating_sub(done as usize).min(chunk.len()) as u64;
+            report.granted += granted.min(messages_here);
+            report.envelopes += granted.saturating_sub(messages_here);
+            done += chunk.len() as u64;
+            progress(done, total);
         }
         if report.granted > 0 {
             for folder in self.folders_for(user) {
@@ -94,10 +109,17 @@ impl Archive {
         Ok(report)
     }
 
-    /// Item IDs `user` is entitled to, ascending.
-    fn entitled(&self, user: &UserRecord) -> Result<BTreeSet<u64>, ArchiveError> {
+    /// Item IDs `user` is entitled to, ascending: (messages, journal envelopes).
+    fn entitled(&self, user: &UserRecord) -> Result<(BTreeSet<u64>, BTreeSet<u64>), ArchiveError> {
         if user.auditor {
-            return Ok(self.store.item_ids()?.into_iter().collect());
+            let (mut messages, mut envelopes) = (BTreeSet::new(), BTreeSet::new());
+            for (id, item) in self.store.items()? {
+                match item.envelope_of {
+                    Some(_) => envelopes.insert(id),
+                    None => messages.insert(id),
+                };
+            }
+            return Ok((messages, envelopes));
         }
         let mut out = BTreeSet::new();
         for folder in self.folders_for(user) {
@@ -109,7 +131,7 @@ impl Archive {
                 }
             }
         }
-        Ok(out)
+        Ok((out, BTreeSet::new()))
     }
 
     /// Grants one batch in one durable commit; returns how many items were granted.

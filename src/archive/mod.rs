@@ -14,6 +14,7 @@
 //! processed; the copies kept for merging duplicates live `dedupe_hours` (default 48).
 
 pub mod chain;
+pub mod envelope;
 mod file;
 mod fingerprint;
 mod grant;
@@ -55,8 +56,6 @@ use users::{UserRecord, Users};
 
 /// Folder of messages no user was found for.
 pub const UNKNOWN_FOLDER: &str = "unknown";
-/// IMAP name of that folder (auditors only).
-pub const UNKNOWN_NAME: &str = "Unknown Addresses";
 /// An intake file the worker started this often without finishing is set aside.
 const MAX_ATTEMPTS: u32 = 2;
 /// How often retention runs.
@@ -300,7 +299,8 @@ impl Archive {
         Ok(retention::current(self, chrono::Utc::now().timestamp())?.0)
     }
 
-    /// Removes the items the retention rules let go and no hold keeps; returns how many.
+    /// Removes the items the retention rules let go and no hold keeps (with their linked
+    /// copies and journal envelopes); returns how many messages went (envelopes not counted).
     pub fn apply_retention(&self) -> Result<u64, ArchiveError> {
         if self.config.retention.is_empty() && self.config.retention_days == 0 {
             return Ok(0);
@@ -318,19 +318,25 @@ impl Archive {
             let _ = fs::remove_file(self.item_path(*id));
         }
         fsutil::sync_dir(&self.items_dir)?;
+        let envelopes: usize = old
+            .iter()
+            .filter(|id| items.get(id).is_some_and(|i| i.envelope_of.is_some()))
+            .count();
+        let messages = (old.len() - envelopes) as u64;
         self.store.apply(Batch {
-            counters: vec![("retention_removed", old.len() as u64)],
+            counters: vec![("retention_removed", messages)],
             ..Batch::default()
         })?;
         for folder in changed {
             self.spool.notify_change(change_key(&folder));
         }
         tracing::info!(
-            items = old.len(),
+            items = messages,
+            envelopes,
             held = plan.held.len(),
             "archive retention removed items"
         );
-        Ok(old.len() as u64)
+        Ok(messages)
     }
 }
 

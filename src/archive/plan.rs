@@ -11,6 +11,7 @@ use crate::journal::{self, Classification, Report};
 use crate::message::Envelope;
 use crate::mime;
 
+use super::envelope::JournalEnvelope;
 use super::skeleton::Skeleton;
 use super::users::UserRecord;
 use super::{Archive, UNKNOWN_FOLDER};
@@ -24,6 +25,8 @@ pub(super) struct Plan {
     pub(super) users: Vec<UserRecord>,
     pub(super) unknown: bool,
     pub(super) counters: Vec<(&'static str, u64)>,
+    /// What the report (or the SMTP envelope) says about sender and recipients.
+    pub(super) envelope: JournalEnvelope,
 }
 
 impl Archive {
@@ -47,6 +50,12 @@ impl Archive {
                     "journal report from a trusted source quarantined in Unknown Addresses"
                 );
                 counters.push(("quarantined_reports", 1));
+                let envelope = match &classification {
+                    Classification::Journal(r) | Classification::NdrJournal(r) => {
+                        JournalEnvelope::of_report(r, "quarantined", envelope)
+                    }
+                    Classification::Plain => JournalEnvelope::of_smtp("quarantined", envelope, &[]),
+                };
                 return Plan {
                     originals: vec![(0..skeleton.total, false)],
                     message_id: header_message_id(&skeleton.bytes),
@@ -54,11 +63,14 @@ impl Archive {
                     users: Vec::new(),
                     unknown: true,
                     counters,
+                    envelope,
                 };
             }
         }
+        let mut source = "plain";
         let report = match classification {
             Classification::Journal(r) | Classification::NdrJournal(r) if !trusted => {
+                source = "untrusted-journal";
                 tracing::warn!(
                     client = %envelope.client, queue_id = %envelope.id,
                     stray_lines = r.stray_lines,
@@ -68,10 +80,12 @@ impl Archive {
                 None
             }
             Classification::Journal(r) => {
+                source = "journal";
                 counters.push(("journal_reports", 1));
                 Some(r)
             }
             Classification::NdrJournal(r) => {
+                source = "ndr-journal";
                 counters.push(("journal_reports", 1));
                 counters.push(("ndr_unwrapped", 1));
                 Some(r)
@@ -80,10 +94,19 @@ impl Archive {
         };
         let users = self.user_list();
         let mut plan = match report {
-            Some(report) => self.plan_report(&report, skeleton, &users, &mut counters),
+            Some(report) => {
+                let mut plan = self.plan_report(&report, skeleton, &users, &mut counters);
+                let source = if counters.contains(&("reports_without_original", 1)) {
+                    "incident"
+                } else {
+                    source
+                };
+                plan.envelope = JournalEnvelope::of_report(&report, source, envelope);
+                plan
+            }
             None => {
                 counters.push(("plain_copies", 1));
-                self.plan_plain(envelope, client.ok(), skeleton, &users)
+                self.plan_plain(envelope, source, client.ok(), skeleton, &users)
             }
         };
         if plan.folders.is_empty() && !plan.originals.is_empty() {
@@ -178,6 +201,7 @@ impl Archive {
             users: assignment.users,
             unknown: false,
             counters: Vec::new(),
+            envelope: JournalEnvelope::default(),
         };
         if plan.originals.is_empty() {
             // Nothing to file for the users; the report itself goes to the catch-all.
@@ -196,11 +220,12 @@ impl Archive {
     fn plan_plain(
         &self,
         envelope: &Envelope,
+        source: &str,
         client: Option<IpAddr>,
         skeleton: &Skeleton,
         users: &[UserRecord],
     ) -> Plan {
-        let mut addresses: Vec<String> = envelope.rcpt_to.clone();
+        let mut addresses: Vec<String> = Vec::new();
         let header = &skeleton.bytes[..mime::header_end(&skeleton.bytes)];
         for rule in &self.config.envelope_headers {
             if client.is_some_and(|ip| rule.network.contains(&ip)) {
@@ -217,9 +242,22 @@ impl Archive {
         }
         let directory = Directory::new(users);
         let mut assignment = Assignment::default();
-        for a in addresses.iter().filter(|a| !a.is_empty()) {
+        let journal = JournalEnvelope::of_smtp(source, envelope, &addresses);
+        for a in envelope
+            .rcpt_to
+            .iter()
+            .chain(&addresses)
+            .filter(|a| !a.is_empty())
+        {
             if let Some(u) = directory.find(a) {
                 assignment.file(u, "INBOX");
+            }
+        }
+        // BCC/multidrop journaling: a copy sent by one of the organisation's own users is
+        // also that user's sent mail.
+        if self.is_internal(&envelope.mail_from) {
+            if let Some(u) = directory.find(&envelope.mail_from) {
+                assignment.file(u, "Sent");
             }
         }
         Plan {
@@ -229,7 +267,20 @@ impl Archive {
             users: assignment.users,
             unknown: false,
             counters: Vec::new(),
+            envelope: journal,
         }
+    }
+}
+
+impl Archive {
+    /// Whether an address is in one of `internal_domains`.
+    fn is_internal(&self, address: &str) -> bool {
+        address.rsplit_once('@').is_some_and(|(_, domain)| {
+            self.config.internal_domains.iter().any(|d| {
+                d.trim_start_matches('@')
+                    .eq_ignore_ascii_case(domain.trim())
+            })
+        })
     }
 }
 

@@ -7,27 +7,39 @@ use super::*;
 
 /// Folder keys of legal holds: `hold:<name>`.
 const HOLD_PREFIX: &str = "hold:";
+/// Folder key of the empty INBOX shown when received mail has another name.
+const EMPTY_FOLDER: &str = "empty";
 use crate::message::Flags;
 use crate::store::{ChangeKey, FolderInfo, MailStore, MessageReader, StoreError as MailStoreError};
 
 impl Archive {
     /// The folders a user may see.
     pub fn folders_for(&self, user: &UserRecord) -> Vec<FolderView> {
+        let (inbox, sent) = (&self.config.inbox_folder, &self.config.sent_folder);
         let own = |prefix: &str, u: &UserRecord| {
             [
                 FolderView {
-                    name: format!("{prefix}INBOX"),
+                    name: format!("{prefix}{inbox}"),
                     key: format!("{}/INBOX", u.id),
                     special_use: None,
                 },
                 FolderView {
-                    name: format!("{prefix}Sent"),
+                    name: format!("{prefix}{sent}"),
                     key: format!("{}/Sent", u.id),
                     special_use: Some("\\Sent"),
                 },
             ]
         };
-        let mut out: Vec<FolderView> = own("", user).into_iter().collect();
+        let mut out: Vec<FolderView> = Vec::new();
+        if !inbox.eq_ignore_ascii_case("INBOX") {
+            // IMAP requires an INBOX; received mail is shown under the configured name.
+            out.push(FolderView {
+                name: "INBOX".to_owned(),
+                key: EMPTY_FOLDER.to_owned(),
+                special_use: None,
+            });
+        }
+        out.extend(own("", user));
         if user.auditor {
             for u in self.user_list().iter() {
                 out.extend(
@@ -40,8 +52,13 @@ impl Archive {
                 );
             }
             out.push(FolderView {
-                name: UNKNOWN_NAME.to_owned(),
+                name: self.config.unknown_folder.clone(),
                 key: UNKNOWN_FOLDER.to_owned(),
+                special_use: None,
+            });
+            out.push(FolderView {
+                name: self.config.envelopes_folder.clone(),
+                key: super::envelope::ENVELOPES_FOLDER.to_owned(),
                 special_use: None,
             });
             for hold in self.holds.list().unwrap_or_else(|e| {
@@ -76,7 +93,9 @@ impl Archive {
             .store
             .items()?
             .into_iter()
-            .filter(|(id, item)| hold.covers(item) && u32::try_from(*id).is_ok())
+            .filter(|(id, item)| {
+                item.envelope_of.is_none() && hold.covers(item) && u32::try_from(*id).is_ok()
+            })
             .map(|(id, item)| Entry {
                 uid: id as u32,
                 item: id,
@@ -126,7 +145,7 @@ impl Archive {
             let item = self
                 .store
                 .item(u64::from(uid))?
-                .filter(|item| hold.covers(item))
+                .filter(|item| item.envelope_of.is_none() && hold.covers(item))
                 .ok_or(ArchiveError::NoSuchMessage)?;
             return Ok(Entry {
                 uid,

@@ -45,6 +45,7 @@ impl RetentionPlan {
             out.push(d.item);
             if let Some(item) = items.get(&d.item) {
                 out.extend(item.linked.iter().copied());
+                out.extend(item.envelopes.iter().copied());
             }
         }
         out
@@ -68,8 +69,8 @@ pub fn plan(
     ids.sort();
     for id in ids {
         let item = &items[id];
-        if item.entries.is_empty() {
-            continue; // a linked copy (goes with its item) or nothing to show
+        if item.entries.is_empty() || item.envelope_of.is_some() {
+            continue; // a linked copy or an envelope (goes with its item), or nothing to show
         }
         let age = now - item.received;
         let mut because = Vec::new();

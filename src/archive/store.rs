@@ -42,8 +42,9 @@ fn err<E: Into<redb::Error>>(e: E) -> StoreError {
     StoreError(Box::new(e.into()))
 }
 
-/// One stored file: an archived original (or a second copy linked to one).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One stored file: an archived original (or a second copy linked to one, or the journal
+/// envelope of one).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Item {
     pub received: i64,
     pub size: u64,
@@ -62,6 +63,12 @@ pub struct Item {
     /// `archive/recent/` (sealed to the server key) for a while to merge duplicates.
     #[serde(default)]
     pub origin: Option<Origin>,
+    /// This item is the journal envelope of that original.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envelope_of: Option<u64>,
+    /// The envelope items of this original (one per report filed for it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub envelopes: Vec<u64>,
 }
 
 #[cfg(test)]
@@ -75,8 +82,7 @@ impl Item {
             dedupe: String::new(),
             keys: vec![],
             entries: folders.iter().map(|f| (f.to_string(), 1)).collect(),
-            linked: vec![],
-            origin: None,
+            ..Item::default()
         }
     }
 }
@@ -119,6 +125,8 @@ pub struct Batch {
     pub done: Vec<String>,
     /// Item files written or replaced by this batch, for the integrity chain.
     pub chain: Vec<Change>,
+    /// (original, envelope item): the envelope is added to the original's record.
+    pub envelopes: Vec<(u64, u64)>,
 }
 
 impl Store {
@@ -172,6 +180,19 @@ impl Store {
                     }
                 }
                 placed.push((folder, next));
+            }
+            for (original, envelope) in batch.envelopes {
+                match records.iter_mut().find(|(id, _)| *id == original) {
+                    Some((_, rec)) => rec.envelopes.push(envelope),
+                    None => {
+                        if let Some(raw) = items.get(original).map_err(err)? {
+                            if let Ok(mut rec) = serde_json::from_slice::<Item>(raw.value()) {
+                                rec.envelopes.push(envelope);
+                                records.push((original, rec));
+                            }
+                        }
+                    }
+                }
             }
             let mut sealed = txn.open_table(SEALED_TO).map_err(err)?;
             for (id, rec) in &records {

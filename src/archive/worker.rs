@@ -193,6 +193,7 @@ impl Archive {
             counters: std::mem::take(&mut pending.counters),
             done: std::mem::take(&mut pending.done),
             chain: std::mem::take(&mut pending.chain),
+            envelopes: std::mem::take(&mut pending.envelopes),
         };
         self.store.apply(batch)?;
         for folder in std::mem::take(&mut pending.changed) {

@@ -353,12 +353,13 @@ fn grant(config: &Config, args: GrantArgs) -> Result<i32> {
     } else {
         let n = |k: &str| report[k].as_u64().unwrap_or(0);
         println!(
-            "{}: {} items entitled, {} granted now, {} already readable, {} sealed to none of the given keys.",
+            "{}: {} items entitled, {} granted now, {} already readable, {} sealed to none of the given keys; {} journal envelopes granted.",
             args.login,
             n("entitled"),
             n("granted"),
             n("already"),
-            n("unreachable")
+            n("unreachable"),
+            n("envelopes")
         );
     }
     Ok(0)

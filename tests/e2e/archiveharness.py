@@ -56,6 +56,7 @@ from jgharness import Gateway, RawSMTP, deep_merge, send_smtp, smtp_connect, str
 JOURNAL_NDR = "journal.ndr@contoso.example"
 EXCHANGE_SENDER = "<MicrosoftExchange329e71ec88ae4615bbc36ab6ce41109e@contoso.onmicrosoft.com>"
 UNKNOWN = "Unknown Addresses"
+ENVELOPES = "Journal Envelopes"
 STATS_TIMEOUT = 60
 
 
@@ -375,6 +376,7 @@ def expected_folders(login: str, users: dict, unknown_listed=True) -> set[str]:
     want = {"INBOX", "Sent"}
     if users[login].get("auditor"):
         want |= {f"Users/{lg}/{f}" for lg in users for f in ("INBOX", "Sent")}
+        want.add(ENVELOPES)
         if unknown_listed:
             want.add(UNKNOWN)
     return want
@@ -412,6 +414,11 @@ def check_archive(gw: Gateway, expected: dict | None = None, unknown=(), users=N
             for f in sorted(sel & want):
                 got = list(folder_messages(c, f).values())
                 seen[login][f] = got
+                if f == ENVELOPES:
+                    # Checked by the envelope tests; here only that each is an envelope.
+                    problems += [f"{login}: not an envelope: {describe(m)}" for m in got
+                                 if header_value(m, "X-Journal-Item") is None]
+                    continue
                 if f == UNKNOWN:
                     w = unknown_items
                 elif f.startswith("Users/"):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from archiveharness import (  # noqa: F401  (archive_gw, make_igw are fixtures)
-    UNKNOWN, add_users, archive_gw, check_archive, describe, folder_counts, journal_report,
+    ENVELOPES, UNKNOWN, add_users, archive_gw, check_archive, describe, folder_counts, journal_report,
     make_igw, make_original, send_report, user_snapshot, wait_archived,
 )
 from clientharness import lf, need, start_neomutt
@@ -107,7 +107,9 @@ def run_mbsync(rc: Path, home: Path):
     return p
 
 
-def expected_view(login, users, expected, unknown) -> dict[str, list[bytes]]:
+def expected_view(login, users, expected, unknown, snapshot) -> dict[str, list[bytes]]:
+    """What a client must pull: the expected items, and for an auditor the journal
+    envelopes exactly as IMAP showed them (`snapshot`)."""
     view = {"INBOX": expected.get(login, {}).get("INBOX", []),
             "Sent": expected.get(login, {}).get("Sent", [])}
     if users[login].get("auditor"):
@@ -115,6 +117,8 @@ def expected_view(login, users, expected, unknown) -> dict[str, list[bytes]]:
             for f in ("INBOX", "Sent"):
                 view[f"Users/{lg}/{f}"] = expected.get(lg, {}).get(f, [])
         view[UNKNOWN] = list(unknown)
+        view[ENVELOPES] = list(snapshot[ENVELOPES][1].values())
+        assert view[ENVELOPES], "an auditor sees the journal envelopes"
     return view
 
 
@@ -140,7 +144,7 @@ def test_mbsync_pulls_the_archive(archive_gw, tmp_path, who):
     maildir.mkdir()
     rc = mbsync_rc(gw, tmp_path, login, users[login]["password"], maildir)
     p = run_mbsync(rc, tmp_path)
-    view = expected_view(login, users, expected, unknown)
+    view = expected_view(login, users, expected, unknown, before[login])
     check_maildirs(maildir, view, p.stdout + p.stderr)
     # an incremental run fetches nothing new and changes nothing
     p = run_mbsync(rc, tmp_path)

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from archiveharness import (  # noqa: F401  (archive_gw, make_igw are fixtures)
-    UNKNOWN, add_user, add_users, archive_gw, describe, folder_messages, imap_user,
+    ENVELOPES, UNKNOWN, add_user, add_users, archive_gw, describe, folder_messages, imap_user,
     journal_report, list_folders, logout, make_igw, make_original, raw_user, selectable,
     send_report, wait_archived,
 )
@@ -111,7 +111,8 @@ def test_check_covers_archive_items_running_and_offline(archive_gw):
     wait_archived(gw, items=3, users={ALICE: {"sent": 3}, BOB: {"inbox": 3}})
 
     files = item_files(gw)
-    assert len(files) == 3, f"archive/items holds {[p.name for p in files]}\n{gw.log_tail()}"
+    # Three originals, and the journal envelope of each (sealed to the auditor).
+    assert len(files) == 6, f"archive/items holds {[p.name for p in files]}\n{gw.log_tail()}"
 
     # healthy: through the admin socket, then offline
     rc, res, err = check_json(gw)
@@ -343,8 +344,9 @@ def test_auditor_added_later_sees_only_later_items(archive_gw):
     send_report(gw, journal_report(OUT1, [OUT2], original=new_unknown))
     wait_archived(gw, items=4, unknown=2, users={ALICE: {"sent": 2}, BOB: {"inbox": 2}})
 
-    want_folders = {"INBOX", "Sent", UNKNOWN} | {
+    want_folders = {"INBOX", "Sent", UNKNOWN, ENVELOPES} | {
         f"Users/{lg}/{f}" for lg in (ALICE, BOB, AUD, AUD2) for f in ("INBOX", "Sent")}
+    envelopes = {AUD: 4, AUD2: 2}  # one per report; the later auditor only the later ones
     expectations = {
         AUD: {f"Users/{BOB}/INBOX": [old, new], f"Users/{ALICE}/Sent": [old, new],
               UNKNOWN: [old_unknown, new_unknown]},
@@ -360,6 +362,10 @@ def test_auditor_added_later_sees_only_later_items(archive_gw):
                 problems.append(f"{login}: folders {sorted(sel)}, expected {sorted(want_folders)}")
             for f in sorted(sel & want_folders):
                 got = list(folder_messages(c, f).values())
+                if f == ENVELOPES:
+                    if len(got) != envelopes[login]:
+                        problems.append(f"{login}: {len(got)} envelopes, expected {envelopes[login]}")
+                    continue
                 w = want.get(f, [])
                 if not same(got, w):
                     problems.append(f"{login} {f!r}: {show(got)}, expected {show(w)}")

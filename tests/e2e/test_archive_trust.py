@@ -87,8 +87,9 @@ def test_reset_of_the_only_auditor_then_recovery_grant_restores_every_item(archi
         send_report(gw, r)
     wait_archived(gw, items=15, unknown=3)
     before = user_snapshot(gw, AUD)
-    # alice's Sent and bob's INBOX show the same 12 items; the catch-all the other 3.
-    assert sum(len(m) for _, m in before.values()) == 12 + 12 + 3
+    # alice's Sent and bob's INBOX show the same 12 items; the catch-all the other 3; and
+    # the journal envelopes one per report.
+    assert sum(len(m) for _, m in before.values()) == 12 + 12 + 3 + 15
 
     reset = gw.cli("user", "reset-password", AUD)
     gw.archive_users[AUD]["password"] = reset["password"]
