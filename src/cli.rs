@@ -3,7 +3,9 @@
 //! maintenance goes through the server's admin socket when it holds the index.
 
 mod archive;
+mod archive_access;
 mod cert;
+mod export;
 mod hold;
 
 pub use archive::ArchiveCommand;

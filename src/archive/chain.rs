@@ -163,6 +163,8 @@ pub struct Report {
     /// The newest valid checkpoint's sequence number; links after it are not yet signed.
     pub signed_up_to: u64,
     pub items_checked: u64,
+    /// The key (hex) checkpoints are signed with: give it to `verify-export --key`.
+    pub signing_key: String,
     pub problems: Vec<Problem>,
 }
 

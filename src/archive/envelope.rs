@@ -11,15 +11,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::chain::Op;
-use super::file::Delta;
-use super::store::Item;
-use super::{Archive, ArchiveError};
 use crate::journal::{self, Address, Field};
 use crate::message::Envelope;
 
 /// The domain envelope items are written from.
-const FROM_DOMAIN: &str = "journalgate.invalid";
+pub const FROM_DOMAIN: &str = "journalgate.invalid";
 
 /// The store folder of envelope items.
 pub const ENVELOPES_FOLDER: &str = "envelopes";
@@ -86,49 +82,6 @@ fn field_name(field: &Field) -> &'static str {
         Field::Cc => "Cc",
         Field::Bcc => "Bcc",
         Field::Recipient => "Recipient",
-    }
-}
-
-impl Archive {
-    /// Seals the envelope of one report to the auditors and the recovery key, files it in
-    /// `Journal Envelopes` and links it to `original` (nothing when nobody could read it).
-    pub(super) fn file_envelope(
-        &self,
-        journal: &JournalEnvelope,
-        original: u64,
-        received: i64,
-        delta: &mut Delta,
-    ) -> Result<(), ArchiveError> {
-        let mut keys: Vec<String> = self
-            .user_list()
-            .iter()
-            .filter(|u| u.auditor)
-            .map(|u| u.public_key.clone())
-            .collect();
-        keys.extend(self.recovery_key());
-        keys.dedup();
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let bytes = journal.render(original, FROM_DOMAIN);
-        let written = self.write_sealed(&keys, false, |sink| Ok(sink.write_all(&bytes)?))?;
-        let id = delta.allocate();
-        self.publish(&written, id, Op::Filed, received, delta)?;
-        delta.items.push((
-            id,
-            Item {
-                received,
-                size: written.size,
-                keys,
-                envelope_of: Some(original),
-                ..Item::default()
-            },
-        ));
-        delta
-            .entries
-            .push((ENVELOPES_FOLDER.to_owned(), id, received, written.size));
-        delta.envelopes.push((original, id));
-        Ok(())
     }
 }
 

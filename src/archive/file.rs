@@ -15,6 +15,7 @@ use crate::crypto::{self, epoch::EpochRecipient};
 use crate::message::Envelope;
 
 use super::chain::{Change, Op, Sealed};
+use super::envelope::{self, JournalEnvelope};
 use super::fingerprint::Normalizer;
 use super::plan::Plan;
 use super::skeleton::Skeleton;
@@ -289,6 +290,50 @@ impl Archive {
             delta.entries.push((folder, target, received, size));
         }
         Ok(Some(target))
+    }
+
+    /// Seals the envelope of one report to the auditors and the recovery key, files it in
+    /// `Journal Envelopes` and links it to `original` (nothing when nobody could read it).
+    pub(super) fn file_envelope(
+        &self,
+        journal: &JournalEnvelope,
+        original: u64,
+        received: i64,
+        delta: &mut Delta,
+    ) -> Result<(), ArchiveError> {
+        let mut keys: Vec<String> = self
+            .user_list()
+            .iter()
+            .filter(|u| u.auditor)
+            .map(|u| u.public_key.clone())
+            .collect();
+        keys.extend(self.recovery_key());
+        keys.dedup();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let bytes = journal.render(original, envelope::FROM_DOMAIN);
+        let written = self.write_sealed(&keys, false, |sink| Ok(sink.write_all(&bytes)?))?;
+        let id = delta.allocate();
+        self.publish(&written, id, Op::Filed, received, delta)?;
+        delta.items.push((
+            id,
+            Item {
+                received,
+                size: written.size,
+                keys,
+                envelope_of: Some(original),
+                ..Item::default()
+            },
+        ));
+        delta.entries.push((
+            envelope::ENVELOPES_FOLDER.to_owned(),
+            id,
+            received,
+            written.size,
+        ));
+        delta.envelopes.push((original, id));
+        Ok(())
     }
 
     /// Moves an item file into place (durable at the next commit's folder sync) and notes

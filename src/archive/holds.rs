@@ -72,16 +72,7 @@ impl Hold {
 
     /// (first, last) second covered.
     fn range(&self) -> (i64, i64) {
-        let day = |d: &Option<String>, end: bool| {
-            d.as_deref()
-                .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
-                .and_then(|d| d.and_hms_opt(0, 0, 0))
-                .map(|t| t.and_utc().timestamp() + if end { 86_399 } else { 0 })
-        };
-        (
-            day(&self.from, false).unwrap_or(i64::MIN),
-            day(&self.to, true).unwrap_or(i64::MAX),
-        )
+        day_range(self.from.as_deref(), self.to.as_deref()).unwrap_or((i64::MIN, i64::MAX))
     }
 
     /// UIDVALIDITY of the hold's IMAP folder (its creation time).
@@ -92,6 +83,24 @@ impl Hold {
             .unwrap_or(1)
             .max(1)
     }
+}
+
+/// The (first, last) second of the days `from` and `to` (UTC, inclusive); open ends reach
+/// as far as they can.
+pub fn day_range(from: Option<&str>, to: Option<&str>) -> Result<(i64, i64), HoldError> {
+    let day = |d: Option<&str>, end: bool| -> Result<Option<i64>, HoldError> {
+        let Some(d) = d else { return Ok(None) };
+        let date = NaiveDate::parse_from_str(d, "%Y-%m-%d")
+            .map_err(|_| HoldError::BadDate(d.to_owned()))?;
+        let start = date.and_hms_opt(0, 0, 0).expect("midnight exists");
+        Ok(Some(
+            start.and_utc().timestamp() + if end { 86_399 } else { 0 },
+        ))
+    };
+    Ok((
+        day(from, false)?.unwrap_or(i64::MIN),
+        day(to, true)?.unwrap_or(i64::MAX),
+    ))
 }
 
 /// The holds of the archive under `data_dir`.

@@ -83,7 +83,10 @@ impl Archive {
     /// Checks the chain's links and checkpoints and every item file against them.
     /// `progress(done, total)` follows the item files.
     pub fn verify(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<Report, ArchiveError> {
-        let mut report = Report::default();
+        let mut report = Report {
+            signing_key: self.signing_public_key(),
+            ..Report::default()
+        };
         let mut walker = Walker::default();
         self.store
             .for_each_link(1, |seq, bytes| walker.step(seq, bytes, &mut report))?;

@@ -15,6 +15,8 @@
 
 pub mod chain;
 pub mod envelope;
+pub mod export;
+pub mod export_check;
 mod file;
 mod fingerprint;
 mod grant;

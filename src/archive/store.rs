@@ -31,6 +31,8 @@ const SEALED_TO: TableDefinition<(&str, u64), ()> = TableDefinition::new("sealed
 const GRANTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("grants");
 /// seq -> one link of the integrity chain, as the exact bytes it is hashed over
 const CHAIN: TableDefinition<u64, &[u8]> = TableDefinition::new("chain");
+/// item -> the sequence number of its newest link (filed or re-sealed)
+const CHAIN_OF: TableDefinition<u64, u64> = TableDefinition::new("chain-of");
 /// seq -> JSON [`Checkpoint`] signed at that link
 const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("checkpoints");
 
@@ -143,6 +145,7 @@ impl Store {
         txn.open_table(GRANTS).map_err(err)?;
         txn.open_table(CHAIN).map_err(err)?;
         txn.open_table(CHECKPOINTS).map_err(err)?;
+        txn.open_table(CHAIN_OF).map_err(err)?;
         txn.commit().map_err(err)?;
         Ok(Store { db })
     }
@@ -259,6 +262,25 @@ impl Store {
         let txn = self.db.begin_write().map_err(err)?;
         append_links(&txn, changes)?;
         txn.commit().map_err(err)
+    }
+
+    /// The sequence number of an item's newest link.
+    pub fn link_of(&self, item: u64) -> Result<Option<u64>, StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(CHAIN_OF).map_err(err)?;
+        Ok(table.get(item).map_err(err)?.map(|v| v.value()))
+    }
+
+    /// The links `from..=to`, as stored.
+    pub fn links(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(CHAIN).map_err(err)?;
+        let mut out = Vec::new();
+        for row in table.range(from..=to).map_err(err)? {
+            let (k, v) = row.map_err(err)?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
     }
 
     pub fn add_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
@@ -532,6 +554,7 @@ fn append_links(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreE
         return Ok(());
     }
     let mut table = txn.open_table(CHAIN).map_err(err)?;
+    let mut newest = txn.open_table(CHAIN_OF).map_err(err)?;
     let (mut seq, mut head) = match table.last().map_err(err)? {
         Some((k, v)) => (k.value(), chain::hash(v.value())),
         None => (0, chain::GENESIS.to_owned()),
@@ -541,6 +564,10 @@ fn append_links(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreE
         seq += 1;
         head = chain::hash(&bytes);
         table.insert(seq, bytes.as_slice()).map_err(err)?;
+        match change.op {
+            chain::Op::Removed => newest.remove(change.item).map_err(err)?,
+            _ => newest.insert(change.item, seq).map_err(err)?,
+        };
     }
     Ok(())
 }

@@ -2,20 +2,17 @@
 //! through the running server's admin socket (which holds the archive database), or open
 //! the archive directly when no server runs.
 
-use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
+use super::archive_access::{progress_bar, through_server_or_open, unlock, Unlock};
 use super::{print_json, JsonFlag};
 use crate::admin::{self, GrantRequest, Request};
-use crate::archive::recovery::{self, Recovery, Secret};
-use crate::archive::users::Users;
+use crate::archive::recovery::{Recovery, Secret};
 use crate::config::Config;
-use crate::crypto::{self, Identity};
 use crate::fsutil;
 
 #[derive(Subcommand, Debug)]
@@ -38,6 +35,11 @@ pub enum ArchiveCommand {
     /// Check the integrity chain, its signed checkpoints and every item file; exit 1 when
     /// an item file was removed, altered or swapped, or the chain was cut or changed.
     Verify(JsonFlag),
+    /// Export originals, their journal envelopes, a manifest of SHA-256 sums and the chain
+    /// that proves them, into a zip (eDiscovery).
+    Export(super::export::ExportArgs),
+    /// Check an export offline: sums, commitments, chain segments, signed checkpoints.
+    VerifyExport(super::export::VerifyExportArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -66,20 +68,11 @@ pub struct SplitArgs {
 }
 
 #[derive(Args, Debug)]
-#[command(group(clap::ArgGroup::new("unlock").required(true).args(["recovery", "shares", "by"])))]
 pub struct GrantArgs {
     /// The user's login.
     pub login: String,
-    /// The recovery secret key file.
-    #[arg(long, value_name = "FILE")]
-    pub recovery: Option<PathBuf>,
-    /// Recovery key share files (at least the threshold).
-    #[arg(long, value_name = "F1,F2,..", value_delimiter = ',')]
-    pub shares: Vec<PathBuf>,
-    /// An auditor whose archive key opens the items; the password is read from the terminal,
-    /// or from the first line of standard input.
-    #[arg(long, value_name = "AUDITOR")]
-    pub by: Option<String>,
+    #[command(flatten)]
+    pub unlock: Unlock,
     /// Items made readable per durable commit (a killed grant redoes at most one batch).
     #[arg(long, value_name = "N", default_value_t = crate::archive::GRANT_BATCH)]
     pub batch: usize,
@@ -96,6 +89,8 @@ pub fn run(config: &Config, cmd: ArchiveCommand) -> Result<i32> {
         ArchiveCommand::Grant(args) => grant(config, args),
         ArchiveCommand::Retention { dry_run, json } => retention(config, dry_run, json),
         ArchiveCommand::Verify(flag) => verify(config, flag.json),
+        ArchiveCommand::Export(args) => super::export::export(config, args),
+        ArchiveCommand::VerifyExport(args) => super::export::verify_export(args),
     }
 }
 
@@ -179,72 +174,6 @@ fn list(config: &Config, json: bool) -> Result<i32> {
     Ok(0)
 }
 
-/// The keys that open the file keys, from the recovery file, the shares or an auditor.
-fn unlock(config: &Config, args: &GrantArgs) -> Result<Identity> {
-    let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("{}", p.display()));
-    let recovery = Recovery::new(&config.data_dir);
-    if let Some(path) = &args.recovery {
-        let identity = recovery::read_secret(&read(path)?)?;
-        recovery.check(&identity)?;
-        return Ok(identity);
-    }
-    if !args.shares.is_empty() {
-        let texts = args.shares.iter().map(read).collect::<Result<Vec<_>>>()?;
-        let identity = recovery::combine(&texts)?;
-        recovery.check(&identity)?;
-        return Ok(identity);
-    }
-    let login = args.by.as_deref().expect("clap requires one");
-    let users = Users::new(&config.data_dir);
-    let auditor = users.find(login)?;
-    if !auditor.auditor {
-        bail!("{} is not an auditor", auditor.login);
-    }
-    let password = read_password(&format!("Password of {}: ", auditor.login))?;
-    Ok(crypto::unwrap_identity(
-        &users.wrapped_identity(&auditor.id)?,
-        &password,
-    )?)
-}
-
-fn read_password(prompt: &str) -> Result<String> {
-    if std::io::stdin().is_terminal() {
-        return Ok(rpassword::prompt_password(prompt)?);
-    }
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line)?;
-    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
-}
-
-/// The response of a request the server answers, or of `offline` on an archive opened here.
-fn through_server_or_open(
-    config: &Config,
-    request: Request,
-    progress: &mut dyn FnMut(u64, u64),
-    offline: impl FnOnce(&crate::archive::Archive, &mut dyn FnMut(u64, u64)) -> admin::Response,
-) -> Result<admin::Response> {
-    if let Some(response) = admin::request_with_progress(&config.data_dir, request, progress)? {
-        return Ok(response);
-    }
-    let spool = crate::spool::Spool::open(&config.data_dir)?;
-    let archive = crate::archive::Archive::open(&config.archive, Arc::clone(&spool))?;
-    let response = offline(&archive, progress);
-    spool.shutdown();
-    Ok(response)
-}
-
-/// A progress bar on standard error (hidden when that is not a terminal).
-fn progress_bar(unit: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(&format!(
-            "{{bar:40}} {{pos}}/{{len}} {unit}  {{per_sec}}  eta {{eta}}"
-        ))
-        .expect("template"),
-    );
-    bar
-}
-
 fn verify(config: &Config, json: bool) -> Result<i32> {
     let bar = progress_bar("items");
     let mut progress = |done: u64, total: u64| {
@@ -270,6 +199,10 @@ fn verify(config: &Config, json: bool) -> Result<i32> {
             n("signed_up_to"),
             n("items_checked"),
             if ok { "intact" } else { "PROBLEMS" }
+        );
+        println!(
+            "checkpoints are signed by {}",
+            report["signing_key"].as_str().unwrap_or("")
         );
         for p in report["problems"].as_array().into_iter().flatten() {
             let at = match (p["item"].as_u64(), p["seq"].as_u64()) {
@@ -326,7 +259,7 @@ fn retention(config: &Config, dry_run: bool, json: bool) -> Result<i32> {
 
 fn grant(config: &Config, args: GrantArgs) -> Result<i32> {
     use age::secrecy::ExposeSecret;
-    let identity = unlock(config, &args)?;
+    let identity = unlock(config, &args.unlock)?;
     let request = GrantRequest {
         login: args.login.clone(),
         keys: vec![identity.to_string().expose_secret().to_owned()],

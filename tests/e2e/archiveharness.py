@@ -906,9 +906,9 @@ def plain_message(subject="plain copy", sender="partner@fabrikam.example",
 
 
 __all__ = [
-    "JOURNAL_NDR", "MARKERS", "UNKNOWN", "Whole", "add_user", "add_users", "archive_gw",
+    "ENVELOPES", "JOURNAL_NDR", "MARKERS", "UNKNOWN", "Whole", "add_user", "add_users", "archive_gw",
     "archive_stats", "assert_alive", "check_archive", "describe", "expect_report",
-    "expected_original", "folder_counts", "folder_info", "folder_messages", "imap_user",
+    "expected_original", "folder_counts", "folder_info", "folder_messages", "header_value", "imap_user",
     "journal_report", "list_folders", "logout", "make_igw", "make_original", "matches",
     "ndr_wrap", "originals_of", "place", "plain_message", "qp_encode", "raw_user",
     "report_fields", "selectable", "send_bdat", "send_report", "user_snapshot",

@@ -14,6 +14,10 @@ use tokio::net::UnixListener;
 
 use crate::context::State;
 
+mod archive;
+use archive::{archive_stats, with_progress};
+pub use archive::{run_export, run_grant, run_retention, run_verify};
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Request {
@@ -35,6 +39,44 @@ pub enum Request {
     /// Check the integrity chain and every item file (`archive verify`); answered with
     /// progress lines before the response.
     Verify,
+    /// Export items (`archive export`); answered with the files in [`Frame`]s and progress
+    /// lines before the response.
+    Export(ExportRequest),
+}
+
+/// `archive export` through the server: what to export and the keys that open it (the
+/// recovery key, or an auditor's key the CLI unwrapped). Never logged.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct ExportRequest {
+    pub spec: crate::archive::export::ExportSpec,
+    pub keys: Vec<String>,
+}
+
+impl std::fmt::Debug for ExportRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExportRequest")
+            .field("spec", &self.spec)
+            .field("keys", &format_args!("[{} redacted]", self.keys.len()))
+            .finish()
+    }
+}
+
+/// A line the server sends before its response while an export runs: a new file starts,
+/// or `data` bytes of it follow the line.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Frame {
+    Start { start: String },
+    Data { data: usize },
+}
+
+impl Frame {
+    /// `value` as one JSON line.
+    pub fn line(value: &impl Serialize) -> Vec<u8> {
+        let mut line = serde_json::to_vec(value).expect("serializes");
+        line.push(b'\n');
+        line
+    }
 }
 
 /// `archive grant` through the server: the user and the keys that open the file keys (the
@@ -152,6 +194,9 @@ pub async fn run(listener: UnixListener, state: Arc<State>) {
                     }
                     None => failure("the archive is disabled (archive.enabled = false)".into()),
                 },
+                Ok(Request::Export(export)) => {
+                    archive::export_request(&state, export, &mut write).await
+                }
                 Ok(Request::Verify) => match state.archive.clone() {
                     Some(archive) => {
                         with_progress(&mut write, move |progress| run_verify(&archive, progress))
@@ -199,106 +244,6 @@ fn failure(error: String) -> Response {
         error: Some(error),
         cert: None,
         archive: None,
-    }
-}
-
-async fn archive_stats(state: &State) -> Response {
-    let Some(archive) = state.archive.clone() else {
-        return failure("the archive is disabled (archive.enabled = false)".into());
-    };
-    match tokio::task::spawn_blocking(move || archive.stats()).await {
-        Ok(Ok(stats)) => Response {
-            ok: true,
-            error: None,
-            archive: serde_json::to_value(stats).ok(),
-            ..failure(String::new())
-        },
-        Ok(Err(e)) => failure(e.to_string()),
-        Err(e) => failure(e.to_string()),
-    }
-}
-
-/// Runs a long request on a blocking thread; its progress lines stream back first.
-async fn with_progress(
-    write: &mut tokio::net::unix::OwnedWriteHalf,
-    job: impl FnOnce(&mut dyn FnMut(u64, u64)) -> Response + Send + 'static,
-) -> Response {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(u64, u64)>(4);
-    let work = tokio::task::spawn_blocking(move || {
-        let mut progress = |done, total| {
-            let _ = tx.blocking_send((done, total));
-        };
-        job(&mut progress)
-    });
-    while let Some(progress) = rx.recv().await {
-        let mut line = serde_json::to_vec(&Progress { progress }).expect("serializes");
-        line.push(b'\n');
-        let _ = write.write_all(&line).await;
-    }
-    work.await.unwrap_or_else(|e| failure(e.to_string()))
-}
-
-/// `archive verify` against an open archive (in the server or in the CLI).
-pub fn run_verify(
-    archive: &crate::archive::Archive,
-    progress: &mut dyn FnMut(u64, u64),
-) -> Response {
-    match archive.verify(progress) {
-        Ok(report) => Response {
-            ok: true,
-            error: None,
-            archive: serde_json::to_value(report).ok(),
-            ..failure(String::new())
-        },
-        Err(e) => failure(e.to_string()),
-    }
-}
-
-/// Runs a grant against an open archive (in the server or in the CLI).
-pub fn run_grant(
-    archive: &crate::archive::Archive,
-    grant: &GrantRequest,
-    progress: &mut dyn FnMut(u64, u64),
-) -> Response {
-    let result = (|| {
-        let user = archive.users().find(&grant.login)?;
-        let keys = grant
-            .keys
-            .iter()
-            .map(|k| k.parse::<crate::crypto::Identity>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| crate::archive::ArchiveError::Damaged("not a secret key".into()))?;
-        archive.grant(&user, &keys, grant.batch, progress)
-    })();
-    match result {
-        Ok(report) => Response {
-            ok: true,
-            error: None,
-            archive: serde_json::to_value(report).ok(),
-            ..failure(String::new())
-        },
-        Err(e) => failure(e.to_string()),
-    }
-}
-
-/// `archive retention [--dry-run]` against an open archive (in the server or in the CLI).
-pub fn run_retention(archive: &crate::archive::Archive, dry_run: bool) -> Response {
-    let result = archive.retention_plan().and_then(|plan| {
-        let removed = if dry_run {
-            0
-        } else {
-            archive.apply_retention()?
-        };
-        Ok(serde_json::json!({"plan": plan, "removed": removed, "dry_run": dry_run}))
-    });
-    match result {
-        Ok(value) => Response {
-            ok: true,
-            error: None,
-            archive: Some(value),
-            ..failure(String::new())
-        },
-        Err(e) => failure(e.to_string()),
     }
 }
 
@@ -361,6 +306,7 @@ pub fn execute(spool: &crate::spool::Spool, request: Request) -> Response {
         | Request::ArchiveStats
         | Request::Grant(_)
         | Request::Verify
+        | Request::Export(_)
         | Request::Retention { .. } => {
             return failure("this request needs the running server".into())
         }
@@ -373,37 +319,93 @@ pub fn request(data_dir: &Path, request: Request) -> std::io::Result<Option<Resp
     request_with_progress(data_dir, request, &mut |_, _| {})
 }
 
-/// [`request`], calling `on_progress(done, total)` for each progress line.
-pub fn request_with_progress(
+/// What the CLI does with the files of an export as they arrive.
+pub trait FrameHandler {
+    fn start(&mut self, name: &str) -> std::io::Result<()>;
+    fn data(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+    fn progress(&mut self, done: u64, total: u64);
+}
+
+/// Sends a request whose answer carries [`Frame`]s (an export). `Ok(None)` when no server
+/// is listening.
+pub fn request_frames(
     data_dir: &Path,
     request: Request,
-    on_progress: &mut dyn FnMut(u64, u64),
+    handler: &mut dyn FrameHandler,
 ) -> std::io::Result<Option<Response>> {
-    let path = socket_path(data_dir);
-    let mut stream = match std::os::unix::net::UnixStream::connect(&path) {
-        Ok(s) => s,
+    let Some(stream) = connect(data_dir)? else {
+        return Ok(None);
+    };
+    let mut reader = BufReader::with_capacity(256 << 10, send(stream, &request)?);
+    let mut data = Vec::new();
+    loop {
+        let line = read_reply(&mut reader)?;
+        if let Ok(p) = serde_json::from_str::<Progress>(&line) {
+            handler.progress(p.progress.0, p.progress.1);
+            continue;
+        }
+        match serde_json::from_str::<Frame>(&line) {
+            Ok(Frame::Start { start }) => handler.start(&start)?,
+            Ok(Frame::Data { data: n }) => {
+                data.resize(n, 0);
+                std::io::Read::read_exact(&mut reader, &mut data)?;
+                handler.data(&data)?;
+            }
+            Err(_) => {
+                return serde_json::from_str(&line)
+                    .map(Some)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+            }
+        }
+    }
+}
+
+fn connect(data_dir: &Path) -> std::io::Result<Option<std::os::unix::net::UnixStream>> {
+    match std::os::unix::net::UnixStream::connect(socket_path(data_dir)) {
+        Ok(s) => Ok(Some(s)),
         Err(e)
             if matches!(
                 e.kind(),
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
             ) =>
         {
-            return Ok(None)
+            Ok(None)
         }
-        Err(e) => return Err(e),
+        Err(e) => Err(e),
+    }
+}
+
+fn send(
+    mut stream: std::os::unix::net::UnixStream,
+    request: &Request,
+) -> std::io::Result<std::os::unix::net::UnixStream> {
+    stream.write_all(&Frame::line(request))?;
+    Ok(stream)
+}
+
+fn read_reply(reader: &mut impl BufRead) -> std::io::Result<String> {
+    let mut reply = String::new();
+    if reader.read_line(&mut reply)? == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the server closed the admin connection",
+        ));
+    }
+    Ok(reply)
+}
+
+/// [`request`], calling `on_progress(done, total)` for each progress line.
+pub fn request_with_progress(
+    data_dir: &Path,
+    request: Request,
+    on_progress: &mut dyn FnMut(u64, u64),
+) -> std::io::Result<Option<Response>> {
+    let Some(stream) = connect(data_dir)? else {
+        return Ok(None);
     };
-    let mut line = serde_json::to_vec(&request).expect("serializes");
-    line.push(b'\n');
-    stream.write_all(&line)?;
-    let mut reader = BufReader::new(stream);
+    let mut reader = BufReader::new(send(stream, &request)?);
     loop {
-        let mut reply = String::new();
-        if reader.read_line(&mut reply)? == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "the server closed the admin connection",
-            ));
-        }
+        let reply = read_reply(&mut reader)?;
         if let Ok(p) = serde_json::from_str::<Progress>(&reply) {
             on_progress(p.progress.0, p.progress.1);
             continue;
