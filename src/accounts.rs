@@ -6,7 +6,8 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::archive::ArchiveStore;
+use crate::archive::{Access, ArchiveStore};
+use crate::audit::Event;
 use crate::auth::{self, AuthError};
 use crate::context::State;
 use crate::mailbox::MailboxId;
@@ -68,18 +69,54 @@ pub async fn login(
             Ok(gateway(state, session))
         }
         (Kind::User, login) => {
-            let session = state.auth.login_user(client, &login, password).await?;
             let archive = state
                 .archive
                 .clone()
                 .ok_or_else(|| AuthError::Temporary("the archive is off".into()))?;
+            let session = match state.auth.login_user(client, &login, password).await {
+                Ok(session) => session,
+                Err(e) => {
+                    if matches!(e, AuthError::Invalid) {
+                        audit_failure(state, &archive, client, &login);
+                    }
+                    return Err(e);
+                }
+            };
+            state.audit.record(
+                Event::new("archive.login", format!("imap:{}", session.user.login))
+                    .client(client)
+                    .target(&session.user.login),
+            );
+            let store = ArchiveStore::new(
+                archive,
+                session.user.clone(),
+                session.identity,
+                Access {
+                    auditor: state.audit.clone(),
+                    client,
+                },
+            );
             Ok(Account {
-                id: session.user.id.clone(),
+                id: session.user.id,
                 kind: Kind::User,
-                store: Arc::new(ArchiveStore::new(archive, session.user, session.identity)),
+                store: Arc::new(store),
             })
         }
     }
+}
+
+/// Records a failed archive login: under the login when it is a user's (never what an
+/// unknown name was: it may be a password typed in the wrong field).
+fn audit_failure(state: &State, archive: &crate::archive::Archive, client: IpAddr, login: &str) {
+    let typed = login.trim().to_lowercase();
+    let known = archive.user_list().iter().any(|u| u.login == typed);
+    let target = if known { typed } else { "(unknown)".into() };
+    state.audit.record(
+        Event::new("archive.login", "imap")
+            .client(client)
+            .target(target)
+            .result("failed"),
+    );
 }
 
 /// The account of a gateway mailbox whose key is already unwrapped (PREAUTH, tests, fuzzing).

@@ -4,6 +4,7 @@
 
 mod archive;
 mod archive_access;
+mod audited;
 mod cert;
 mod export;
 mod hold;
@@ -59,6 +60,9 @@ pub enum Command {
     /// Legal holds on archive items.
     #[command(subcommand)]
     Hold(hold::HoldCommand),
+    /// The audit trail of archive access and admin actions.
+    #[command(subcommand)]
+    Audit(audited::AuditCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -176,6 +180,13 @@ pub enum MailboxCommand {
 
 /// Runs a command other than `serve`; returns the process exit code.
 pub fn run(config: &Config, command: Command) -> Result<i32> {
+    let event = audited::describe(&command);
+    let result = execute(config, command);
+    audited::record(config, event, &result);
+    result
+}
+
+fn execute(config: &Config, command: Command) -> Result<i32> {
     match command {
         Command::Serve => unreachable!("serve is run by main"),
         Command::Mailbox(cmd) => mailbox(config, cmd),
@@ -186,6 +197,7 @@ pub fn run(config: &Config, command: Command) -> Result<i32> {
         Command::User(cmd) => user(config, cmd),
         Command::Archive(cmd) => archive::run(config, cmd),
         Command::Hold(cmd) => hold::run(config, cmd),
+        Command::Audit(cmd) => audited::run(config, cmd),
     }
 }
 

@@ -10,6 +10,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::acme;
 use crate::archive::{Archive, ArchiveError};
+use crate::audit::{AuditLog, Auditor};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::mailbox::MailboxId;
@@ -42,6 +43,8 @@ pub struct State {
     pub imap_sessions: SessionCounts,
     /// Mailboxes with an open POP3 session (RFC 1939 exclusive access).
     pub pop3_locks: Mutex<HashSet<MailboxId>>,
+    /// The audit trail (archive logins, folders opened, bodies fetched, admin actions).
+    pub audit: Auditor,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +61,8 @@ pub enum ServeError {
     Listener(std::io::Error),
     #[error("archive: {0}")]
     Archive(#[from] ArchiveError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 impl State {
@@ -65,9 +70,13 @@ impl State {
     /// every session when `true` is sent.
     pub fn open(config: Config) -> Result<(Arc<State>, watch::Sender<bool>), ServeError> {
         let spool = Spool::open(&config.data_dir)?;
+        let signing_key = crate::archive::load_signing_key(&config.archive, &config.data_dir)?;
+        let audit = Auditor::start(AuditLog::open(&config.data_dir, Some(signing_key))?)
+            .map_err(crate::audit::AuditError::from)?;
         let archive = match config.archive.enabled {
             true => {
                 let archive = Archive::open(&config.archive, spool.clone())?;
+                archive.set_auditor(audit.clone());
                 archive.start().map_err(ArchiveError::from)?;
                 if archive.recovery_key().is_none() {
                     tracing::warn!(
@@ -103,6 +112,7 @@ impl State {
             acme,
             shutdown: shutdown_rx,
             pop3_locks: Mutex::new(HashSet::new()),
+            audit,
             config,
         });
         Ok((state, shutdown_tx))

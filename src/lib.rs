@@ -8,6 +8,7 @@ pub mod accounts;
 pub mod acme;
 pub mod admin;
 pub mod archive;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;

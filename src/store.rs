@@ -81,6 +81,13 @@ pub trait MailStore: Send + Sync {
     /// The key that change notifications carry for `folder`.
     fn change_key(&self, folder: &FolderInfo) -> ChangeKey;
 
+    /// The login opened a folder (SELECT, EXAMINE): a store that keeps an audit trail
+    /// records it.
+    fn opened(&self, _folder: &FolderInfo) {}
+
+    /// Message bodies (or body parts) of these UIDs were sent to the client.
+    fn fetched(&self, _folder: &FolderInfo, _uids: &[u32]) {}
+
     /// False once the login's key is no longer current (password reset, login deleted):
     /// an open session must end then.
     fn still_valid(&self) -> bool;

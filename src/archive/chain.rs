@@ -98,14 +98,25 @@ pub struct Checkpoint {
     pub signature: String,
 }
 
+/// What an archive chain checkpoint signs (see [`Checkpoint::message`]).
+pub const ARCHIVE_CHECKPOINT: &str = "archive checkpoint";
+/// What the audit log's head signs: the same key, another statement.
+pub const AUDIT_HEAD: &str = "audit head";
+
 impl Checkpoint {
-    /// What is signed.
-    pub fn message(seq: u64, head: &str, time: i64) -> Vec<u8> {
-        format!("journalgate archive checkpoint v1\n{seq}\n{head}\n{time}\n").into_bytes()
+    /// What is signed: `journalgate <what> v1`, then the sequence number, the head hash and
+    /// the time, each on its own line. `what` keeps an archive checkpoint and an audit head
+    /// (signed with the same key) from standing in for each other.
+    pub fn message(what: &str, seq: u64, head: &str, time: i64) -> Vec<u8> {
+        format!("journalgate {what} v1\n{seq}\n{head}\n{time}\n").into_bytes()
     }
 
     pub fn sign(key: &SigningKey, seq: u64, head: &str, time: i64) -> Checkpoint {
-        let signature = key.sign(&Self::message(seq, head, time));
+        Self::sign_as(ARCHIVE_CHECKPOINT, key, seq, head, time)
+    }
+
+    pub fn sign_as(what: &str, key: &SigningKey, seq: u64, head: &str, time: i64) -> Checkpoint {
+        let signature = key.sign(&Self::message(what, seq, head, time));
         Checkpoint {
             seq,
             head: head.to_owned(),
@@ -115,8 +126,14 @@ impl Checkpoint {
         }
     }
 
-    /// Whether the signature is good and made by `expected` (hex), when one is given.
+    /// Whether the signature of an archive checkpoint is good and made by `expected` (hex),
+    /// when one is given.
     pub fn valid(&self, expected: Option<&str>) -> bool {
+        self.valid_as(ARCHIVE_CHECKPOINT, expected)
+    }
+
+    /// [`Checkpoint::valid`] for a statement of another kind.
+    pub fn valid_as(&self, what: &str, expected: Option<&str>) -> bool {
         if expected.is_some_and(|k| k != self.key) {
             return false;
         }
@@ -134,7 +151,7 @@ impl Checkpoint {
             return false;
         };
         key.verify(
-            &Self::message(self.seq, &self.head, self.time),
+            &Self::message(what, self.seq, &self.head, self.time),
             &Signature::from_bytes(&signature),
         )
         .is_ok()

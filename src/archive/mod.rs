@@ -27,7 +27,7 @@ mod keys;
 mod plan;
 mod reader;
 pub mod retention;
-pub use reader::ArchiveStore;
+pub use reader::{Access, ArchiveStore};
 pub mod recovery;
 pub mod skeleton;
 mod stats;
@@ -153,6 +153,8 @@ pub struct Archive {
     /// never rewrite the same item file at once.
     filing: Mutex<()>,
     stop: AtomicBool,
+    /// Where retention runs are recorded (set by the server, or the CLI that opened it).
+    auditor: std::sync::OnceLock<crate::audit::Auditor>,
 }
 
 impl Archive {
@@ -171,8 +173,7 @@ impl Archive {
         let key_path = keys::intake_key_path(config, spool.data_dir());
         let intake_identity = keys::load_intake_key(&key_path, &dir.join("intake.key"))?;
         let secret = load_or_create_secret(&dir.join("dedupe.key"))?;
-        let signing_key =
-            keys::load_signing_key(&keys::signing_key_path(config, spool.data_dir()))?;
+        let signing_key = load_signing_key(config, spool.data_dir())?;
         let users = Users::new(spool.data_dir());
         let recovery = recovery::Recovery::new(spool.data_dir());
         let holds = holds::Holds::new(spool.data_dir());
@@ -198,10 +199,16 @@ impl Archive {
             recovery_cache: Mutex::new(None),
             filing: Mutex::new(()),
             stop: AtomicBool::new(false),
+            auditor: std::sync::OnceLock::new(),
         });
         archive.remove_orphans()?;
         archive.chain_existing()?;
         Ok(archive)
+    }
+
+    /// Where the archive records what it does on its own (retention runs).
+    pub fn set_auditor(&self, auditor: crate::audit::Auditor) {
+        let _ = self.auditor.set(auditor);
     }
 
     /// Turns the intake on and starts the worker thread.
@@ -338,8 +345,36 @@ impl Archive {
             held = plan.held.len(),
             "archive retention removed items"
         );
+        if let Some(auditor) = self.auditor.get() {
+            auditor.record(
+                crate::audit::Event::new("archive.retention-removed", "server").detail(
+                    serde_json::json!({"items": messages, "envelopes": envelopes,
+                                       "held": plan.held.len()}),
+                ),
+            );
+        }
         Ok(messages)
     }
+}
+
+/// The key that signs the archive chain's checkpoints and the audit log's head, created
+/// when missing (the server).
+pub fn load_signing_key(
+    config: &ArchiveConfig,
+    data_dir: &Path,
+) -> Result<ed25519_dalek::SigningKey, ArchiveError> {
+    keys::load_signing_key(&keys::signing_key_path(config, data_dir))
+}
+
+/// That key when it exists and this process may read it (the CLI never creates it).
+pub fn read_signing_key(
+    config: &ArchiveConfig,
+    data_dir: &Path,
+) -> Option<ed25519_dalek::SigningKey> {
+    let path = keys::signing_key_path(config, data_dir);
+    path.is_file()
+        .then(|| keys::load_signing_key(&path).ok())
+        .flatten()
 }
 
 /// The change-notification key of an archive folder.

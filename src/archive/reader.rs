@@ -235,15 +235,37 @@ pub struct ArchiveStore {
     archive: Arc<Archive>,
     user: UserRecord,
     keyring: Keyring,
+    access: Access,
 }
 
+/// Where a session's folder openings and fetches are recorded, and from which client.
+#[derive(Clone)]
+pub struct Access {
+    pub auditor: crate::audit::Auditor,
+    pub client: std::net::IpAddr,
+}
+
+/// Items named per audit line of a FETCH.
+const ITEMS_PER_EVENT: usize = 1000;
+
 impl ArchiveStore {
-    pub fn new(archive: Arc<Archive>, user: UserRecord, identity: Identity) -> ArchiveStore {
+    pub fn new(
+        archive: Arc<Archive>,
+        user: UserRecord,
+        identity: Identity,
+        access: Access,
+    ) -> ArchiveStore {
         ArchiveStore {
             archive,
             user,
             keyring: Keyring::new(identity),
+            access,
         }
+    }
+
+    fn event(&self, action: &str) -> crate::audit::Event {
+        crate::audit::Event::new(action, format!("imap:{}", self.user.login))
+            .client(self.access.client)
     }
 }
 
@@ -307,6 +329,27 @@ impl MailStore for ArchiveStore {
 
     fn change_key(&self, folder: &FolderInfo) -> ChangeKey {
         change_key(&folder.key)
+    }
+
+    fn opened(&self, folder: &FolderInfo) {
+        self.access
+            .auditor
+            .record(self.event("archive.select").target(&folder.name));
+    }
+
+    fn fetched(&self, folder: &FolderInfo, uids: &[u32]) {
+        let items: Vec<u64> = uids
+            .iter()
+            .filter_map(|uid| self.archive.entry(&folder.key, *uid).ok())
+            .map(|e| e.item)
+            .collect();
+        for chunk in items.chunks(ITEMS_PER_EVENT) {
+            self.access.auditor.record(
+                self.event("archive.fetch")
+                    .target(&folder.name)
+                    .detail(serde_json::json!({ "items": chunk })),
+            );
+        }
     }
 
     fn still_valid(&self) -> bool {

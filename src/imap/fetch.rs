@@ -47,6 +47,8 @@ pub(super) async fn command(
     let needs = render::needs_content(items);
     let count_lines = render::needs_structure(items);
     let sets_seen = render::sets_seen(items) && !view.read_only;
+    let audited = render::returns_body(items);
+    let mut fetched = Vec::new();
     let mut vanished = false;
     let mut ahead: VecDeque<(JoinHandle<Result<Content, StoreError>>, u64)> = VecDeque::new();
     let (mut next, mut ahead_bytes) = (0usize, 0u64);
@@ -86,6 +88,9 @@ pub(super) async fn command(
                 add_flags = true;
             }
         }
+        if audited {
+            fetched.push(meta.uid);
+        }
         let mut renderer = Renderer::new(i as u32 + 1);
         // One item at a time: rendered, written, dropped; then the closing parenthesis.
         for step in items.iter().map(Some).chain([None]) {
@@ -97,6 +102,11 @@ pub(super) async fn command(
             let loaded = content.as_ref();
             write(conn, stream, chunks, loaded, authed, selected, &meta).await?;
         }
+    }
+    if !fetched.is_empty() {
+        let (store, folder) = (authed.account.store.clone(), selected.view.folder.clone());
+        // The store may look things up to record it: off the async threads.
+        tokio::task::spawn_blocking(move || store.fetched(&folder, &fetched));
     }
     selected.sync(conn, authed, uid);
     if vanished {

@@ -108,6 +108,7 @@ impl Session {
             }
         };
         let read_only = examine || folder.read_only;
+        authed.account.store.opened(&folder);
         let view = View {
             folder,
             read_only,

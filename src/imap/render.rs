@@ -162,6 +162,26 @@ pub fn sets_seen(items: &[MessageDataItemName<'_>]) -> bool {
     })
 }
 
+/// Whether the items return message body content (not only header fields or metadata): what
+/// an archive's audit trail records as a fetched message.
+pub fn returns_body(items: &[MessageDataItemName<'_>]) -> bool {
+    use imap_codec::imap_types::fetch::Section;
+    use MessageDataItemName as N;
+    items.iter().any(|i| match i {
+        N::BodyExt { section, .. } => !matches!(
+            section,
+            Some(
+                Section::Header(_)
+                    | Section::HeaderFields(..)
+                    | Section::HeaderFieldsNot(..)
+                    | Section::Mime(_)
+            )
+        ),
+        N::Binary { .. } | N::Rfc822 | N::Rfc822Text => true,
+        _ => false,
+    })
+}
+
 /// Renders `* seq FETCH (...)` for one message, item by item: the caller takes the chunks
 /// after each item and writes them, so one response never holds more than one item.
 pub struct Renderer {
