@@ -1,4 +1,4 @@
-# Helpers shared by bench/run.sh and bench/imap.sh (sourced, not run).
+# Helpers shared by bench/run.sh, bench/imap.sh and bench/ingest.sh (sourced, not run).
 #
 # They use the caller's globals: WORK (private temp dir, with WORK/res), CMDS (command
 # log), RUN_START and RUN_BUDGET (seconds), BG_PIDS (background pids killed on exit),
@@ -72,6 +72,27 @@ stop_sampler() { # name -> WORK/res/name.peak: peak Rss and peak Pss in MB
 }
 hwm_mb() { # pids... -> sum of VmHWM in MB (live processes only)
   { for p in "$@"; do grep -s '^VmHWM:' "/proc/$p/status" || true; done; } | awk '{s+=$2} END{printf "%.1f", s/1024}'
+}
+
+# tree_cpu_ticks PID... -> CPU time (clock ticks, see `getconf CLK_TCK`) of the given
+# processes and all their live descendants: utime+stime of each (all threads, live and
+# exited) plus cutime+cstime (its children that have exited and been reaped). Children
+# that exit between two readings move from their own figures into their parent's
+# cutime/cstime, so the difference of two readings is the tree's CPU in between (best
+# effort: a child that exits during the reading itself can be missed once).
+tree_cpu_ticks() {
+  local pids
+  pids=$(ps -e -o pid=,ppid= | awk -v roots="$*" '
+    { par[$1] = $2; all[NR] = $1 }
+    END {
+      n = split(roots, r, " "); for (i = 1; i <= n; i++) if (r[i] != "") inset[r[i]] = 1
+      do { added = 0
+        for (k in all) { p = all[k]; if (!(p in inset) && (par[p] in inset)) { inset[p] = 1; added = 1 } }
+      } while (added)
+      for (p in inset) print p
+    }')
+  for p in $pids; do cat "/proc/$p/stat" 2>/dev/null || true; done |
+    awk '{ sub(/^.*\) /, ""); s += $12 + $13 + $14 + $15 } END { printf "%d\n", s }'
 }
 
 # Stop the private Dovecot whose master pid is in DC_PIDFILE (for the EXIT trap).

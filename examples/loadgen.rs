@@ -1,8 +1,9 @@
-//! Load client for the journalgate benchmark (bench/run.sh).
+//! Load client for the journalgate benchmarks (bench/run.sh, bench/imap.sh, bench/ingest.sh).
 //!
 //! ```text
 //! loadgen smtp --addr 127.0.0.1:2525 --to ADDR --count N --size BYTES --concurrency C
 //!              [--starttls] [--from ADDR] [--wait-maildir DIR]
+//!              [--message-file PATH [--counter-start K]]
 //! loadgen pop3 --addr 127.0.0.1:1995 --tls|--stls --user U --pass P [--batch 100] [--delete]
 //! loadgen imap --addr 127.0.0.1:1993 --tls --user U --pass P [--batch 500] [--delete]
 //! loadgen imap-select --addr 127.0.0.1:1993 --tls --user U --pass P [--repeat 5]
@@ -17,6 +18,13 @@
 //! in total have been sent. Only a 250 reply to the end of DATA counts as a
 //! success. Every message is a valid RFC 5322 message of exactly `--size` bytes,
 //! CRLF lines of at most 78 octets, with a unique Message-ID.
+//!
+//! With `--message-file PATH` every message is instead the file's bytes (bare LF
+//! turned into CRLF, dot-stuffed on the wire) with each literal `{n}` replaced by
+//! the message's counter: `--counter-start` plus its global index 0..N-1, so a
+//! template such as a journal report gets unique Message-IDs, and different runs
+//! unique ones too when given different starts. `--size` is then ignored; MAIL
+//! declares the largest message's SIZE and `bytes` counts the real octets.
 //!
 //! With `--wait-maildir DIR` the client then polls `DIR/new` + `DIR/cur` until
 //! every accepted message has been delivered there and also reports the
@@ -62,7 +70,7 @@ use tokio::net::TcpStream;
 #[derive(Parser)]
 #[command(
     name = "loadgen",
-    about = "SMTP / POP3 / IMAP load client for bench/run.sh and bench/imap.sh"
+    about = "SMTP / POP3 / IMAP load client for bench/run.sh, bench/imap.sh and bench/ingest.sh"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -121,6 +129,13 @@ struct SmtpArgs {
     /// After sending, wait until the accepted messages appear in this Maildir (new/ + cur/).
     #[arg(long)]
     wait_maildir: Option<std::path::PathBuf>,
+    /// Send this file's bytes instead of a generated message, each `{n}` replaced by the
+    /// message's counter (`--size` is ignored).
+    #[arg(long)]
+    message_file: Option<std::path::PathBuf>,
+    /// The counter of the first message (`{n}` in `--message-file`).
+    #[arg(long, default_value_t = 0, requires = "message_file")]
+    counter_start: u64,
 }
 
 #[derive(Args, Clone)]
@@ -531,10 +546,77 @@ fn build_template(from: &str, to: &str, size: usize) -> Template {
     }
 }
 
+/// A message read from `--message-file`: CRLF lines, dot-stuffed, cut at every `{n}`.
+struct FileTemplate {
+    /// The text around the `{n}` placeholders; the last piece ends with ".\r\n".
+    pieces: Vec<Vec<u8>>,
+    /// Octets of one message without its placeholders (before dot-stuffing, no terminator).
+    fixed_len: usize,
+}
+
+impl FileTemplate {
+    fn load(path: &std::path::Path) -> io::Result<FileTemplate> {
+        let raw = std::fs::read(path)?;
+        if raw.is_empty() {
+            return Err(err(format!("{}: empty message file", path.display())));
+        }
+        // CRLF line endings, ending with CRLF
+        let mut msg = Vec::with_capacity(raw.len() + raw.len() / 32 + 2);
+        for (i, &b) in raw.iter().enumerate() {
+            if b == b'\n' && (i == 0 || raw[i - 1] != b'\r') {
+                msg.push(b'\r');
+            }
+            msg.push(b);
+        }
+        if !msg.ends_with(b"\r\n") {
+            msg.extend_from_slice(b"\r\n");
+        }
+        let holes = memchr::memmem::find_iter(&msg, b"{n}").count();
+        let fixed_len = msg.len() - 3 * holes;
+        // Dot-stuffing: `{n}` becomes digits, so it never starts a line with a dot.
+        let mut stuffed = Vec::with_capacity(msg.len() + 64);
+        for line in msg.split_inclusive(|&b| b == b'\n') {
+            if line.first() == Some(&b'.') {
+                stuffed.push(b'.');
+            }
+            stuffed.extend_from_slice(line);
+        }
+        let mut pieces: Vec<Vec<u8>> = Vec::with_capacity(holes + 1);
+        let mut from = 0;
+        for at in memchr::memmem::find_iter(&stuffed, b"{n}") {
+            pieces.push(stuffed[from..at].to_vec());
+            from = at + 3;
+        }
+        let mut last = stuffed[from..].to_vec();
+        last.extend_from_slice(b".\r\n");
+        pieces.push(last);
+        Ok(FileTemplate { pieces, fixed_len })
+    }
+
+    /// Octets of message `n` (before dot-stuffing, without the terminator).
+    fn len_of(&self, n: u64) -> usize {
+        self.fixed_len + (self.pieces.len() - 1) * n.to_string().len()
+    }
+
+    /// Message `n` as sent after DATA (dot-stuffed, with the terminator) into `out`.
+    fn render(&self, n: u64, out: &mut Vec<u8>) {
+        let digits = n.to_string();
+        out.clear();
+        for (i, p) in self.pieces.iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(digits.as_bytes());
+            }
+            out.extend_from_slice(p);
+        }
+    }
+}
+
 #[derive(Default)]
 struct SmtpStats {
     ok: AtomicUsize,
     bytes: AtomicU64,
+    /// Unix time of the latest 250 after DATA, microseconds.
+    last_ok_us: AtomicU64,
     errors: Mutex<Vec<String>>,
     latencies_us: Mutex<Vec<u64>>,
     reconnects: AtomicUsize,
@@ -552,6 +634,7 @@ impl SmtpStats {
 async fn smtp_session(
     a: &SmtpArgs,
     t: &Template,
+    file: Option<&FileTemplate>,
     next: &AtomicUsize,
     stats: &SmtpStats,
     lat: &mut Vec<u64>,
@@ -585,20 +668,35 @@ async fn smtp_session(
     let upper = text.to_ascii_uppercase();
     let pipelining = upper.contains("PIPELINING");
     let size_ext = upper.contains("250-SIZE") || upper.contains("250 SIZE");
+    let size = match file {
+        Some(f) => f.len_of(a.counter_start + a.count.saturating_sub(1) as u64),
+        None => a.size,
+    };
     let mail = if size_ext {
-        format!("MAIL FROM:<{}> SIZE={}\r\n", a.from, a.size)
+        format!("MAIL FROM:<{}> SIZE={}\r\n", a.from, size)
     } else {
         format!("MAIL FROM:<{}>\r\n", a.from)
     };
     let rcpt = format!("RCPT TO:<{}>\r\n", a.to);
     let mut head = t.head.clone();
+    let mut filed = Vec::new();
     loop {
         let idx = next.fetch_add(1, Ordering::Relaxed);
         if idx >= a.count {
             break;
         }
-        let digits = format!("{:0width$}", idx, width = IDX_DIGITS);
-        head[t.idx_pos..t.idx_pos + IDX_DIGITS].copy_from_slice(digits.as_bytes());
+        let msg_len = match file {
+            Some(f) => {
+                let n = a.counter_start + idx as u64;
+                f.render(n, &mut filed);
+                f.len_of(n)
+            }
+            None => {
+                let digits = format!("{:0width$}", idx, width = IDX_DIGITS);
+                head[t.idx_pos..t.idx_pos + IDX_DIGITS].copy_from_slice(digits.as_bytes());
+                a.size
+            }
+        };
         let t0 = Instant::now();
         let (mc, rc, dc, dtext);
         if pipelining {
@@ -649,11 +747,16 @@ async fn smtp_session(
             stats.note_error(format!("MAIL {} / RCPT {}", mc.1.trim(), rc.1.trim()));
             continue;
         }
-        c.write_parts(&[&head, &t.body]).await?;
+        if file.is_some() {
+            c.write_parts(&[&filed]).await?;
+        } else {
+            c.write_parts(&[&head, &t.body]).await?;
+        }
         let (code, text) = c.smtp_reply().await?;
         if code == 250 {
             stats.ok.fetch_add(1, Ordering::Relaxed);
-            stats.bytes.fetch_add(a.size as u64, Ordering::Relaxed);
+            stats.bytes.fetch_add(msg_len as u64, Ordering::Relaxed);
+            stats.last_ok_us.fetch_max(unix_us(), Ordering::Relaxed);
             lat.push(t0.elapsed().as_micros() as u64);
         } else {
             stats.note_error(format!("end of DATA: {}", text.trim()));
@@ -687,7 +790,24 @@ fn r3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
 async fn run_smtp(a: SmtpArgs) -> i32 {
+    let file = match a.message_file.as_deref().map(FileTemplate::load) {
+        None => None,
+        Some(Ok(f)) => Some(Arc::new(f)),
+        Some(Err(e)) => {
+            let out = json!({"mode": "smtp", "addr": a.addr, "count": a.count, "messages": 0,
+                             "failures": a.count, "error": e.to_string()});
+            println!("{out}");
+            return 1;
+        }
+    };
     let t = Arc::new(build_template(&a.from, &a.to, a.size));
     let a = Arc::new(a);
     let next = Arc::new(AtomicUsize::new(0));
@@ -698,11 +818,12 @@ async fn run_smtp(a: SmtpArgs) -> i32 {
     let mut tasks = Vec::new();
     for _ in 0..a.concurrency.max(1) {
         let (a, t, next, stats) = (a.clone(), t.clone(), next.clone(), stats.clone());
+        let file = file.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut failures_in_a_row = 0;
             while next.load(Ordering::Relaxed) < a.count && Instant::now() < deadline {
-                match smtp_session(&a, &t, &next, &stats, &mut lat).await {
+                match smtp_session(&a, &t, file.as_deref(), &next, &stats, &mut lat).await {
                     Ok(()) => failures_in_a_row = 0,
                     Err(e) => {
                         stats.note_error(format!("session: {e}"));
@@ -725,13 +846,20 @@ async fn run_smtp(a: SmtpArgs) -> i32 {
     let bytes = stats.bytes.load(Ordering::Relaxed);
     let mut lat = std::mem::take(&mut *stats.latencies_us.lock().unwrap());
     lat.sort_unstable();
+    // with --message-file: the mean size of the accepted messages
+    let size = match &file {
+        Some(_) if ok > 0 => (bytes as f64 / ok as f64).round() as u64,
+        Some(f) => f.len_of(a.counter_start) as u64,
+        None => a.size as u64,
+    };
+    let last_ok_us = stats.last_ok_us.load(Ordering::Relaxed);
     let mut out = json!({
         "mode": "smtp",
         "addr": a.addr,
         "starttls": a.starttls,
         "lmtp": a.lmtp,
         "concurrency": a.concurrency,
-        "size": a.size,
+        "size": size,
         "count": a.count,
         "messages": ok,
         "bytes": bytes,
@@ -746,6 +874,14 @@ async fn run_smtp(a: SmtpArgs) -> i32 {
         "latency_ms_max": r3(pct(&lat, 1.0)),
         "errors": *stats.errors.lock().unwrap(),
     });
+    if let Some(path) = a.message_file.as_deref() {
+        out["message_file"] = json!(path.display().to_string());
+        out["counter_start"] = json!(a.counter_start);
+    }
+    if last_ok_us > 0 {
+        // wall clock of the last 250 after DATA (e.g. for an archive's lag behind SMTP)
+        out["last_250_unix"] = json!(r3(last_ok_us as f64 / 1e6));
+    }
     if let Some(dir) = a.wait_maildir.as_deref() {
         // Delivered rate: from the start of sending until the last accepted
         // message is in the Maildir.
@@ -758,7 +894,7 @@ async fn run_smtp(a: SmtpArgs) -> i32 {
         }
         let dsecs = start.elapsed().as_secs_f64();
         let delivered = have.saturating_sub(baseline).min(ok);
-        let dbytes = delivered as u64 * a.size as u64;
+        let dbytes = delivered as u64 * size;
         out["delivered"] = json!(delivered);
         out["delivered_seconds"] = json!(r3(dsecs));
         out["delivered_msgs_per_s"] = json!(r3(delivered as f64 / dsecs));

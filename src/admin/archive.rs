@@ -110,6 +110,20 @@ pub fn run_retention(archive: &crate::archive::Archive, dry_run: bool) -> Respon
     }
 }
 
+/// `archive item` against an open archive.
+pub fn run_item(archive: &Archive, id: u64) -> Response {
+    match archive.describe_item(id) {
+        Ok(value) => Response {
+            ok: true,
+            error: None,
+            archive: Some(value),
+            ..failure(String::new())
+        },
+        Err(crate::archive::ArchiveError::NoSuchMessage) => failure(format!("no item {id}")),
+        Err(e) => failure(e.to_string()),
+    }
+}
+
 /// Keys sent for a grant or an export, as keyrings (never logged).
 fn keyrings(keys: &[String]) -> Result<Vec<crate::crypto::epoch::Keyring>, String> {
     keys.iter()

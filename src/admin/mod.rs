@@ -16,7 +16,7 @@ use crate::context::State;
 
 mod archive;
 use archive::{archive_stats, with_progress};
-pub use archive::{run_export, run_grant, run_retention, run_verify};
+pub use archive::{run_export, run_grant, run_item, run_retention, run_verify};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -42,6 +42,10 @@ pub enum Request {
     /// Export items (`archive export`); answered with the files in [`Frame`]s and progress
     /// lines before the response.
     Export(ExportRequest),
+    /// Where an item is and what it is filed as (`archive item`).
+    Item {
+        id: u64,
+    },
 }
 
 /// `archive export` through the server: what to export and the keys that open it (the
@@ -197,6 +201,12 @@ pub async fn run(listener: UnixListener, state: Arc<State>) {
                 Ok(Request::Export(export)) => {
                     archive::export_request(&state, export, &mut write).await
                 }
+                Ok(Request::Item { id }) => match state.archive.clone() {
+                    Some(archive) => tokio::task::spawn_blocking(move || run_item(&archive, id))
+                        .await
+                        .unwrap_or_else(|e| failure(e.to_string())),
+                    None => failure("the archive is disabled (archive.enabled = false)".into()),
+                },
                 Ok(Request::Verify) => match state.archive.clone() {
                     Some(archive) => {
                         with_progress(&mut write, move |progress| run_verify(&archive, progress))
@@ -307,6 +317,7 @@ pub fn execute(spool: &crate::spool::Spool, request: Request) -> Response {
         | Request::Grant(_)
         | Request::Verify
         | Request::Export(_)
+        | Request::Item { .. }
         | Request::Retention { .. } => {
             return failure("this request needs the running server".into())
         }

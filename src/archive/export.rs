@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use super::chain::{Checkpoint, Link};
 use super::envelope::JournalEnvelope;
-use super::file::SALT_BYTES;
+use super::source::SALT_BYTES;
 use super::store::Item;
 use super::{Archive, ArchiveError};
 use crate::crypto::epoch::Keyring;

@@ -14,8 +14,6 @@
 //! batch is in flight (`Archive::filing`), so a duplicate is never re-sealed under a grant.
 
 use std::collections::BTreeSet;
-use std::fs::File;
-use std::io::{self, BufReader};
 
 use age_core::format::FileKey;
 use serde::Serialize;
@@ -162,14 +160,7 @@ impl Archive {
         id: u64,
         keyrings: &[Keyring],
     ) -> Result<FileKey, ArchiveError> {
-        let file = match File::open(self.item_path(id)) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(ArchiveError::NoSuchMessage)
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let header = rewrap::Header::read(&mut BufReader::with_capacity(8 << 10, file))?;
+        let header = rewrap::Header::read(&mut self.item_bytes(id, None)?)?;
         let mut last = None;
         for keyring in keyrings {
             let identity = self.reader_of(id, keyring)?;

@@ -2,11 +2,10 @@
 //! archive's items on the chain once, signing checkpoints as it grows, and `archive verify`,
 //! which checks the chain, the checkpoints and every item file against them.
 
-use std::io::BufReader;
-
 use sha2::{Digest, Sha256};
 
 use super::chain::{self, Change, Checkpoint, Op, Report, Sealed, Walker};
+use super::store::Item;
 use super::*;
 
 /// Links between checkpoints at most, whatever the time.
@@ -25,7 +24,7 @@ impl Archive {
         }
         let mut changes = Vec::with_capacity(items.len());
         for (id, item) in &items {
-            let Ok((sha256, size)) = file_digest(&self.item_path(*id)) else {
+            let Ok((sha256, size)) = self.item_digest(*id, Some(item)) else {
                 continue;
             };
             changes.push(Change {
@@ -109,10 +108,10 @@ impl Archive {
                 kind,
                 detail,
             };
-            match file_digest(&self.item_path(*id)) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => report
+            match self.item_digest(*id, None) {
+                Err(ArchiveError::NoSuchMessage) => report
                     .problems
-                    .push(problem("missing", "the item file is gone".into())),
+                    .push(problem("missing", "the item's file or pack is gone".into())),
                 Err(e) => report.problems.push(problem("missing", e.to_string())),
                 Ok((sha256, size)) if sha256 != sealed.sha256 || size != sealed.size => {
                     report.problems.push(problem(
@@ -135,8 +134,13 @@ impl Archive {
                 });
             }
         }
+        let packs: std::collections::BTreeSet<u64> =
+            self.store.packs()?.into_iter().map(|p| p.0).collect();
         for entry in fs::read_dir(&self.items_dir)? {
             let name = entry?.file_name().to_string_lossy().into_owned();
+            if super::pack::id_of(&name).is_some_and(|p| packs.contains(&p)) {
+                continue;
+            }
             let id = name
                 .strip_suffix(".age")
                 .and_then(|n| n.parse::<u64>().ok());
@@ -154,10 +158,13 @@ impl Archive {
     }
 }
 
-/// SHA-256 (hex) and size of a file.
-pub(super) fn file_digest(path: &Path) -> io::Result<(String, u64)> {
-    let mut reader = BufReader::with_capacity(64 << 10, File::open(path)?);
-    let mut hasher = Sha256::new();
-    let size = io::copy(&mut reader, &mut hasher)?;
-    Ok((hex::encode(hasher.finalize()), size))
+impl Archive {
+    /// SHA-256 (hex) and size of an item's sealed bytes; a pack cut short gives a size
+    /// other than the recorded one, which `verify` reports.
+    fn item_digest(&self, id: u64, item: Option<&Item>) -> Result<(String, u64), ArchiveError> {
+        let mut reader = self.item_bytes(id, item)?;
+        let mut hasher = Sha256::new();
+        let size = io::copy(&mut reader, &mut hasher)?;
+        Ok((hex::encode(hasher.finalize()), size))
+    }
 }

@@ -14,6 +14,7 @@
 //! processed; the copies kept for merging duplicates live `dedupe_hours` (default 48).
 
 pub mod chain;
+mod duplicate;
 pub mod envelope;
 pub mod export;
 pub mod export_check;
@@ -22,6 +23,7 @@ mod fingerprint;
 mod grant;
 pub mod holds;
 mod integrity;
+pub mod pack;
 pub use grant::{GrantReport, GRANT_BATCH};
 mod keys;
 mod plan;
@@ -30,13 +32,15 @@ pub mod retention;
 pub use reader::{Access, ArchiveStore};
 pub mod recovery;
 pub mod skeleton;
+mod source;
 mod stats;
+mod storage;
 pub mod store;
 pub mod users;
 mod worker;
 
 use std::collections::{BTreeSet, HashMap};
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,8 +55,9 @@ use crate::crypto::{self, CryptoError, Identity};
 use crate::fsutil;
 use crate::message::{Envelope, MessageMeta};
 use crate::spool::{Intake, Spool};
-use file::{Delta, Pending, Source, COMMIT_EVERY};
+use file::{Delta, Pending, COMMIT_EVERY};
 use skeleton::Skeleton;
+use source::Source;
 use store::{Batch, Entry, Store, StoreError};
 use users::{UserRecord, Users};
 
@@ -60,6 +65,8 @@ use users::{UserRecord, Users};
 pub const UNKNOWN_FOLDER: &str = "unknown";
 /// An intake file the worker started this often without finishing is set aside.
 const MAX_ATTEMPTS: u32 = 2;
+/// While intake keeps arriving, a commit waits this long for more (see the worker).
+const GATHER: Duration = Duration::from_millis(200);
 /// How often retention runs.
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 /// Encoded originals (base64 message/rfc822 parts) up to this size are decoded.
@@ -130,7 +137,6 @@ pub struct Archive {
     items_dir: PathBuf,
     /// Copies of recent items sealed to the server key, for merging duplicates.
     recent_dir: PathBuf,
-    tmp_dir: PathBuf,
     /// The server-held intake key: its X25519 form opened intake files of older versions,
     /// its symmetric form ([`SymmetricKey`]) seals and opens them now.
     intake_identity: Identity,
@@ -155,6 +161,10 @@ pub struct Archive {
     stop: AtomicBool,
     /// Where retention runs are recorded (set by the server, or the CLI that opened it).
     auditor: std::sync::OnceLock<crate::audit::Auditor>,
+    /// The pack new items are appended to (see [`pack`]); opened on the first write.
+    pack: Mutex<Option<pack::PackWriter>>,
+    /// `archive/in-progress`, open, with the (intake file, attempts) it last recorded.
+    attempts: Mutex<Option<(File, (String, u32))>>,
 }
 
 impl Archive {
@@ -169,6 +179,13 @@ impl Archive {
         }
         for entry in fs::read_dir(&tmp_dir)? {
             fs::remove_file(entry?.path())?;
+        }
+        // Copies into the intake that a crash cut short (see `spool::commit`).
+        for entry in fs::read_dir(&intake_dir)? {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().starts_with(".copy-") {
+                fs::remove_file(entry.path())?;
+            }
         }
         let key_path = keys::intake_key_path(config, spool.data_dir());
         let intake_identity = keys::load_intake_key(&key_path, &dir.join("intake.key"))?;
@@ -186,7 +203,6 @@ impl Archive {
             intake_dir,
             items_dir,
             recent_dir,
-            tmp_dir,
             intake_key: Arc::new(SymmetricKey::from_identity(&intake_identity, "intake")),
             intake_identity,
             epoch: Mutex::new(Arc::new(Epoch::new())),
@@ -200,6 +216,8 @@ impl Archive {
             filing: Mutex::new(()),
             stop: AtomicBool::new(false),
             auditor: std::sync::OnceLock::new(),
+            pack: Mutex::new(None),
+            attempts: Mutex::new(None),
         });
         archive.remove_orphans()?;
         archive.chain_existing()?;
@@ -323,10 +341,19 @@ impl Archive {
         let changed = self
             .store
             .remove_items(&old, chrono::Utc::now().timestamp())?;
+        let mut packs = BTreeSet::new();
         for id in &old {
-            let _ = fs::remove_file(self.item_path(*id));
+            match items.get(id).and_then(|i| i.location) {
+                Some(location) => {
+                    packs.insert(location.pack);
+                }
+                None => {
+                    let _ = fs::remove_file(self.item_path(*id));
+                }
+            }
         }
         fsutil::sync_dir(&self.items_dir)?;
+        self.compact(&packs)?;
         let envelopes: usize = old
             .iter()
             .filter(|id| items.get(id).is_some_and(|i| i.envelope_of.is_some()))

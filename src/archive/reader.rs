@@ -170,22 +170,16 @@ impl Archive {
         Ok(self.open_item(entry.item, keyring)?.take(entry.size))
     }
 
-    /// Opens an item file with a reader's keyring, through a grant's stanza when the file
-    /// itself has none for it. Blocking.
+    /// Opens an item with a reader's keyring, through a grant's stanza when the item itself
+    /// has none for it. Blocking.
     pub(crate) fn open_item(
         &self,
         item: u64,
         keyring: &Keyring,
     ) -> Result<impl Read + Send + use<>, ArchiveError> {
-        let file = File::open(self.item_path(item)).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => ArchiveError::NoSuchMessage,
-            _ => e.into(),
-        })?;
+        let bytes = self.item_bytes(item, None)?;
         let identity = self.reader_of(item, keyring)?;
-        Ok(crypto::open(
-            &identity,
-            BufReader::with_capacity(64 << 10, file),
-        )?)
+        Ok(crypto::open(&identity, bytes)?)
     }
 }
 

@@ -90,9 +90,12 @@ pub(super) fn check_items(
     intake: &Path,
 ) -> Result<Vec<String>, ArchiveError> {
     let mut problems = Vec::new();
-    for id in store.item_ids()? {
-        let path = items.join(format!("{id}.age"));
-        let header = File::open(&path).map_err(CryptoError::from).and_then(|f| {
+    for (id, item) in store.items()? {
+        let bytes: io::Result<Box<dyn Read>> = match &item.location {
+            Some(location) => pack::open(items, location).map(|r| Box::new(r) as Box<dyn Read>),
+            None => File::open(items.join(format!("{id}.age"))).map(|f| Box::new(f) as _),
+        };
+        let header = bytes.map_err(CryptoError::from).and_then(|f| {
             let mut head = Vec::new();
             f.take(256 << 10).read_to_end(&mut head)?;
             crypto::check_header(&head[..])

@@ -11,6 +11,7 @@ use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::chain::{self, Change, Checkpoint, Link};
+use super::pack::Location;
 
 /// (folder, uid) -> (item, received, size)
 const ENTRIES: TableDefinition<(&str, u32), (u64, i64, u64)> = TableDefinition::new("entries");
@@ -33,6 +34,8 @@ const GRANTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("grants
 const CHAIN: TableDefinition<u64, &[u8]> = TableDefinition::new("chain");
 /// item -> the sequence number of its newest link (filed or re-sealed)
 const CHAIN_OF: TableDefinition<u64, u64> = TableDefinition::new("chain-of");
+/// pack -> (bytes committed, closed): the pack files items are appended to
+const PACKS: TableDefinition<u64, (u64, bool)> = TableDefinition::new("packs");
 /// seq -> JSON [`Checkpoint`] signed at that link
 const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("checkpoints");
 
@@ -71,6 +74,10 @@ pub struct Item {
     /// The envelope items of this original (one per report filed for it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub envelopes: Vec<u64>,
+    /// Where its sealed bytes are; none for an item of its own file (`items/<id>.age`,
+    /// written before packs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
 }
 
 #[cfg(test)]
@@ -129,6 +136,8 @@ pub struct Batch {
     pub chain: Vec<Change>,
     /// (original, envelope item): the envelope is added to the original's record.
     pub envelopes: Vec<(u64, u64)>,
+    /// (pack, bytes committed, closed): how far the packs written to are committed.
+    pub packs: Vec<(u64, u64, bool)>,
 }
 
 impl Store {
@@ -146,6 +155,7 @@ impl Store {
         txn.open_table(CHAIN).map_err(err)?;
         txn.open_table(CHECKPOINTS).map_err(err)?;
         txn.open_table(CHAIN_OF).map_err(err)?;
+        txn.open_table(PACKS).map_err(err)?;
         txn.commit().map_err(err)?;
         Ok(Store { db })
     }
@@ -227,8 +237,39 @@ impl Store {
             }
         }
         append_links(&txn, &batch.chain)?;
+        {
+            let mut packs = txn.open_table(PACKS).map_err(err)?;
+            for (id, committed, closed) in batch.packs {
+                packs.insert(id, (committed, closed)).map_err(err)?;
+            }
+        }
         txn.commit().map_err(err)?;
         Ok(placed)
+    }
+
+    /// Every pack: (id, bytes committed, closed), in ID order.
+    pub fn packs(&self) -> Result<Vec<(u64, u64, bool)>, StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(PACKS).map_err(err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(err)? {
+            let (k, v) = row.map_err(err)?;
+            let (committed, closed) = v.value();
+            out.push((k.value(), committed, closed));
+        }
+        Ok(out)
+    }
+
+    /// Forgets packs (their files are gone).
+    pub fn drop_packs(&self, ids: &[u64]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(err)?;
+        {
+            let mut table = txn.open_table(PACKS).map_err(err)?;
+            for id in ids {
+                table.remove(*id).map_err(err)?;
+            }
+        }
+        txn.commit().map_err(err)
     }
 
     /// The newest link: (sequence number, hash); `(0, GENESIS)` for an empty chain.

@@ -160,9 +160,14 @@ impl Users {
         Ok(())
     }
 
-    /// Changes whenever a user is added, deleted or given a new password.
+    /// Changes whenever a user is added, deleted or given a new password: the marker file
+    /// is replaced (a new inode) on every change, so one `stat` tells.
     pub fn generation(&self) -> String {
-        fs::read_to_string(self.root.join(GENERATION)).unwrap_or_default()
+        use std::os::unix::fs::MetadataExt;
+        match fs::metadata(self.root.join(GENERATION)) {
+            Ok(m) => format!("{}.{}.{}", m.ino(), m.mtime(), m.mtime_nsec()),
+            Err(_) => String::new(),
+        }
     }
 
     /// Every user, sorted by login. Leftovers of interrupted operations are ignored.

@@ -20,39 +20,14 @@ impl Archive {
                     tracing::error!(error = %e, "cannot clean the duplicate-merge copies");
                 }
             }
-            match self.pending_files() {
-                Ok(files) => {
-                    let mut pending = Pending::default();
-                    let mut filing = None;
-                    for name in files {
-                        if self.stop.load(Ordering::SeqCst) {
-                            break;
-                        }
-                        if self.start_attempt(&name) >= MAX_ATTEMPTS {
-                            // The worker died (out of memory, killed) while archiving it,
-                            // more than once: never try it again.
-                            self.set_aside(&name, "archiving it never finished");
-                            continue;
-                        }
-                        filing.get_or_insert_with(|| {
-                            self.filing.lock().unwrap_or_else(|e| e.into_inner())
-                        });
-                        self.process_logged(&name, &mut pending);
-                        if pending.intake.len() >= COMMIT_EVERY {
-                            self.commit_logged(&mut pending);
-                            filing = None;
-                        }
-                    }
-                    self.commit_logged(&mut pending);
-                    drop(filing);
-                    if let Err(e) = self.checkpoint(false) {
-                        tracing::error!(error = %e, "cannot sign an archive chain checkpoint");
-                    }
-                    if self.stop.load(Ordering::SeqCst) {
-                        return;
-                    }
-                }
-                Err(e) => tracing::error!(error = %e, "cannot list the archive intake"),
+            if let Err(e) = self.drain(&rx) {
+                tracing::error!(error = %e, "cannot list the archive intake");
+            }
+            if let Err(e) = self.checkpoint(false) {
+                tracing::error!(error = %e, "cannot sign an archive chain checkpoint");
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                return;
             }
             match rx.recv_timeout(Duration::from_secs(30)) {
                 Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -62,19 +37,86 @@ impl Archive {
         }
     }
 
+    /// Archives what is in the intake. While files keep arriving, a commit waits up to
+    /// [`GATHER`] for more (at most [`COMMIT_EVERY`]), so a steady stream shares commits
+    /// instead of paying a store commit and a pack sync each.
+    fn drain(&self, rx: &mpsc::Receiver<()>) -> io::Result<()> {
+        let mut pending = Pending::default();
+        let mut seen = std::collections::HashSet::new();
+        let mut filing = None;
+        let mut started = Instant::now();
+        loop {
+            for name in self.pending_files()? {
+                if self.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                if !seen.insert(name.clone()) {
+                    continue;
+                }
+                if self.start_attempt(&name) >= MAX_ATTEMPTS {
+                    // The worker died (out of memory, killed) while archiving it, more than
+                    // once: never try it again.
+                    self.set_aside(&name, "archiving it never finished");
+                    continue;
+                }
+                filing.get_or_insert_with(|| self.filing.lock().unwrap_or_else(|e| e.into_inner()));
+                self.process_logged(&name, &mut pending);
+                if pending.intake.len() >= COMMIT_EVERY {
+                    self.commit_logged(&mut pending);
+                    filing = None;
+                    started = Instant::now();
+                }
+            }
+            let waited = started.elapsed();
+            if pending.intake.is_empty() || waited >= GATHER || self.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            match rx.recv_timeout(GATHER - waited) {
+                Ok(()) => while rx.try_recv().is_ok() {},
+                Err(_) => break,
+            }
+        }
+        self.commit_logged(&mut pending);
+        Ok(())
+    }
+
     /// Records that `name` is being archived and returns how often it was started before
     /// without the worker getting past it. `archive/in-progress` needs no fsync: what it
     /// guards against is the process being killed, and the page cache outlives the process.
+    /// It is read once per run and then only written (one `pwrite` per intake file).
     fn start_attempt(&self, name: &str) -> u32 {
-        let path = self.in_progress_path();
-        let before = fs::read_to_string(&path)
-            .ok()
-            .and_then(|s| {
-                let (n, count) = s.trim().rsplit_once(' ')?;
-                (n == name).then(|| count.parse().ok()).flatten()
-            })
-            .unwrap_or(0);
-        if let Err(e) = fs::write(&path, format!("{name} {}\n", before + 1)) {
+        use std::os::unix::fs::FileExt;
+        let mut guard = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            let path = self.in_progress_path();
+            let last = fs::read_to_string(&path)
+                .ok()
+                .and_then(|s| {
+                    let (n, count) = s.trim().rsplit_once(' ')?;
+                    Some((n.to_owned(), count.parse().ok()?))
+                })
+                .unwrap_or_default();
+            match OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+            {
+                Ok(file) => *guard = Some((file, last)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot record the archive worker's progress");
+                    return 0;
+                }
+            }
+        }
+        let (file, last) = guard.as_mut().expect("opened");
+        let before = if last.0 == name { last.1 } else { 0 };
+        *last = (name.to_owned(), before + 1);
+        let line = format!("{name} {}\n", before + 1);
+        let written = file
+            .write_all_at(line.as_bytes(), 0)
+            .and_then(|()| file.set_len(line.len() as u64));
+        if let Err(e) = written {
             tracing::warn!(error = %e, "cannot record the archive worker's progress");
         }
         before
@@ -154,10 +196,10 @@ impl Archive {
             counters: plan.counters.clone(),
             ..Delta::default()
         };
+        let mark = self.pack_mark();
         if let Err(e) = self.file_originals(&source, &envelope, plan, pending, &mut delta) {
-            for id in delta.published {
-                let _ = fs::remove_file(self.item_path(id));
-            }
+            // What this file appended to the pack is cut off; earlier files' stays.
+            self.pack_cut(mark);
             return Err(e);
         }
         pending.merge(delta, name.to_owned(), path);
@@ -166,13 +208,9 @@ impl Archive {
 
     pub(super) fn commit_logged(&self, pending: &mut Pending) {
         if let Err(e) = self.commit(pending) {
-            // Nothing is lost: the intake files stay and are archived again.
+            // Nothing is lost: the intake files stay and are archived again (what this
+            // commit appended to the pack was cut off).
             tracing::error!(error = %e, "archive commit failed; will retry");
-            for id in pending.items.keys() {
-                if !pending.existing.contains(id) {
-                    let _ = fs::remove_file(self.item_path(*id));
-                }
-            }
         }
         *pending = Pending::default();
     }
@@ -183,9 +221,13 @@ impl Archive {
         if pending.intake.is_empty() {
             return Ok(());
         }
-        if !pending.items.is_empty() {
-            fsutil::sync_dir(&self.items_dir)?;
-        }
+        let pack = match self.prepare_pack() {
+            Ok(row) => row,
+            Err(e) => {
+                self.finish_pack(false);
+                return Err(e);
+            }
+        };
         let batch = Batch {
             items: pending.items.drain().collect(),
             entries: std::mem::take(&mut pending.entries),
@@ -194,8 +236,11 @@ impl Archive {
             done: std::mem::take(&mut pending.done),
             chain: std::mem::take(&mut pending.chain),
             envelopes: std::mem::take(&mut pending.envelopes),
+            packs: pack.into_iter().collect(),
         };
-        self.store.apply(batch)?;
+        let applied = self.store.apply(batch);
+        self.finish_pack(applied.is_ok());
+        applied?;
         for folder in std::mem::take(&mut pending.changed) {
             self.spool.notify_change(change_key(&folder));
         }
@@ -239,16 +284,23 @@ impl Archive {
         Ok(BufReader::with_capacity(64 << 10, reader))
     }
 
-    /// Item files with no record (a crash between writing and recording) are removed.
+    /// Item files with no record and pack files the store does not know (a crash between
+    /// writing and recording) are removed.
     pub(super) fn remove_orphans(&self) -> Result<(), ArchiveError> {
         let known: BTreeSet<u64> = self.store.item_ids()?.into_iter().collect();
-        let mut removed = 0;
+        let packs: BTreeSet<u64> = self.store.packs()?.into_iter().map(|p| p.0).collect();
+        let mut removed = pack::remove_unknown(&self.items_dir, &packs)?;
         for entry in fs::read_dir(&self.items_dir)? {
             let path = entry?.path();
-            let id = path
+            let name = path
                 .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".age"))
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if pack::id_of(&name).is_some() {
+                continue;
+            }
+            let id = name
+                .strip_suffix(".age")
                 .and_then(|n| n.parse::<u64>().ok());
             if id.is_none_or(|id| !known.contains(&id)) {
                 fs::remove_file(&path)?;

@@ -40,6 +40,12 @@ pub enum ArchiveCommand {
     Export(super::export::ExportArgs),
     /// Check an export offline: sums, commitments, chain segments, signed checkpoints.
     VerifyExport(super::export::VerifyExportArgs),
+    /// Where an item is stored (its pack, offset and length) and where it is filed.
+    Item {
+        id: u64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -91,6 +97,7 @@ pub fn run(config: &Config, cmd: ArchiveCommand) -> Result<i32> {
         ArchiveCommand::Verify(flag) => verify(config, flag.json),
         ArchiveCommand::Export(args) => super::export::export(config, args),
         ArchiveCommand::VerifyExport(args) => super::export::verify_export(args),
+        ArchiveCommand::Item { id, json } => item(config, id, json),
     }
 }
 
@@ -218,6 +225,22 @@ fn verify(config: &Config, json: bool) -> Result<i32> {
         }
     }
     Ok(if ok { 0 } else { 1 })
+}
+
+fn item(config: &Config, id: u64, json: bool) -> Result<i32> {
+    let response = through_server_or_open(config, Request::Item { id }, &mut |_, _| {}, |a, _| {
+        admin::run_item(a, id)
+    })?;
+    if let Some(e) = response.error {
+        bail!("{e}");
+    }
+    let value = response.archive.unwrap_or(Value::Null);
+    if json {
+        print_json(&value);
+    } else {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    }
+    Ok(0)
 }
 
 fn retention(config: &Config, dry_run: bool, json: bool) -> Result<i32> {

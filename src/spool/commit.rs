@@ -41,8 +41,9 @@ impl Committer {
     }
 
     fn commit_batch(&mut self, batch: Vec<CommitJob>) {
+        let intake = self.intake.lock().unwrap().clone();
         let mut placed: BTreeMap<MailboxId, Vec<(CommitJob, MessageMeta)>> = BTreeMap::new();
-        let mut intake_jobs = Vec::new();
+        let (mut intake_jobs, mut linked) = (Vec::new(), false);
         for job in batch {
             let mailbox = match &job.dest {
                 Dest::Mailbox(m) => m.clone(),
@@ -51,7 +52,18 @@ impl Committer {
                     continue;
                 }
             };
-            match self.place(&mailbox, &job) {
+            let placed_here = self.place(&mailbox, &job).and_then(|meta| {
+                if job.also_intake {
+                    let path = self.mailboxes.msg_dir(&mailbox).join(meta.file_name());
+                    if let Err(e) = link_into_intake(intake.as_deref(), &path) {
+                        let _ = fs::remove_file(&path);
+                        return Err(e);
+                    }
+                    linked = true;
+                }
+                Ok(meta)
+            });
+            match placed_here {
                 Ok(meta) => placed.entry(mailbox).or_default().push((job, meta)),
                 Err(e) => {
                     let _ = fs::remove_file(&job.tmp);
@@ -59,17 +71,40 @@ impl Committer {
                 }
             }
         }
-        // The intake folder is synced while the mailbox folders are.
-        let intake = self.intake.clone();
-        std::thread::scope(|scope| {
-            if !intake_jobs.is_empty() {
-                scope.spawn(move || commit_intake(&intake, intake_jobs));
-            }
-            self.commit_placed(placed);
+        // The intake folder is synced while the mailbox folders are; a copy linked into it
+        // is answered once both are durable.
+        let synced = std::thread::scope(|scope| {
+            let intake_sync = (linked || !intake_jobs.is_empty())
+                .then(|| scope.spawn(|| commit_intake(intake.as_deref(), intake_jobs)));
+            let synced = self.commit_placed(placed);
+            let intake_ok = intake_sync.map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("intake sync panicked")))
+            });
+            (synced, intake_ok)
         });
+        let (synced, intake_ok) = synced;
+        for (job, result) in synced {
+            let result = match (&intake_ok, job.also_intake) {
+                (Some(Err(e)), true) => {
+                    Err(SpoolError::Io(io::Error::new(e.kind(), e.to_string())))
+                }
+                _ => result,
+            };
+            let _ = job.reply.send(result);
+        }
+        if let (Some(Ok(())), Some(intake)) = (&intake_ok, &intake) {
+            let _ = intake.notify.send(());
+        }
     }
 
-    fn commit_placed(&mut self, placed: BTreeMap<MailboxId, Vec<(CommitJob, MessageMeta)>>) {
+    /// Makes the placed messages durable (one folder sync per mailbox) and indexes them;
+    /// returns each job with its answer.
+    fn commit_placed(
+        &mut self,
+        placed: BTreeMap<MailboxId, Vec<(CommitJob, MessageMeta)>>,
+    ) -> Vec<(CommitJob, Result<u32, SpoolError>)> {
+        let mut out = Vec::new();
         for (mailbox, jobs) in placed {
             let synced = fsutil::sync_dir(&self.mailboxes.msg_dir(&mailbox));
             let entries: Vec<(MailboxId, MessageMeta)> =
@@ -88,9 +123,10 @@ impl Committer {
                     Ok(()) => Ok(meta.uid),
                     Err(e) => Err(SpoolError::Io(io::Error::new(e.kind(), e.to_string()))),
                 };
-                let _ = job.reply.send(result);
+                out.push((job, result));
             }
         }
+        out
     }
 
     /// Assigns a UID and renames the temp file into the mailbox folder.
@@ -123,29 +159,54 @@ impl Committer {
     }
 }
 
-/// Moves sealed intake copies into the intake folder, fsyncs it once, wakes the archive.
-pub(super) fn commit_intake(intake: &Mutex<Option<Arc<Intake>>>, jobs: Vec<CommitJob>) {
-    let Some(intake) = intake.lock().unwrap().clone() else {
+/// `<unix>.<nanoseconds><random>.age`: sorting intake names is the order of arrival.
+fn intake_name() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let random = crypto::random_hex128();
+    format!(
+        "{}.{:09}{}.age",
+        now.as_secs(),
+        now.subsec_nanos(),
+        &random[..23]
+    )
+}
+
+/// Links a placed mailbox file (sealed to the intake key too) into the intake folder; where
+/// a link cannot be made, copies it there.
+fn link_into_intake(intake: Option<&Intake>, path: &std::path::Path) -> Result<(), SpoolError> {
+    let intake = intake.ok_or(SpoolError::ShuttingDown)?;
+    let target = intake.dir.join(intake_name());
+    if fs::hard_link(path, &target).is_ok() {
+        return Ok(());
+    }
+    let tmp = intake
+        .dir
+        .join(format!(".copy-{}", crypto::random_hex128()));
+    let copied = fs::copy(path, &tmp)
+        .and_then(|_| fs::File::open(&tmp)?.sync_data())
+        .and_then(|()| fs::rename(&tmp, &target));
+    if let Err(e) = copied {
+        let _ = fs::remove_file(&tmp);
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+/// Moves separate intake copies into the intake folder and fsyncs it once (also for the
+/// links made into it); answers the copies' deliveries and returns how the sync went.
+pub(super) fn commit_intake(intake: Option<&Intake>, jobs: Vec<CommitJob>) -> io::Result<()> {
+    let Some(intake) = intake else {
         for job in jobs {
             let _ = fs::remove_file(&job.tmp);
             let _ = job.reply.send(Err(SpoolError::ShuttingDown));
         }
-        return;
+        return Err(io::Error::other("the archive intake is off"));
     };
     let mut moved = Vec::new();
     for job in jobs {
-        // `<unix>.<nanoseconds><random>`: sorting by name is the order of arrival.
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let random = crypto::random_hex128();
-        let name = format!(
-            "{}.{:09}{}.age",
-            now.as_secs(),
-            now.subsec_nanos(),
-            &random[..23]
-        );
-        match fs::rename(&job.tmp, intake.dir.join(name)) {
+        match fs::rename(&job.tmp, intake.dir.join(intake_name())) {
             Ok(()) => moved.push(job),
             Err(e) => {
                 let _ = fs::remove_file(&job.tmp);
@@ -161,7 +222,7 @@ pub(super) fn commit_intake(intake: &Mutex<Option<Arc<Intake>>>, jobs: Vec<Commi
         };
         let _ = job.reply.send(result);
     }
-    let _ = intake.notify.send(());
+    synced
 }
 
 /// Next UID: past both the reserved block of the last run and every UID on disk.

@@ -35,6 +35,8 @@ pub struct Delivery {
 pub(super) struct Sink {
     pub(super) dest: Dest,
     pub(super) recipient: SealTo,
+    /// Also sealed to this (the intake key, when the copy is linked into the intake).
+    pub(super) also: Option<SealTo>,
     pub(super) received: i64,
     pub(super) envelope_line: Vec<u8>,
     pub(super) file: Option<(PathBuf, age::stream::StreamWriter<BufWriter<File>>)>,
@@ -48,7 +50,10 @@ impl Sink {
             .create_new(true)
             .mode(0o600)
             .open(&path)?;
-        let mut writer = crypto::seal(&*self.recipient, BufWriter::with_capacity(64 * 1024, file))?;
+        let mut recipients: Vec<&dyn age::Recipient> = vec![&*self.recipient];
+        recipients.extend(self.also.as_deref().map(|r| r as &dyn age::Recipient));
+        let mut writer =
+            crypto::seal_to_all(&recipients, BufWriter::with_capacity(64 * 1024, file))?;
         let result = writer.write_all(&self.envelope_line);
         self.file = Some((path, writer));
         result.map_err(SpoolError::from)
@@ -167,12 +172,17 @@ impl Delivery {
             let mut failure = None;
             for (sink, result) in sinks.iter_mut().zip(results) {
                 match result {
-                    Ok(path) => done.push((sink.dest.clone(), path, sink.envelope_line.len())),
+                    Ok(path) => done.push((
+                        sink.dest.clone(),
+                        path,
+                        sink.envelope_line.len(),
+                        sink.also.is_some(),
+                    )),
                     Err(e) => failure = failure.or(Some(e)),
                 }
             }
             if let Some(e) = failure {
-                for (_, path, _) in &done {
+                for (_, path, _, _) in &done {
                     let _ = fs::remove_file(path);
                 }
                 for sink in &mut sinks {
@@ -188,7 +198,7 @@ impl Delivery {
         .map_err(|e| SpoolError::Io(io::Error::other(e)))??;
 
         let mut waits = Vec::new();
-        for (dest, tmp, envelope_len) in finished {
+        for (dest, tmp, envelope_len, also_intake) in finished {
             let (reply, wait) = oneshot::channel();
             let job = CommitJob {
                 dest: dest.clone(),
@@ -200,6 +210,7 @@ impl Delivery {
                     envelope_len: envelope_len as u32,
                     flags: Flags::default(),
                 },
+                also_intake,
                 reply,
             };
             if let Err(e) = spool.submit(job) {

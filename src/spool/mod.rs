@@ -139,6 +139,9 @@ struct CommitJob {
     dest: Dest,
     tmp: PathBuf,
     meta: MessageMeta,
+    /// The mailbox copy is also sealed to the intake key: once placed, it is linked into
+    /// the archive intake (no second copy, no second fsync of data).
+    also_intake: bool,
     reply: oneshot::Sender<Result<u32, SpoolError>>,
 }
 
@@ -304,7 +307,11 @@ impl Spool {
             .clone()
             .filter(|intake| (intake.wants_copy)());
         let mut sinks: Vec<Sink> = Vec::new();
-        if let (Some(intake), Some(first)) = (intake, targets.first()) {
+        // One target (the usual journal rule): its copy also opens with the intake key and
+        // is linked into the intake. Several: the intake gets its own copy, whose envelope
+        // names every recipient.
+        let linked = intake.is_some() && targets.len() == 1;
+        if let (Some(intake), Some(first), false) = (&intake, targets.first(), linked) {
             let mut envelope = first.envelope.clone();
             envelope.rcpt_to = targets
                 .iter()
@@ -313,6 +320,7 @@ impl Spool {
             sinks.push(Sink {
                 dest: Dest::Intake,
                 recipient: intake.recipient.clone(),
+                also: None,
                 received: envelope.received,
                 envelope_line: envelope_line(&envelope),
                 file: None,
@@ -322,6 +330,10 @@ impl Spool {
             sinks.push(Sink {
                 dest: Dest::Mailbox(t.mailbox),
                 recipient: Arc::new(t.recipient),
+                also: intake
+                    .as_ref()
+                    .filter(|_| linked)
+                    .map(|i| i.recipient.clone()),
                 received: t.envelope.received,
                 envelope_line: envelope_line(&t.envelope),
                 file: None,

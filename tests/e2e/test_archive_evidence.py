@@ -240,23 +240,24 @@ def test_export_to_a_full_disk_fails_cleanly(archive_gw, tmp_path, tmpfs_dir):
     export(gw, tmp_path / "ok.zip", "--user", BOB, unlock=("--recovery", key))
 
 
-def test_verify_finds_tampered_item_files_and_imap_serves_the_rest(archive_gw, tmp_path):
+def test_verify_finds_tampered_items_and_imap_serves_the_rest(archive_gw, tmp_path):
     gw, _, sent = setup(archive_gw, tmp_path)
     clean = gw.cli("archive", "verify")
     assert clean["ok"] and clean["items_checked"] == 8 and clean["signed_up_to"] >= 1, clean
-    items = sorted((gw.data_dir / "archive" / "items").glob("*.age"),
-                   key=lambda p: int(p.stem))
-    originals = [p for p in items if int(p.stem) % 2 == 1]  # original, envelope, original, ...
-    victim, gone = originals[0], originals[1]
-    data = bytearray(victim.read_bytes())
-    data[-20] ^= 0xFF
-    victim.write_bytes(bytes(data))
-    gone.unlink()
+    # Items 1, 3, 5, 7 are the originals (each followed by its envelope), all in one pack.
+    where = {i: gw.cli("archive", "item", i) for i in (1, 3, 5, 7)}
+    pack = Path(where[1]["file"])
+    data = bytearray(pack.read_bytes())
+    victim = where[3]
+    data[victim["offset"] + victim["length"] - 20] ^= 0xFF  # inside item 3's payload
+    last = where[7]
+    del data[last["offset"] + last["length"] // 2:]  # item 7 cut short, its envelope gone
+    pack.write_bytes(bytes(data))
     rc, out, err = gw.cli_raw("archive", "verify")
     res = json.loads(out)
     assert rc == 1 and not res["ok"], res
     kinds = {(p["item"], p["kind"]) for p in res["problems"]}
-    assert kinds == {(int(victim.stem), "altered"), (int(gone.stem), "missing")}, kinds
+    assert kinds == {(3, "altered"), (7, "altered"), (8, "altered")}, kinds
     # IMAP keeps serving the intact items.
     c = imap_user(gw, BOB, gw.archive_users[BOB]["password"])
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import imaplib
 import json
+from pathlib import Path
 import re
 import time
 
@@ -93,10 +94,18 @@ def names_item(problem: str, item_id: str) -> bool:
     return re.search(rf"archive item\D{{0,20}}\b{re.escape(item_id)}\b", problem) is not None
 
 
-def item_files(gw) -> list:
-    d = gw.data_dir / "archive" / "items"
-    return sorted((p for p in d.iterdir() if p.is_file() and p.name.endswith(".age")),
-                  key=lambda p: p.name)
+def item_at(gw, item: int) -> tuple[Path, int, int]:
+    """(file, offset, length) of an item's sealed bytes, from `archive item`."""
+    info = gw.cli("archive", "item", item)
+    return Path(info["file"]), info["offset"], info["length"]
+
+
+def damage_header(gw, item: int):
+    """Overwrites the start of an item's age header in its pack."""
+    path, offset, _ = item_at(gw, item)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\0" * 16)
 
 
 # =========================================================================== check
@@ -110,9 +119,10 @@ def test_check_covers_archive_items_running_and_offline(archive_gw):
         send_report(gw, journal_report(ALICE, [BOB], original=o))
     wait_archived(gw, items=3, users={ALICE: {"sent": 3}, BOB: {"inbox": 3}})
 
-    files = item_files(gw)
-    # Three originals, and the journal envelope of each (sealed to the auditor).
-    assert len(files) == 6, f"archive/items holds {[p.name for p in files]}\n{gw.log_tail()}"
+    # Three originals and the journal envelope of each (sealed to the auditor), in one pack.
+    packs = list((gw.data_dir / "archive" / "items").glob("*.pack"))
+    assert len(packs) == 1, packs
+    assert item_at(gw, 6)[0] == packs[0]
 
     # healthy: through the admin socket, then offline
     rc, res, err = check_json(gw)
@@ -124,14 +134,12 @@ def test_check_covers_archive_items_running_and_offline(archive_gw):
         f"check (offline) on a healthy archive: rc {rc} {res} {err}\n{gw.log_tail()}"
     gw.start()
 
-    # one item truncated to 10 bytes: the running server's check finds it
-    victim = files[1]
-    victim_id = victim.name[: -len(".age")]
-    with open(victim, "r+b") as f:
-        f.truncate(10)
+    # one item's header overwritten in its pack: the running server's check finds it
+    victim_id = "3"
+    damage_header(gw, 3)
     rc, res, err = check_json(gw)
     assert rc == 1 and res.get("ok") is False, \
-        f"check (running) after truncating {victim.name}: rc {rc} {res} {err}\n{gw.log_tail()}"
+        f"check (running) after damaging item 3: rc {rc} {res} {err}\n{gw.log_tail()}"
     probs = res.get("problems") or []
     assert len(probs) == 1 and names_item(probs[0], victim_id), \
         f"check (running) problems {probs}, expected one naming archive item {victim_id}\n" \
@@ -141,23 +149,22 @@ def test_check_covers_archive_items_running_and_offline(archive_gw):
     assert gw.stop() == 0, gw.log_tail()
     rc, res, err = check_json(gw)
     assert rc == 1 and res.get("ok") is False, \
-        f"check (offline) after truncating {victim.name}: rc {rc} {res} {err}\n{gw.log_tail()}"
+        f"check (offline) after damaging item 3: rc {rc} {res} {err}\n{gw.log_tail()}"
     probs = res.get("problems") or []
     assert len(probs) == 1 and names_item(probs[0], victim_id), \
         f"check (offline) problems {probs}, expected one naming archive item {victim_id}\n" \
         f"{gw.log_tail()}"
 
-    # a deleted item file is a second problem (offline, then running)
-    gone = files[2]
-    gone_id = gone.name[: -len(".age")]
-    gone.unlink()
+    # a second damaged item is a second problem (offline, then running)
+    gone_id = "5"
+    damage_header(gw, 5)
     for phase in ("offline", "running"):
         if phase == "running":
             gw.start()
         rc, res, err = check_json(gw)
         probs = res.get("problems") or []
         assert rc == 1 and res.get("ok") is False and len(probs) == 2, \
-            f"check ({phase}) with one truncated and one deleted item: rc {rc} {res} {err}\n" \
+            f"check ({phase}) with two damaged items: rc {rc} {res} {err}\n" \
             f"{gw.log_tail()}"
         for want in (victim_id, gone_id):
             assert any(names_item(p, want) for p in probs), \
