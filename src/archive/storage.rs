@@ -110,6 +110,19 @@ impl Archive {
         }))
     }
 
+    /// Closes the open pack (everything in it is committed: the caller holds `filing`), so
+    /// that it can be compacted; the next write starts a new one.
+    fn close_pack(&self) -> Result<(), ArchiveError> {
+        let mut guard = self.pack.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pack) = guard.take() {
+            self.store.apply(Batch {
+                packs: vec![(pack.id, pack.committed, true)],
+                ..Batch::default()
+            })?;
+        }
+        Ok(())
+    }
+
     /// The sealed bytes of an item, wherever they are.
     pub(super) fn item_bytes(
         &self,
@@ -137,6 +150,9 @@ impl Archive {
     /// their live items are copied into the open pack, the records moved in one commit,
     /// and the old pack removed. Call with `filing` held.
     pub(super) fn compact(&self, touched: &BTreeSet<u64>) -> Result<(), ArchiveError> {
+        if self.pack_mark().is_some_and(|(id, _)| touched.contains(&id)) {
+            self.close_pack()?;
+        }
         let open = self.pack_mark().map(|(id, _)| id);
         let mut live: BTreeMap<u64, Vec<(u64, Item)>> = BTreeMap::new();
         for (id, item) in self.store.items()? {

@@ -157,7 +157,22 @@ async fn plain_copies_are_filed_and_retention_removes_old_ones() {
         left.iter().map(|m| m.uid).collect::<Vec<_>>(),
         vec![listed[1].uid]
     );
-    assert_eq!(fs::read_dir(&archive.items_dir).unwrap().count(), 1);
+    // The pack they shared was compacted: only the kept item's bytes are left on disk.
+    let files: Vec<_> = fs::read_dir(&archive.items_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let on_disk: u64 = files.iter().map(|p| fs::metadata(p).unwrap().len()).sum();
+    let kept = archive.store.entry(&inbox, listed[1].uid).unwrap().unwrap();
+    let kept = archive.store.item(kept.item).unwrap().unwrap();
+    assert_eq!((files.len(), on_disk), (1, kept.location.unwrap().len));
+    let mut second = String::new();
+    archive
+        .open_message(&inbox, listed[1].uid, &Keyring::new(identity.clone()))
+        .unwrap()
+        .read_to_string(&mut second)
+        .unwrap();
+    assert!(second.contains("Subject: new"), "{second}");
     assert_eq!(archive.stats().unwrap().retention_removed, 1);
     spool.shutdown();
     fs::remove_dir_all(dir).unwrap();
