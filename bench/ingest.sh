@@ -29,19 +29,27 @@
 # --json` shows pending == 0 and items == expected, so the worker's CPU is included.
 # Archive lag: seconds from the last 250 until the intake is empty.
 #
+# Filesystem: everything runs on a fresh journaled ext4 (a 12 GB image on a loop device
+# with direct I/O, made for the run and removed after it), like a production data volume:
+# the root filesystem of the CI machines has no journal, which makes creating files after
+# deleting many (a POP3 collector's churn, or the previous case's cleanup) cost a scan of
+# recently freed inodes, and that quirk, not the systems, would dominate. --rootfs runs in
+# /tmp instead.
+#
 # Needs root (apt install, postfix/dovecot privilege drop). Switches: --quick,
 # --no-install, --no-build (use the binaries in target/release), --keep (keep the temp
-# dir). BENCH_BUDGET_SECS (default 1200) bounds the run; later cases are skipped.
+# dir), --rootfs. BENCH_BUDGET_SECS (default 1200) bounds the run; later cases are skipped.
 # Prints a markdown table and writes it to bench/results/ingest-<date>[-quick].md.
 # Everything runs in a private temp dir with private ports; the system's own Postfix /
 # Dovecot configuration is never read or changed; all processes and temp dirs are
 # removed on exit.
 set -euo pipefail
 
-QUICK=0 INSTALL=1 BUILD=1 KEEP=0
+QUICK=0 INSTALL=1 BUILD=1 KEEP=0 LOOPFS=1
 for a in "$@"; do
   case "$a" in
     --quick) QUICK=1 ;;
+    --rootfs) LOOPFS=0 ;;
     --no-install) INSTALL=0 ;;
     --no-build) BUILD=0 ;;
     --keep) KEEP=1 ;;
@@ -76,6 +84,17 @@ BENCH_TAG=ingest-bench
 [ "$(id -u)" = 0 ] || { echo "bench/ingest.sh needs root (apt install, Postfix/Dovecot privilege drop)" >&2; exit 1; }
 
 WORK=$(mktemp -d /tmp/jg-ingest.XXXXXX)
+LOOP_DEV="" LOOP_IMG=""
+if [ "$LOOPFS" = 1 ] && command -v mkfs.ext4 >/dev/null && command -v losetup >/dev/null; then
+  LOOP_IMG="$WORK.img"
+  truncate -s 12G "$LOOP_IMG"
+  mkfs.ext4 -q -F "$LOOP_IMG"
+  LOOP_DEV=$(losetup --find --show --direct-io=on "$LOOP_IMG")
+  mount "$LOOP_DEV" "$WORK"
+  FS_NOTE="a fresh journaled ext4 on $LOOP_DEV (direct I/O loop over $LOOP_IMG)"
+else
+  FS_NOTE="$(findmnt -no FSTYPE,OPTIONS -T /tmp 2>/dev/null | cut -c1-80) (the root filesystem)"
+fi
 chmod 755 "$WORK"            # postfix / dovecot users must traverse it
 mkdir -p "$WORK/res"
 CMDS="$WORK/commands.txt"
@@ -107,7 +126,11 @@ cleanup() {
     [ -n "$mp" ] && { sleep 0.5; pkill -KILL -P "$mp" 2>/dev/null; kill -KILL "$mp" 2>/dev/null; }
   fi
   kill_dovecot
-  if [ "$KEEP" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+  if [ "$KEEP" = 1 ]; then log "kept $WORK"; else rm -rf "${WORK:?}"/*; fi
+  if [ -n "$LOOP_DEV" ]; then
+    umount "$WORK" 2>/dev/null; losetup -d "$LOOP_DEV" 2>/dev/null; rm -f "$LOOP_IMG"
+  fi
+  [ "$KEEP" = 1 ] || rmdir "$WORK" 2>/dev/null
   exit $rc
 }
 trap cleanup EXIT
@@ -652,6 +675,7 @@ OUT=$(results_file "ingest-$DATE$SUFFIX.md")
   echo "# journalgate ingest benchmark with the archive on, $(date -u +'%F %H:%M UTC')$QNOTE"
   echo
   echo "Hardware: $HW_LINE"
+  echo "Filesystem: $FS_NOTE"
   echo
   echo "Versions: journalgate $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '(no commit)')$(git -C "$ROOT" diff --quiet HEAD -- src 2>/dev/null || echo ' + uncommitted changes in src/'), $(postconf -d -h mail_version 2>/dev/null | sed 's/^/Postfix /'), Dovecot $(dovecot --version 2>/dev/null | cut -d' ' -f1), $(rustc --version 2>/dev/null)"
   echo

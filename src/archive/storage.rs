@@ -150,7 +150,10 @@ impl Archive {
     /// their live items are copied into the open pack, the records moved in one commit,
     /// and the old pack removed. Call with `filing` held.
     pub(super) fn compact(&self, touched: &BTreeSet<u64>) -> Result<(), ArchiveError> {
-        if self.pack_mark().is_some_and(|(id, _)| touched.contains(&id)) {
+        if self
+            .pack_mark()
+            .is_some_and(|(id, _)| touched.contains(&id))
+        {
             self.close_pack()?;
         }
         let open = self.pack_mark().map(|(id, _)| id);

@@ -132,7 +132,8 @@ pub struct Epoch {
     secret: StaticSecret,
     public: [u8; 32],
     started: Instant,
-    readers: Mutex<HashMap<[u8; 32], EpochRecipient>>,
+    /// Reader keys derived so far, by their `age1...` text.
+    readers: Mutex<HashMap<String, EpochRecipient>>,
 }
 
 impl Default for Epoch {
@@ -165,11 +166,11 @@ impl Epoch {
 
     /// The recipient for a reader (`age1...`): one key agreement the first time.
     pub fn recipient(&self, public: &str) -> Result<EpochRecipient, CryptoError> {
-        let reader = raw_public(&super::parse_recipient(public)?);
         let mut readers = self.readers.lock().unwrap();
-        if let Some(r) = readers.get(&reader) {
+        if let Some(r) = readers.get(public) {
             return Ok(r.clone());
         }
+        let reader = raw_public(&super::parse_recipient(public)?);
         let key = derive(&self.secret, &reader, &self.public, &reader)
             .ok_or(CryptoError::BadRecipient)?;
         let recipient = EpochRecipient {
@@ -177,7 +178,7 @@ impl Epoch {
             tag: reader_tag(&reader),
             key,
         };
-        readers.insert(reader, recipient.clone());
+        readers.insert(public.to_owned(), recipient.clone());
         Ok(recipient)
     }
 
