@@ -11,7 +11,7 @@ use crate::audit::Event;
 use crate::auth::{self, AuthError};
 use crate::context::State;
 use crate::mailbox::MailboxId;
-use crate::spool::GatewayStore;
+use crate::spool::{Collector, GatewayStore};
 use crate::store::MailStore;
 
 /// What a login gets.
@@ -66,7 +66,7 @@ pub async fn login(
     match kind_of(state, user) {
         (Kind::Mailbox, id) => {
             let session = state.auth.login(client, &id, password).await?;
-            Ok(gateway(state, session))
+            Ok(gateway(state, session, "imap", client))
         }
         (Kind::User, login) => {
             let archive = state
@@ -119,8 +119,19 @@ fn audit_failure(state: &State, archive: &crate::archive::Archive, client: IpAdd
     );
 }
 
-/// The account of a gateway mailbox whose key is already unwrapped (PREAUTH, tests, fuzzing).
-pub fn gateway(state: &State, session: auth::Session) -> Account {
+/// The account of a gateway mailbox whose key is already unwrapped (POP3, PREAUTH, tests,
+/// fuzzing), collected over `protocol` from `client`.
+pub fn gateway(
+    state: &State,
+    session: auth::Session,
+    protocol: &'static str,
+    client: IpAddr,
+) -> Account {
+    let collector = Collector {
+        protocol,
+        client,
+        telemetry: state.telemetry.clone(),
+    };
     Account {
         id: session.record.id.to_string(),
         kind: Kind::Mailbox,
@@ -128,6 +139,7 @@ pub fn gateway(state: &State, session: auth::Session) -> Account {
             state.spool.clone(),
             session.record,
             session.identity,
+            collector,
         )),
     }
 }

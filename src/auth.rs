@@ -136,6 +136,19 @@ impl Authenticator {
         result
     }
 
+    /// Runs another kind of login check (the console's admins) under the same per-client
+    /// admission and doubling delay as mailbox logins.
+    pub async fn checked<T>(
+        &self,
+        client: IpAddr,
+        check: impl std::future::Future<Output = Result<T, AuthError>>,
+    ) -> Result<T, AuthError> {
+        let _slot = self.admit(client)?;
+        let result = check.await;
+        self.penalise(client, &result).await;
+        result
+    }
+
     /// Checks an archive user's login (primary address and password), with the same
     /// per-client delay as mailbox logins.
     pub async fn login_user(

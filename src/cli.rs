@@ -6,6 +6,7 @@ mod archive;
 mod archive_access;
 mod audited;
 mod cert;
+mod console;
 mod export;
 mod hold;
 
@@ -63,6 +64,17 @@ pub enum Command {
     /// The audit trail of archive access and admin actions.
     #[command(subcommand)]
     Audit(audited::AuditCommand),
+    /// Console administrators.
+    #[command(subcommand)]
+    Admin(console::AdminCommand),
+    /// API tokens.
+    #[command(subcommand)]
+    Token(console::TokenCommand),
+    /// Alerts.
+    #[command(subcommand)]
+    Alerts(console::AlertsCommand),
+    /// Log every line of a protocol's sessions for a while (credentials masked).
+    Trace(console::TraceArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -198,6 +210,10 @@ fn execute(config: &Config, command: Command) -> Result<i32> {
         Command::Archive(cmd) => archive::run(config, cmd),
         Command::Hold(cmd) => hold::run(config, cmd),
         Command::Audit(cmd) => audited::run(config, cmd),
+        Command::Admin(cmd) => console::admin_command(config, cmd),
+        Command::Token(cmd) => console::token_command(config, cmd),
+        Command::Alerts(cmd) => console::alerts_command(config, cmd),
+        Command::Trace(args) => console::trace_command(config, args),
     }
 }
 

@@ -45,6 +45,16 @@ pub struct State {
     pub pop3_locks: Mutex<HashSet<MailboxId>>,
     /// The audit trail (archive logins, folders opened, bodies fetched, admin actions).
     pub audit: Auditor,
+    /// Metrics and recent activity (the console, `/metrics`, the alerts).
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
+    /// The alerts firing now (checked by the server's alert task).
+    pub alerts: Arc<crate::alerts::Alerts>,
+    /// When the server started.
+    pub started: std::time::Instant,
+    /// Which protocols' sessions are traced now.
+    pub trace: crate::trace::Trace,
+    /// What listens where, once every listener is bound.
+    listeners: std::sync::OnceLock<Vec<(&'static str, std::net::SocketAddr)>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,9 +123,26 @@ impl State {
             shutdown: shutdown_rx,
             pop3_locks: Mutex::new(HashSet::new()),
             audit,
+            telemetry: Arc::new(crate::telemetry::Telemetry::open(&config.data_dir)),
+            alerts: crate::alerts::Alerts::new(&config.alerts),
+            started: std::time::Instant::now(),
+            trace: crate::trace::Trace::default(),
+            listeners: std::sync::OnceLock::new(),
             config,
         });
         Ok((state, shutdown_tx))
+    }
+}
+
+impl State {
+    /// Records what listens where (once, when the server has bound everything).
+    pub fn set_listeners(&self, listeners: Vec<(&'static str, std::net::SocketAddr)>) {
+        let _ = self.listeners.set(listeners);
+    }
+
+    /// What listens where (empty until every listener is bound).
+    pub fn listeners(&self) -> &[(&'static str, std::net::SocketAddr)] {
+        self.listeners.get().map(Vec::as_slice).unwrap_or(&[])
     }
 }
 
@@ -160,6 +187,7 @@ pub async fn accept_loop<F, Fut>(
         let (protocol, implicit_tls, busy) = (how.protocol, how.implicit_tls, how.busy);
         let per_ip = how.per_ip.clone();
         tokio::spawn(async move {
+            let _session = state.telemetry.session(protocol);
             let _ = tcp.set_nodelay(true);
             let mut stream = net::Stream::Plain(tcp);
             let Some(_ip_permit) = per_ip.try_take(peer.ip()) else {
@@ -177,6 +205,7 @@ pub async fn accept_loop<F, Fut>(
                     Ok(s) => s,
                     Err(e) => {
                         tracing::debug!(protocol, client = %peer, error = %e, "TLS handshake failed");
+                        state.telemetry.tls_failure(protocol, peer.ip());
                         return;
                     }
                 };

@@ -196,6 +196,24 @@ impl Mailboxes {
         Ok(record)
     }
 
+    /// Renames or redescribes a mailbox (None leaves a field as it is).
+    pub fn set_details(
+        &self,
+        id: &MailboxId,
+        name: Option<&str>,
+        description: Option<&str>,
+    ) -> Result<MailboxRecord, MailboxError> {
+        let mut record = self.load(id)?;
+        if let Some(name) = name {
+            record.name = name.to_owned();
+        }
+        if let Some(description) = description {
+            record.description = description.to_owned();
+        }
+        write_record(&self.dir(id), &record)?;
+        Ok(record)
+    }
+
     /// Pins the mailbox to a tenant (None removes the pin).
     pub fn set_tenant(
         &self,

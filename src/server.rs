@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin;
 use crate::config::{Config, TlsSource};
+use crate::console;
 use crate::context::{ServeError, State};
 use crate::imap;
 use crate::net;
@@ -66,6 +67,17 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         }
     }
     let admin_listener = admin::bind(&state.config.data_dir).map_err(ServeError::Admin)?;
+    let console_listener = match state.config.console.listen.trim() {
+        "" => None,
+        addr => {
+            let addr: SocketAddr = addr.parse().map_err(|_| {
+                ServeError::Listener(std::io::Error::other(format!(
+                    "[console] listen {addr:?} is not an address:port"
+                )))
+            })?;
+            net::bind_all(&[addr]).await?.pop()
+        }
+    };
 
     let mut tasks = Vec::new();
     let mut listeners = Vec::new();
@@ -81,6 +93,15 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         });
     }
     tasks.push(tokio::spawn(admin::run(admin_listener, state.clone())));
+    if let Some(listener) = console_listener {
+        let addr = listener.local_addr().map_err(ServeError::Listener)?;
+        tracing::info!(protocol = "console", %addr, "listening");
+        listeners.push(("console", addr));
+        tasks.push(tokio::spawn(console::run(listener, state.clone())));
+    }
+    state.set_listeners(listeners.clone());
+    tasks.push(tokio::spawn(state.alerts.clone().run(state.clone())));
+    tasks.push(tokio::spawn(save_activity(state.clone())));
     if state.config.tls.source == TlsSource::Files {
         tasks.push(tokio::spawn(tls::watch_files(
             state.config.clone(),
@@ -138,7 +159,22 @@ impl Running {
             .await
             .ok();
         admin::unlink(&state.config.data_dir);
+        let telemetry = state.telemetry.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || telemetry.activity.save()).await {
+            tracing::warn!(error = %e, "cannot save the console's activity");
+        }
         tracing::info!("stopped");
+    }
+}
+
+/// Writes the console's activity out now and then (and at stop), so a restart keeps it.
+async fn save_activity(state: Arc<State>) {
+    loop {
+        tokio::time::sleep(crate::telemetry::activity::SAVE_EVERY).await;
+        let telemetry = state.telemetry.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || telemetry.activity.save()).await {
+            tracing::warn!(error = %e, "cannot save the console's activity");
+        }
     }
 }
 

@@ -241,6 +241,13 @@ pub struct CertStatus {
 }
 
 impl CertStatus {
+    /// `not_after` as unix seconds (0 when unknown).
+    pub fn not_after_unix(&self) -> i64 {
+        chrono::DateTime::parse_from_rfc3339(&self.not_after)
+            .map(|t| t.timestamp())
+            .unwrap_or(0)
+    }
+
     pub fn describe(source: TlsSource, key: &CertifiedKey, last_error: Option<String>) -> Self {
         let info = key
             .end_entity_cert()

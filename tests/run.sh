@@ -4,15 +4,20 @@
 #
 #   tests/run.sh                 # everything: fmt, clippy, build, cargo test, e2e suite
 #   JG_SKIP_BUILD=1 tests/run.sh -k pop3   # skip the cargo steps; extra args go to pytest
+#   JG_TEST_OUTPUT=/tmp/shots tests/run.sh -k console_browser   # also keep the browser screenshots
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 log() { printf '\n==> %s\n' "$*"; }
 
 # ---------------------------------------------------------------- system packages
-APT_PACKAGES=(swaks libnet-ssleay-perl curl fetchmail getmail6 ca-certificates openssl age pebble isync offlineimap3 neomutt tmux python3-pip)
+# chromium + chromium-driver: the console's browser tests (tests/e2e/test_console_browser.py);
+# prometheus (with promtool): the metrics tests run their own prometheus process on a free port.
+APT_PACKAGES=(swaks libnet-ssleay-perl curl fetchmail getmail6 ca-certificates openssl age pebble isync offlineimap3 neomutt tmux python3-pip
+              chromium chromium-driver prometheus)
 have_all=1
-for cmd in swaks curl fetchmail getmail openssl age pebble pebble-challtestsrv mbsync offlineimap neomutt tmux; do
+for cmd in swaks curl fetchmail getmail openssl age pebble pebble-challtestsrv mbsync offlineimap neomutt tmux \
+           chromium chromedriver prometheus promtool; do
   command -v "$cmd" >/dev/null 2>&1 || have_all=0
 done
 [ -e /etc/ssl/certs/ca-certificates.crt ] || have_all=0
@@ -26,9 +31,25 @@ if [ "$have_all" = 0 ]; then
     command -v sudo >/dev/null 2>&1 || { echo "need root (or sudo) to install ${APT_PACKAGES[*]}" >&2; exit 1; }
     SUDO=(sudo -n)
   fi
-  "${SUDO[@]}" apt-get -o DPkg::Lock::Timeout=300 update </dev/null
-  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y \
-    --no-install-recommends "${APT_PACKAGES[@]}" </dev/null
+  # Debian's prometheus package would start its own service (port 9090, /var/lib/prometheus):
+  # the tests never use it, so keep package scripts from starting any service while we install
+  # (a policy-rc.d answering 101, only if the machine has none; removed again afterwards).
+  POLICY_RC=/usr/sbin/policy-rc.d
+  made_policy=0
+  if [ ! -e "$POLICY_RC" ]; then
+    printf '#!/bin/sh\n# tests/run.sh: no service starts during the test package install\nexit 101\n' \
+      | "${SUDO[@]}" tee "$POLICY_RC" >/dev/null
+    "${SUDO[@]}" chmod 0755 "$POLICY_RC"
+    made_policy=1
+  fi
+  apt_rc=0
+  {
+    "${SUDO[@]}" apt-get -o DPkg::Lock::Timeout=300 update </dev/null &&
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y \
+      --no-install-recommends "${APT_PACKAGES[@]}" </dev/null
+  } || apt_rc=$?
+  if [ "$made_policy" = 1 ]; then "${SUDO[@]}" rm -f "$POLICY_RC"; fi
+  [ "$apt_rc" = 0 ] || { echo "installing system packages failed ($apt_rc)" >&2; exit "$apt_rc"; }
 fi
 
 # ---------------------------------------------------------------- python packages

@@ -150,3 +150,50 @@ async fn imap_refuses_login_before_tls_and_unknown_folders() {
         .starts_with("e NO [NOPERM]"));
     gw.stop().await;
 }
+
+/// One plain HTTP/1.1 request to the console (loopback may speak plain HTTP); the answer.
+async fn http(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_health_metrics_and_api_auth() {
+    let gw = Gateway::start().await;
+    let (mbx, _) = gw.mailbox();
+    assert!(deliver(&gw, &mbx, MESSAGE).await.starts_with("250 "));
+    let console = gw.addr("console");
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: it\r\nConnection: close\r\n\r\n");
+    let health = http(console, &get("/healthz")).await;
+    assert!(
+        health.starts_with("HTTP/1.1 200") && health.ends_with("ok\n"),
+        "{health}"
+    );
+    let ready = http(console, &get("/readyz")).await;
+    assert!(ready.contains("\"ready\":true"), "{ready}");
+    let metrics = http(console, &get("/metrics")).await;
+    let accepted = format!(
+        "journalgate_smtp_messages_accepted_total{{mailbox=\"{}\"}} 1",
+        mbx.id
+    );
+    assert!(metrics.contains(&accepted), "{metrics}");
+    assert!(metrics.contains(&format!(
+        "journalgate_mailbox_messages{{mailbox=\"{}\"}} 1",
+        mbx.id
+    )));
+    let api = http(console, &get("/api/v1/mailboxes")).await;
+    assert!(
+        api.starts_with("HTTP/1.1 401") && api.contains("\"unauthorized\""),
+        "{api}"
+    );
+    let page = http(console, &get("/")).await;
+    assert!(
+        page.starts_with("HTTP/1.1 303") && page.contains("location: /login"),
+        "{page}"
+    );
+    gw.stop().await;
+}

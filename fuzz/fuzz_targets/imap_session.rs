@@ -13,7 +13,12 @@ fuzz_target!(|data: &[u8]| {
     common::refill(env);
     let (state, account) = (
         env.state.clone(),
-        journalgate::accounts::gateway(&env.state, env.login.clone()),
+        journalgate::accounts::gateway(
+            &env.state,
+            env.login.clone(),
+            "imap",
+            std::net::Ipv4Addr::LOCALHOST.into(),
+        ),
     );
     common::drive(env, b"s1 SELECT INBOX\r\n", data, move |stream| {
         journalgate::imap::serve_connection(

@@ -46,6 +46,12 @@ pub enum Request {
     Item {
         id: u64,
     },
+    /// Switch a protocol's trace (`trace on|off`).
+    Trace {
+        protocol: String,
+        on: bool,
+        minutes: u64,
+    },
 }
 
 /// `archive export` through the server: what to export and the keys that open it (the
@@ -201,6 +207,22 @@ pub async fn run(listener: UnixListener, state: Arc<State>) {
                 Ok(Request::Export(export)) => {
                     archive::export_request(&state, export, &mut write).await
                 }
+                Ok(Request::Trace {
+                    protocol,
+                    on,
+                    minutes,
+                }) => match state.trace.set(&protocol, on, minutes) {
+                    Ok(until) => Response {
+                        ok: true,
+                        error: None,
+                        archive: Some(serde_json::json!({
+                            "protocol": protocol,
+                            "until": until.map(crate::telemetry::rfc3339),
+                        })),
+                        ..failure(String::new())
+                    },
+                    Err(e) => failure(e),
+                },
                 Ok(Request::Item { id }) => match state.archive.clone() {
                     Some(archive) => tokio::task::spawn_blocking(move || run_item(&archive, id))
                         .await
@@ -318,6 +340,7 @@ pub fn execute(spool: &crate::spool::Spool, request: Request) -> Response {
         | Request::Verify
         | Request::Export(_)
         | Request::Item { .. }
+        | Request::Trace { .. }
         | Request::Retention { .. } => {
             return failure("this request needs the running server".into())
         }

@@ -251,6 +251,37 @@ impl Users {
         Ok(record)
     }
 
+    /// Sets a user's display name.
+    pub fn set_name(&self, login: &str, name: &str) -> Result<UserRecord, UserError> {
+        let mut record = self.find(login)?;
+        record.name = name.to_owned();
+        write_record(&self.dir(&record.id), &record)?;
+        self.bump()?;
+        Ok(record)
+    }
+
+    /// Makes a user's aliases exactly `aliases` (each checked like [`Users::add_alias`]).
+    pub fn set_aliases(&self, login: &str, aliases: &[String]) -> Result<UserRecord, UserError> {
+        let record = self.find(login)?;
+        let wanted: Vec<String> = aliases
+            .iter()
+            .filter(|a| !a.trim().is_empty())
+            .map(|a| normalize_address(a))
+            .collect::<Result<_, _>>()?;
+        for old in record.aliases.iter().filter(|a| !wanted.contains(a)) {
+            self.remove_alias(&record.login, old)?;
+        }
+        let mut current = self.find(&record.login)?;
+        let missing: Vec<&String> = wanted
+            .iter()
+            .filter(|a| !current.aliases.contains(a))
+            .collect();
+        for new in missing {
+            current = self.add_alias(&record.login, new)?;
+        }
+        Ok(current)
+    }
+
     /// Takes an alias away from `login` (mail already filed stays in the user's folders).
     pub fn remove_alias(&self, login: &str, alias: &str) -> Result<UserRecord, UserError> {
         let alias = normalize_address(alias)?;

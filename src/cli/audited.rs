@@ -123,6 +123,26 @@ pub fn describe(command: &Command) -> Option<Event> {
         Command::Archive(cmd) => archive(cmd, event),
         Command::Cert(CertCommand::Renew(_)) => event("cert.renew", "", Value::Null),
         Command::RebuildIndex(_) => event("spool.rebuild-index", "", Value::Null),
+        Command::Admin(super::console::AdminCommand::Add(a)) => {
+            event("admin.add", &a.name, Value::Null)
+        }
+        Command::Admin(super::console::AdminCommand::Delete(a)) => {
+            event("admin.delete", &a.name, Value::Null)
+        }
+        Command::Admin(super::console::AdminCommand::ResetPassword(a)) => {
+            event("admin.reset-password", &a.name, Value::Null)
+        }
+        Command::Token(super::console::TokenCommand::Create {
+            name, read_only, ..
+        }) => event("token.create", name, json!({"read_only": read_only})),
+        Command::Token(super::console::TokenCommand::Revoke(a)) => {
+            event("token.revoke", &a.name, Value::Null)
+        }
+        Command::Trace(a) => event(
+            &format!("trace.{}", a.state),
+            &a.protocol,
+            json!({"minutes": a.minutes}),
+        ),
         Command::Audit(AuditCommand::Export(a)) => event(
             "audit.export",
             "",

@@ -48,10 +48,14 @@ impl Session {
                     return format!("NO [LIMIT] Too many sessions for this {noun}");
                 };
                 tracing::info!(client = %peer, kind = noun, login = %account.id, "imap login");
+                state
+                    .telemetry
+                    .login("imap", true, Some(&account.id), peer.ip());
                 self.phase = Phase::Authenticated(Authed::new(account, guard));
                 format!("OK [CAPABILITY {}] Logged in", self.conn.capabilities(true))
             }
             Err(AuthError::Invalid) => {
+                state.telemetry.login("imap", false, None, peer.ip());
                 tracing::info!(client = %peer, "imap login failed");
                 "NO [AUTHENTICATIONFAILED] Invalid login or password".into()
             }

@@ -120,6 +120,14 @@ impl Session {
                 },
                 Ok(Event::GreetingSent { .. }) | Ok(Event::ResponseSent { .. }) => Flow::Continue,
                 Ok(Event::CommandReceived { command }) => {
+                    if self.conn.state.trace.on("imap") {
+                        use imap_codec::encode::Encoder;
+                        let wire = imap_codec::CommandCodec::default().encode(&command).dump();
+                        self.conn
+                            .state
+                            .trace
+                            .line("imap", self.conn.peer, "C", &wire);
+                    }
                     self.command(command, &mut stream).await?
                 }
                 Ok(Event::CommandAuthenticateReceived {

@@ -49,6 +49,9 @@ impl Conn {
     }
 
     pub fn line(&mut self, text: impl AsRef<str>) {
+        self.state
+            .trace
+            .line("imap", self.peer, "S", text.as_ref().as_bytes());
         self.out.extend_from_slice(text.as_ref().as_bytes());
         self.out.extend_from_slice(b"\r\n");
     }

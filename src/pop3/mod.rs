@@ -148,7 +148,8 @@ impl Session {
         let mut shutdown = self.state.shutdown.clone();
         loop {
             if *shutdown.borrow() {
-                send(conn, "-ERR [SYS/TEMP] Server shutting down\r\n").await?;
+                self.say(conn, "-ERR [SYS/TEMP] Server shutting down\r\n")
+                    .await?;
                 return Ok(Next::Quit);
             }
             if conn.buffer().is_empty() {
@@ -168,7 +169,10 @@ impl Session {
                 _ = shutdown.changed() => continue,
             };
             let line = match line {
-                Ok(Line::Ok(l)) => l,
+                Ok(Line::Ok(l)) => {
+                    self.state.trace.line("pop3", self.peer, "C", &l);
+                    l
+                }
                 Ok(Line::Eof) => return Ok(Next::Quit),
                 Ok(Line::TooLong) => {
                     self.error(conn, "-ERR Line too long").await?;
@@ -178,7 +182,8 @@ impl Session {
                     continue;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                    send(conn, "-ERR Timeout, closing connection\r\n").await?;
+                    self.say(conn, "-ERR Timeout, closing connection\r\n")
+                        .await?;
                     return Ok(Next::Quit);
                 }
                 Err(e) => return Err(e),
@@ -197,7 +202,8 @@ impl Session {
             };
             match next {
                 Next::Continue if self.errors >= MAX_ERRORS => {
-                    send(conn, "-ERR Too many errors, closing connection\r\n").await?;
+                    self.say(conn, "-ERR Too many errors, closing connection\r\n")
+                        .await?;
                     return Ok(Next::Quit);
                 }
                 Next::Continue => {}
@@ -206,9 +212,21 @@ impl Session {
         }
     }
 
+    /// Sends reply lines (traced when the POP3 trace is on).
+    async fn say(&self, conn: &mut Conn, text: &str) -> std::io::Result<()> {
+        if self.state.trace.on("pop3") {
+            for line in text.split_inclusive('\n') {
+                self.state
+                    .trace
+                    .line("pop3", self.peer, "S", line.as_bytes());
+            }
+        }
+        send(conn, text).await
+    }
+
     async fn error(&mut self, conn: &mut Conn, text: &str) -> std::io::Result<()> {
         self.errors += 1;
-        send(conn, &format!("{text}\r\n")).await
+        self.say(conn, &format!("{text}\r\n")).await
     }
 
     fn tls(&self, conn: &Conn) -> bool {
@@ -241,13 +259,13 @@ impl Session {
                     out.push_str("\r\n");
                 }
                 out.push_str(".\r\n");
-                send(conn, &out).await?;
+                self.say(conn, &out).await?;
             }
             Command::Stls if authed || self.tls(conn) => {
                 self.error(conn, "-ERR STLS not allowed now").await?;
             }
             Command::Stls => {
-                send(conn, "+OK Begin TLS negotiation\r\n").await?;
+                self.say(conn, "+OK Begin TLS negotiation\r\n").await?;
                 return Ok(Next::StartTls);
             }
             Command::User(_) | Command::Pass(_) | Command::Auth(_) if authed => {
@@ -262,13 +280,13 @@ impl Session {
             }
             Command::User(name) => {
                 self.user = Some(name);
-                send(conn, "+OK Send the password\r\n").await?;
+                self.say(conn, "+OK Send the password\r\n").await?;
             }
             Command::Pass(password) => match self.user.take() {
                 Some(user) => self.login(conn, &user, &password).await?,
                 None => self.error(conn, "-ERR USER first").await?,
             },
-            Command::Auth(None) => send(conn, "+OK\r\nPLAIN\r\n.\r\n").await?,
+            Command::Auth(None) => self.say(conn, "+OK\r\nPLAIN\r\n.\r\n").await?,
             Command::Auth(Some((mech, initial))) => {
                 if mech != "PLAIN" {
                     self.error(conn, "-ERR Unsupported mechanism").await?;
@@ -277,13 +295,16 @@ impl Session {
                 let response = match initial {
                     Some(r) => r,
                     None => {
-                        send(conn, "+ \r\n").await?;
+                        self.say(conn, "+ \r\n").await?;
                         conn.get_mut().flush().await?;
                         let timeout = self
                             .login_deadline
                             .saturating_duration_since(Instant::now());
                         match net::read_line_timeout(conn, MAX_LINE, timeout).await? {
-                            Line::Ok(l) => String::from_utf8_lossy(&l).into_owned(),
+                            Line::Ok(l) => {
+                                self.state.trace.line("pop3", self.peer, "C", &l);
+                                String::from_utf8_lossy(&l).into_owned()
+                            }
                             Line::TooLong => {
                                 net::skip_line(conn, timeout).await?;
                                 String::new()
@@ -306,7 +327,7 @@ impl Session {
             }
             Command::Quit => {
                 let reply = self.update().await;
-                send(conn, &reply).await?;
+                self.say(conn, &reply).await?;
                 return Ok(Next::Quit);
             }
             _ if !authed => {
@@ -314,7 +335,7 @@ impl Session {
             }
             Command::Stat => {
                 let (n, size) = self.totals();
-                send(conn, &format!("+OK {n} {size}\r\n")).await?;
+                self.say(conn, &format!("+OK {n} {size}\r\n")).await?;
             }
             Command::List(None) | Command::Uidl(None) => {
                 let uidl = matches!(cmd, Command::Uidl(_));
@@ -330,19 +351,30 @@ impl Session {
                     }
                 }
                 out.push_str(".\r\n");
-                send(conn, &out).await?;
+                self.say(conn, &out).await?;
             }
             Command::List(Some(n)) | Command::Uidl(Some(n)) => {
                 let uidl = matches!(cmd, Command::Uidl(_));
                 match self.index(n) {
                     Some(i) => {
-                        send(conn, &format!("+OK {n} {}\r\n", self.describe(i, uidl))).await?
+                        self.say(conn, &format!("+OK {n} {}\r\n", self.describe(i, uidl)))
+                            .await?
                     }
                     None => self.error(conn, "-ERR No such message").await?,
                 }
             }
             Command::Retr(n) => match self.index(n) {
-                Some(i) => self.send_message(conn, i, None).await?,
+                Some(i) => {
+                    self.send_message(conn, i, None).await?;
+                    if let Some(login) = &self.login {
+                        let (store, folder, uid) = (
+                            login.account.store.clone(),
+                            login.folder.clone(),
+                            self.messages[i].uid,
+                        );
+                        store.fetched(&folder, &[uid]);
+                    }
+                }
                 None => self.error(conn, "-ERR No such message").await?,
             },
             Command::Top(n, lines) => match self.index(n) {
@@ -352,16 +384,18 @@ impl Session {
             Command::Dele(n) => match self.index(n) {
                 Some(i) => {
                     self.deleted[i] = true;
-                    send(conn, &format!("+OK Message {n} deleted\r\n")).await?;
+                    self.say(conn, &format!("+OK Message {n} deleted\r\n"))
+                        .await?;
                 }
                 None => self.error(conn, "-ERR No such message").await?,
             },
             Command::Rset => {
                 self.deleted.iter_mut().for_each(|d| *d = false);
                 let (n, size) = self.totals();
-                send(conn, &format!("+OK {n} messages ({size} octets)\r\n")).await?;
+                self.say(conn, &format!("+OK {n} messages ({size} octets)\r\n"))
+                    .await?;
             }
-            Command::Noop => send(conn, "+OK\r\n").await?,
+            Command::Noop => self.say(conn, "+OK\r\n").await?,
         }
         Ok(Next::Continue)
     }
@@ -378,8 +412,19 @@ impl Session {
             self.state.auth.login(self.peer.ip(), "", password).await
         };
         let login = match result {
-            Ok(l) => l,
+            Ok(l) => {
+                self.state.telemetry.login(
+                    "pop3",
+                    true,
+                    Some(l.record.id.as_str()),
+                    self.peer.ip(),
+                );
+                l
+            }
             Err(AuthError::Invalid) => {
+                self.state
+                    .telemetry
+                    .login("pop3", false, None, self.peer.ip());
                 tracing::info!(client = %self.peer, "pop3 login failed");
                 return self
                     .error(conn, "-ERR [AUTH] Invalid mailbox ID or password")
@@ -405,14 +450,14 @@ impl Session {
         let reply = match self.open_maildrop(login) {
             Ok(text) | Err(text) => text,
         };
-        send(conn, &reply).await
+        self.say(conn, &reply).await
     }
 
     /// Takes the exclusive lock and lists the mailbox (the TRANSACTION state). Returns the
     /// reply line either way.
     fn open_maildrop(&mut self, login: auth::Session) -> Result<String, String> {
         let id = login.record.id.clone();
-        let account = accounts::gateway(&self.state, login);
+        let account = accounts::gateway(&self.state, login, "pop3", self.peer.ip());
         if !self.state.pop3_locks.lock().unwrap().insert(id.clone()) {
             tracing::info!(client = %self.peer, mailbox = %id, "pop3 login refused: mailbox in use");
             return Err("-ERR [IN-USE] Mailbox is locked by another POP3 session\r\n".into());
@@ -508,7 +553,8 @@ impl Session {
                 }
                 Err(e) => {
                     tracing::error!(uid = meta.uid, error = %e, "cannot read message");
-                    send(conn, "-ERR [SYS/TEMP] Message cannot be read\r\n").await
+                    self.say(conn, "-ERR [SYS/TEMP] Message cannot be read\r\n")
+                        .await
                 }
             };
         }
@@ -553,7 +599,9 @@ impl Session {
                         // Mid-transfer failure: the response cannot be repaired; drop the connection.
                         return Err(std::io::Error::other(e));
                     }
-                    return send(conn, "-ERR [SYS/TEMP] Message cannot be read\r\n").await;
+                    return self
+                        .say(conn, "-ERR [SYS/TEMP] Message cannot be read\r\n")
+                        .await;
                 }
             };
             if !started {

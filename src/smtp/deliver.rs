@@ -92,14 +92,19 @@ impl Session {
     pub(super) async fn finish_message(&mut self, delivery: Delivery) {
         let size = delivery.size();
         let tx = self.tx.take();
+        let started = std::time::Instant::now();
         match delivery.commit().await {
             Ok(uids) => {
+                let took = started.elapsed();
                 for (mailbox, uid) in &uids {
                     tracing::info!(
                         mailbox = %mailbox, uid, size, client = %self.peer,
                         tls = self.tls.as_deref().unwrap_or("none"),
                         "message accepted"
                     );
+                    self.state
+                        .telemetry
+                        .accepted(mailbox.as_str(), size, self.peer.ip(), took);
                 }
                 let rcpts = tx.map(|t| t.rcpts.len()).unwrap_or(0);
                 self.reply(format!(

@@ -142,7 +142,16 @@ impl Session {
     }
 
     fn reply(&mut self, text: impl AsRef<str>) {
-        self.pending.extend_from_slice(text.as_ref().as_bytes());
+        let text = text.as_ref();
+        self.state
+            .trace
+            .line("smtp", self.peer, "S", text.as_bytes());
+        if let Some(reason) = crate::telemetry::reject_reason(text) {
+            self.state
+                .telemetry
+                .rejected(reason, None, self.peer.ip(), text);
+        }
+        self.pending.extend_from_slice(text.as_bytes());
         self.pending.extend_from_slice(b"\r\n");
     }
 
@@ -181,7 +190,10 @@ impl Session {
                 _ = shutdown.changed() => continue,
             };
             let line = match line {
-                Ok(Line::Ok(line)) => line,
+                Ok(Line::Ok(line)) => {
+                    self.state.trace.line("smtp", self.peer, "C", &line);
+                    line
+                }
                 Ok(Line::Eof) => return Ok(Outcome::Close),
                 Ok(Line::TooLong) => {
                     // Answer now (the client may wait for it), then drop the rest of the line.

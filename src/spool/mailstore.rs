@@ -1,6 +1,8 @@
 //! A gateway mailbox as a [`MailStore`]: one folder, `INBOX`, that the archiver reads, flags
 //! and expunges; opened with the mailbox key unwrapped at login.
 
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::broadcast;
@@ -10,19 +12,37 @@ use crate::crypto::Identity;
 use crate::mailbox::MailboxRecord;
 use crate::message::{Flags, MessageMeta};
 use crate::store::{ChangeKey, FolderInfo, MailStore, MessageReader, StoreError};
+use crate::telemetry::Telemetry;
 
 pub struct GatewayStore {
     spool: Arc<Spool>,
     record: MailboxRecord,
     identity: Identity,
+    session: Collector,
+    /// Messages downloaded in this session.
+    collected: AtomicUsize,
+}
+
+/// Who collects: recorded as the mailbox's last collection, and in the activity stream.
+pub struct Collector {
+    pub protocol: &'static str,
+    pub client: IpAddr,
+    pub telemetry: Arc<Telemetry>,
 }
 
 impl GatewayStore {
-    pub fn new(spool: Arc<Spool>, record: MailboxRecord, identity: Identity) -> GatewayStore {
+    pub fn new(
+        spool: Arc<Spool>,
+        record: MailboxRecord,
+        identity: Identity,
+        session: Collector,
+    ) -> GatewayStore {
         GatewayStore {
             spool,
             record,
             identity,
+            session,
+            collected: AtomicUsize::new(0),
         }
     }
 
@@ -75,7 +95,18 @@ impl MailStore for GatewayStore {
     }
 
     fn expunge(&self, _folder: &FolderInfo, uids: &[u32]) -> Result<(), StoreError> {
-        Ok(self.spool.expunge(&self.record.id, uids)?)
+        self.spool.expunge(&self.record.id, uids)?;
+        let s = &self.session;
+        s.telemetry
+            .deleted(self.record.id.as_str(), s.protocol, s.client, uids.len());
+        Ok(())
+    }
+
+    fn fetched(&self, _folder: &FolderInfo, uids: &[u32]) {
+        self.collected.fetch_add(uids.len(), Ordering::Relaxed);
+        let s = &self.session;
+        s.telemetry
+            .collected(self.record.id.as_str(), s.protocol, s.client, uids.len());
     }
 
     fn watch(&self) -> broadcast::Receiver<ChangeKey> {
@@ -90,6 +121,18 @@ impl MailStore for GatewayStore {
         match self.spool.mailboxes().load(&self.record.id) {
             Ok(current) => current.key_generation == self.record.key_generation,
             Err(_) => false,
+        }
+    }
+}
+
+impl Drop for GatewayStore {
+    /// One activity event for everything the session downloaded.
+    fn drop(&mut self) {
+        let n = self.collected.load(Ordering::Relaxed);
+        if n > 0 {
+            let s = &self.session;
+            s.telemetry
+                .collection(self.record.id.as_str(), s.protocol, s.client, n);
         }
     }
 }

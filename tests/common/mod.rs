@@ -38,6 +38,7 @@ impl Gateway {
         config.imap.listen = vec![any];
         config.imap.listen_tls = vec![any];
         config.archive.enabled = false;
+        config.console.listen = "127.0.0.1:0".into();
         let running = server::start(config).await.expect("gateway starts");
         Gateway {
             running: Some(running),

@@ -3,6 +3,9 @@
 //! The built-in defaults are what a newcomer expects from `journalgate serve` with no file at all:
 //! data in `./data`, a self-signed certificate, unprivileged loopback ports.
 
+mod console;
+pub use console::{AlertsConfig, ConsoleConfig, SmtpTls};
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -23,7 +26,7 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Mailbox domain and certificate name.
@@ -35,6 +38,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub acme: AcmeConfig,
     pub console: ConsoleConfig,
+    pub alerts: AlertsConfig,
     pub archive: ArchiveConfig,
     pub spool: SpoolConfig,
     pub auth: AuthConfig,
@@ -52,6 +56,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             acme: AcmeConfig::default(),
             console: ConsoleConfig::default(),
+            alerts: AlertsConfig::default(),
             archive: ArchiveConfig::default(),
             spool: SpoolConfig::default(),
             auth: AuthConfig::default(),
@@ -60,7 +65,7 @@ impl Default for Config {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SmtpConfig {
     pub listen: Vec<SocketAddr>,
@@ -97,7 +102,7 @@ impl Default for SmtpConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Pop3Config {
     pub listen: Vec<SocketAddr>,
@@ -123,7 +128,7 @@ impl Default for Pop3Config {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ImapConfig {
     pub listen: Vec<SocketAddr>,
@@ -156,7 +161,7 @@ impl Default for ImapConfig {
 }
 
 /// Where the certificate comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TlsSource {
     SelfSigned,
@@ -164,7 +169,7 @@ pub enum TlsSource {
     Acme,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     pub source: TlsSource,
@@ -182,7 +187,7 @@ impl Default for TlsConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AcmeConfig {
     pub directory: String,
@@ -208,22 +213,7 @@ impl Default for AcmeConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ConsoleConfig {
-    /// Empty string disables the console.
-    pub listen: String,
-}
-
-impl Default for ConsoleConfig {
-    fn default() -> Self {
-        ConsoleConfig {
-            listen: "127.0.0.1:8450".into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ArchiveConfig {
     pub enabled: bool,
@@ -365,7 +355,7 @@ impl RetentionRule {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum UnknownAddresses {
     /// Filed in `Unknown Addresses`, which auditors see.
@@ -374,14 +364,14 @@ pub enum UnknownAddresses {
     Skip,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnvelopeHeader {
     pub network: IpNet,
     pub header: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpoolConfig {
     /// SMTP refuses new mail (452 4.3.1) when less than this is free on the data disk.
@@ -396,7 +386,7 @@ impl Default for SpoolConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Delay after the first failed login from a client address; doubles per further failure.
@@ -413,14 +403,14 @@ impl Default for AuthConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     pub format: LogFormat,
@@ -523,7 +513,7 @@ mod tests {
 
     #[test]
     fn production_example_parses() {
-        let c = Config::parse(include_str!("../systemd/journalgate.toml.example")).unwrap();
+        let c = Config::parse(include_str!("../../systemd/journalgate.toml.example")).unwrap();
         assert_eq!(c.imap.listen, vec!["0.0.0.0:143".parse().unwrap()]);
         assert_eq!(c.imap.listen_tls, vec!["0.0.0.0:993".parse().unwrap()]);
         assert_eq!(c.smtp.listen, vec!["0.0.0.0:25".parse().unwrap()]);
