@@ -53,6 +53,8 @@ pub struct State {
     pub started: std::time::Instant,
     /// Which protocols' sessions are traced now.
     pub trace: crate::trace::Trace,
+    /// `\Recent` marks of the folders IMAP sessions have selected.
+    pub recent: crate::store::RecentMarks,
     /// What listens where, once every listener is bound.
     listeners: std::sync::OnceLock<Vec<(&'static str, std::net::SocketAddr)>>,
 }
@@ -127,6 +129,7 @@ impl State {
             alerts: crate::alerts::Alerts::new(&config.alerts),
             started: std::time::Instant::now(),
             trace: crate::trace::Trace::default(),
+            recent: crate::store::RecentMarks::default(),
             listeners: std::sync::OnceLock::new(),
             config,
         });

@@ -17,22 +17,36 @@ use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefi
 use crate::mailbox::MailboxId;
 use crate::message::{Flags, MessageMeta};
 
-/// (mailbox id, uid) -> (size, received unix time, envelope length, flags)
-const MESSAGES: TableDefinition<(&str, u32), Value> = TableDefinition::new("messages-v2");
+/// (mailbox id, uid) -> (size, received unix time, envelope length, flags, modseq)
+const MESSAGES: TableDefinition<(&str, u32), Value> = TableDefinition::new("messages-v3");
+/// The table of earlier versions (flags as one byte, no modseq), dropped at open.
+const MESSAGES_V2: TableDefinition<(&str, u32), (u64, i64, u32, u8)> =
+    TableDefinition::new("messages-v2");
 
-type Value = (u64, i64, u32, u8);
+type Value = (u64, i64, u32, u32, u64);
 
+/// The stored value; a message without a modseq gets a fresh one.
 fn value(m: &MessageMeta) -> Value {
-    (m.size, m.received, m.envelope_len, m.flags.0)
+    let modseq = match m.modseq {
+        0 => crate::message::next_modseq(),
+        n => n,
+    };
+    (m.size, m.received, m.envelope_len, m.flags.0, modseq)
 }
 
-fn meta(uid: u32, (size, received, envelope_len, flags): Value) -> MessageMeta {
+/// What the spool files say of a message (everything but the modseq).
+fn same_file(a: &Value, b: &Value) -> bool {
+    (a.0, a.1, a.2, a.3) == (b.0, b.1, b.2, b.3)
+}
+
+fn meta(uid: u32, (size, received, envelope_len, flags, modseq): Value) -> MessageMeta {
     MessageMeta {
         uid,
         size,
         received,
         envelope_len,
         flags: Flags(flags),
+        modseq,
     }
 }
 
@@ -104,6 +118,7 @@ impl Index {
             })?;
         let txn = db.begin_write().map_err(db_err)?;
         txn.open_table(MESSAGES).map_err(db_err)?;
+        txn.delete_table(MESSAGES_V2).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
         Ok(db)
     }
@@ -215,15 +230,22 @@ impl Index {
         })
     }
 
-    /// Replaces a mailbox's entries with `messages` (what the spool holds). Returns
-    /// (added, removed) counts.
+    /// Replaces a mailbox's entries with `messages` (what the spool holds), keeping the
+    /// modseq of entries that match. Returns (added, removed) counts.
     pub fn replace(
         &self,
         id: &str,
         messages: &[MessageMeta],
     ) -> Result<(usize, usize), IndexError> {
-        let wanted: std::collections::HashMap<u32, Value> =
-            messages.iter().map(|m| (m.uid, value(m))).collect();
+        let wanted: std::collections::HashMap<u32, Value> = messages
+            .iter()
+            .map(|m| {
+                (
+                    m.uid,
+                    (m.size, m.received, m.envelope_len, m.flags.0, m.modseq),
+                )
+            })
+            .collect();
         let counts = std::cell::Cell::new((0, 0));
         self.write(|table| {
             let (mut added, mut removed) = (0, 0);
@@ -233,15 +255,16 @@ impl Index {
                 existing.push((k.value().1, v.value()));
             }
             for (uid, v) in &existing {
-                if wanted.get(uid) != Some(v) {
+                if !wanted.get(uid).is_some_and(|w| same_file(w, v)) {
                     table.remove((id, *uid)).map_err(db_err)?;
                     removed += 1;
                 }
             }
             let have: std::collections::HashMap<u32, Value> = existing.into_iter().collect();
-            for (uid, v) in &wanted {
-                if have.get(uid) != Some(v) {
-                    table.insert((id, *uid), *v).map_err(db_err)?;
+            for (uid, w) in &wanted {
+                if !have.get(uid).is_some_and(|h| same_file(w, h)) {
+                    let fresh = (w.0, w.1, w.2, w.3, crate::message::next_modseq());
+                    table.insert((id, *uid), fresh).map_err(db_err)?;
                     added += 1;
                 }
             }

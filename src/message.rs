@@ -1,12 +1,58 @@
-//! The message types every store and protocol shares: IMAP system flags, the metadata the
-//! index and the spool file names record, and the SMTP envelope sealed with each message.
+//! The message types every store and protocol shares: IMAP flags (system flags and keyword
+//! slots), the metadata the index and the spool file names record, modification sequences,
+//! and the SMTP envelope sealed with each message.
 
 use serde::{Deserialize, Serialize};
 
-/// IMAP system flags of a message, kept in its file name (maildir letters) so that they
-/// survive an index rebuild.
+/// IMAP flags of a message, kept in its file name (maildir letters: upper case for system
+/// flags, `a`..`z` for keyword slots) so that they survive an index rebuild. Bits 0..5 are the
+/// system flags, bit `KEYWORD_BIT + k` keyword slot `k` of the folder's keyword table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
-pub struct Flags(pub u8);
+pub struct Flags(pub u32);
+
+/// Keyword slots per folder (one maildir letter each).
+pub const MAX_KEYWORDS: usize = 26;
+const KEYWORD_BIT: u32 = 5;
+
+/// A modification sequence (RFC 7162) from the process-wide clock: microseconds since the
+/// epoch, strictly increasing within the process. A value made after a restart is above
+/// every value made before it (the clock does not go back by the length of a restart), so
+/// state rebuilt after a crash can take fresh values without confusing a client's cache.
+pub fn next_modseq() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(1);
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(last + 1);
+        match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
+    }
+}
+
+/// How a STORE changes flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagOp {
+    Replace(Flags),
+    Add(Flags),
+    Remove(Flags),
+}
+
+impl FlagOp {
+    /// The flags after applying this change to `current`.
+    pub fn apply(self, current: Flags) -> Flags {
+        match self {
+            FlagOp::Replace(f) => f,
+            FlagOp::Add(f) => current.with(f),
+            FlagOp::Remove(f) => current.without(f),
+        }
+    }
+}
 
 impl Flags {
     pub const ANSWERED: Flags = Flags(1);
@@ -35,25 +81,45 @@ impl Flags {
         Flags(self.0 & !other.0)
     }
 
-    /// Maildir letters, e.g. `FS`.
+    /// The flag of keyword slot `k` (`k < MAX_KEYWORDS`).
+    pub fn keyword(k: usize) -> Flags {
+        debug_assert!(k < MAX_KEYWORDS);
+        Flags(1 << (KEYWORD_BIT + k as u32))
+    }
+
+    /// Only the system flags.
+    pub fn system(self) -> Flags {
+        Flags(self.0 & ((1 << KEYWORD_BIT) - 1))
+    }
+
+    /// The keyword slots set, ascending.
+    pub fn keywords(self) -> impl Iterator<Item = usize> {
+        (0..MAX_KEYWORDS).filter(move |k| self.contains(Flags::keyword(*k)))
+    }
+
+    /// Maildir letters, e.g. `FSab`.
     pub fn letters(self) -> String {
-        Self::TABLE
+        let system = Self::TABLE
             .iter()
             .filter(|(f, _, _)| self.contains(*f))
-            .map(|(_, c, _)| *c)
-            .collect()
+            .map(|(_, c, _)| *c);
+        let keywords = self.keywords().map(|k| (b'a' + k as u8) as char);
+        system.chain(keywords).collect()
     }
 
     fn from_letters(s: &str) -> Option<Flags> {
         let mut flags = Flags(0);
         for c in s.chars() {
-            let (f, _, _) = Self::TABLE.iter().find(|(_, l, _)| *l == c)?;
-            flags = flags.with(*f);
+            let f = match c {
+                'a'..='z' => Flags::keyword((c as u8 - b'a') as usize),
+                _ => Self::TABLE.iter().find(|(_, l, _)| *l == c)?.0,
+            };
+            flags = flags.with(f);
         }
         (flags.letters() == s).then_some(flags)
     }
 
-    /// IMAP flag names, e.g. `["\\Flagged", "\\Seen"]`.
+    /// IMAP names of the system flags, e.g. `["\\Flagged", "\\Seen"]`.
     pub fn names(self) -> impl Iterator<Item = &'static str> {
         Self::TABLE
             .into_iter()
@@ -73,6 +139,9 @@ pub struct MessageMeta {
     /// Length of the envelope line that precedes the message inside the sealed file.
     pub envelope_len: u32,
     pub flags: Flags,
+    /// RFC 7162 modification sequence: when the message or its flags last changed (0 when
+    /// not known, as for metadata read from a file name).
+    pub modseq: u64,
 }
 
 impl MessageMeta {
@@ -100,6 +169,7 @@ impl MessageMeta {
                 Some(letters) => Flags::from_letters(letters).filter(|f| f.0 != 0)?,
                 None => Flags::default(),
             },
+            modseq: 0,
         };
         (parts.next().is_none() && meta.file_name() == name).then_some(meta)
     }
@@ -129,6 +199,7 @@ mod tests {
             received: 1_700_000_000,
             envelope_len: 120,
             flags: Flags::default(),
+            modseq: 0,
         };
         assert_eq!(m.file_name(), "7.1700000000.20480.120.age");
         assert_eq!(MessageMeta::parse_file_name(&m.file_name()), Some(m));
@@ -138,6 +209,13 @@ mod tests {
         };
         assert_eq!(f.file_name(), "7.1700000000.20480.120.ST.age");
         assert_eq!(MessageMeta::parse_file_name(&f.file_name()), Some(f));
+        let k = MessageMeta {
+            flags: Flags::SEEN.with(Flags::keyword(0)).with(Flags::keyword(25)),
+            ..m
+        };
+        assert_eq!(k.file_name(), "7.1700000000.20480.120.Saz.age");
+        assert_eq!(MessageMeta::parse_file_name(&k.file_name()), Some(k));
+        assert_eq!(MessageMeta::parse_file_name("7.1.2.3.za.age"), None);
         assert_eq!(MessageMeta::parse_file_name("7.1.2.3.TS.age"), None);
         assert_eq!(MessageMeta::parse_file_name("7.1.2.3.X.age"), None);
         assert_eq!(MessageMeta::parse_file_name("7.1.2.3..age"), None);
@@ -148,6 +226,7 @@ mod tests {
             "7.1.2.3.4.age",
             "x.1.2.3.age",
             "7.1.2.3.tmp",
+            "7.1.2.3.aS.age",
         ] {
             assert_eq!(MessageMeta::parse_file_name(bad), None, "{bad}");
         }

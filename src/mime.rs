@@ -270,10 +270,20 @@ fn attributes(attrs: Option<&[mail_parser::Attribute<'_>]>) -> Vec<(String, Stri
         .collect()
 }
 
-/// Resolves a part number path (`1.2.3`) to a part.
+/// Resolves a part number path (`1.2.3`) to a part (RFC 3501 §6.4.5). The parts of a
+/// message are the children of its multipart body, or else the message itself as part 1 (so
+/// `BODY[1]` of a message/rfc822 message is the whole encapsulated message); the parts of a
+/// message/rfc822 part are those of the message it encapsulates.
 pub fn resolve<'a>(root: &'a Part, path: &[u32]) -> Option<&'a Part> {
-    let mut node = root;
-    for n in path {
+    let Some((first, rest)) = path.split_first() else {
+        return Some(root);
+    };
+    let mut node = match &root.kind {
+        Kind::Multipart(children) => children.get((*first as usize).checked_sub(1)?)?,
+        _ if *first == 1 => root,
+        _ => return None,
+    };
+    for n in rest {
         let n = *n as usize;
         node = match &node.kind {
             Kind::Multipart(children) => children.get(n.checked_sub(1)?)?,
@@ -366,35 +376,52 @@ pub fn decode_body(encoding: Option<&str>, body: &[u8]) -> Vec<u8> {
     }
 }
 
+/// Quoted-printable (RFC 2045 §6.7): whitespace at the end of a line is dropped (rule 3), a
+/// `=` ending a line joins it to the next (rule 5), `=XX` is an octet; anything malformed is
+/// kept as it is. Hard line breaks are kept as they are stored.
 fn decode_qp(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len());
+    for line in body.split_inclusive(|b| *b == b'\n') {
+        let (content, newline) = match line.strip_suffix(b"\r\n") {
+            Some(c) => (c, &b"\r\n"[..]),
+            None => match line.strip_suffix(b"\n") {
+                Some(c) => (c, &b"\n"[..]),
+                None => (line, &b""[..]),
+            },
+        };
+        let content = trim_end_blanks(content);
+        match content.strip_suffix(b"=") {
+            Some(soft) => decode_qp_line(soft, &mut out),
+            None => {
+                decode_qp_line(content, &mut out);
+                out.extend_from_slice(newline);
+            }
+        }
+    }
+    out
+}
+
+fn trim_end_blanks(mut s: &[u8]) -> &[u8] {
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+fn decode_qp_line(line: &[u8], out: &mut Vec<u8>) {
+    let hex = |b: u8| (b as char).to_digit(16);
     let mut i = 0;
-    while i < body.len() {
-        let b = body[i];
-        if b == b'=' {
-            let rest = &body[i + 1..];
-            if rest.starts_with(b"\r\n") {
+    while i < line.len() {
+        if line[i] == b'=' && i + 2 < line.len() {
+            if let (Some(h), Some(l)) = (hex(line[i + 1]), hex(line[i + 2])) {
+                out.push((h * 16 + l) as u8);
                 i += 3;
                 continue;
             }
-            if rest.starts_with(b"\n") {
-                i += 2;
-                continue;
-            }
-            if rest.len() >= 2 {
-                if let Ok(v) =
-                    u8::from_str_radix(std::str::from_utf8(&rest[..2]).unwrap_or("zz"), 16)
-                {
-                    out.push(v);
-                    i += 3;
-                    continue;
-                }
-            }
         }
-        out.push(b);
+        out.push(line[i]);
         i += 1;
     }
-    out
 }
 
 #[cfg(test)]
@@ -421,6 +448,25 @@ mod tests {
         assert_eq!(&MULTI[inner.header.clone()], b"Subject: inner\r\n\r\n");
         assert!(resolve(&root, &[3]).is_none());
         assert!(resolve(&root, &[1, 1]).is_some());
+    }
+
+    #[test]
+    fn part_one_of_an_encapsulating_message_is_the_whole_inner_message() {
+        let raw: &[u8] = b"From: a@x\r\nContent-Type: message/rfc822\r\n\r\nFrom: b@x\r\nContent-Type: message/rfc822\r\n\r\nSubject: s\r\n\r\nHello\r\n";
+        let root = parse(raw);
+        let at = |path: &[u32]| &raw[resolve(&root, path).unwrap().body.clone()];
+        assert_eq!(
+            at(&[1]),
+            b"From: b@x\r\nContent-Type: message/rfc822\r\n\r\nSubject: s\r\n\r\nHello\r\n"
+        );
+        assert_eq!(at(&[1, 1]), b"Subject: s\r\n\r\nHello\r\n");
+        assert_eq!(at(&[1, 1, 1]), b"Hello\r\n");
+        let inner = as_message(resolve(&root, &[1]).unwrap(), false).unwrap();
+        assert_eq!(
+            &raw[inner.header.clone()],
+            b"From: b@x\r\nContent-Type: message/rfc822\r\n\r\n"
+        );
+        assert!(resolve(&root, &[2]).is_none());
     }
 
     #[test]
@@ -454,5 +500,13 @@ mod tests {
             b"a=bc"
         );
         assert_eq!(decode_body(Some("base64"), b"aGVs\r\nbG8="), b"hello");
+        // RFC 2045 6.7: trailing blanks go, soft breaks join, =XX decodes, junk stays.
+        assert_eq!(
+            decode_body(
+                Some("quoted-printable"),
+                b"foo \t\r\nb=\t \r\nar=20\r\nx=ZZ=4\r\nend="
+            ),
+            b"foo\r\nbar \r\nx=ZZ=4\r\nend"
+        );
     }
 }

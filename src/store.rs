@@ -7,11 +7,13 @@
 //! Every method may block (disk, decryption): call the heavy ones (`open`, `set_flags`,
 //! `expunge`) from a blocking task.
 
+use std::collections::HashMap;
 use std::io::Read;
+use std::sync::Mutex;
 
 use tokio::sync::broadcast;
 
-use crate::message::{Flags, MessageMeta};
+use crate::message::{FlagOp, Flags, MessageMeta};
 
 /// Names a folder that changed in a change notification.
 pub type ChangeKey = String;
@@ -28,8 +30,34 @@ pub struct FolderInfo {
     pub key: String,
     /// RFC 6154 special use (`\Sent`), if any.
     pub special_use: Option<&'static str>,
-    /// No flag changes and no expunge, for anyone.
+    /// No expunge and no `\Deleted`, for anyone.
     pub read_only: bool,
+    /// Flags (and keywords) may be stored: per message, or per user in the archive.
+    pub keeps_flags: bool,
+}
+
+/// `\Recent` (RFC 3501 §2.3.2): per folder (by change key), the highest UID some session has
+/// already been told is recent. Kept in memory: after a restart, messages are recent once
+/// more for the first session that selects their folder.
+#[derive(Default)]
+pub struct RecentMarks(Mutex<HashMap<ChangeKey, u32>>);
+
+impl RecentMarks {
+    /// Claims the UIDs up to `up_to` for the caller; returns the mark before, so that the
+    /// caller's recent messages are those above it.
+    pub fn claim(&self, key: &ChangeKey, up_to: u32) -> u32 {
+        let mut marks = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mark = marks.entry(key.clone()).or_insert(0);
+        let before = *mark;
+        *mark = before.max(up_to);
+        before
+    }
+
+    /// The mark now (messages above it are recent for the next session that looks).
+    pub fn mark(&self, key: &ChangeKey) -> u32 {
+        let marks = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        marks.get(key).copied().unwrap_or(0)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +78,15 @@ impl StoreError {
     }
 }
 
+/// What a flag change did.
+#[derive(Debug, Default)]
+pub struct FlagUpdate {
+    /// The messages changed (or already as asked), as they are now.
+    pub updated: Vec<MessageMeta>,
+    /// UIDs left alone because they changed after the caller's UNCHANGEDSINCE.
+    pub refused: Vec<u32>,
+}
+
 /// One login's view of its messages.
 pub trait MailStore: Send + Sync {
     /// The folders this login may see, in the order LIST shows them.
@@ -64,13 +101,31 @@ pub trait MailStore: Send + Sync {
     /// The bytes of one message, decrypted.
     fn open(&self, folder: &FolderInfo, meta: &MessageMeta) -> Result<MessageReader, StoreError>;
 
-    /// Sets the flags of messages by UID; returns them as they are now (vanished ones are
-    /// left out).
+    /// Applies `op` to the flags of messages by UID, as they are now (another session's
+    /// change is never overwritten); with `unchanged_since` (RFC 7162) a message modified
+    /// after it is refused. Vanished messages are left out.
     fn set_flags(
         &self,
         folder: &FolderInfo,
-        changes: &[(u32, Flags)],
-    ) -> Result<Vec<MessageMeta>, StoreError>;
+        uids: &[u32],
+        op: FlagOp,
+        unchanged_since: Option<u64>,
+    ) -> Result<FlagUpdate, StoreError>;
+
+    /// The folder's keyword names: slot `k` is [`Flags::keyword`]`(k)`.
+    fn keywords(&self, folder: &FolderInfo) -> Vec<String>;
+
+    /// The flags of these keywords, defining new ones; `None` when the folder has no room
+    /// for another keyword.
+    fn define_keywords(
+        &self,
+        folder: &FolderInfo,
+        names: &[String],
+    ) -> Result<Option<Flags>, StoreError>;
+
+    /// RFC 7162 HIGHESTMODSEQ: at least the modseq of every message, and above it after
+    /// an expunge.
+    fn highest_modseq(&self, folder: &FolderInfo) -> Result<u64, StoreError>;
 
     /// Removes messages by UID, durably.
     fn expunge(&self, folder: &FolderInfo, uids: &[u32]) -> Result<(), StoreError>;

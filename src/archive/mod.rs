@@ -14,12 +14,15 @@
 //! processed; the copies kept for merging duplicates live `dedupe_hours` (default 48).
 
 pub mod chain;
+mod dberror;
 mod duplicate;
 pub mod envelope;
 pub mod export;
 pub mod export_check;
 mod file;
 mod fingerprint;
+pub mod flags;
+mod flagtables;
 mod grant;
 pub mod holds;
 mod integrity;

@@ -9,8 +9,10 @@ use super::*;
 const HOLD_PREFIX: &str = "hold:";
 /// Folder key of the empty INBOX shown when received mail has another name.
 const EMPTY_FOLDER: &str = "empty";
-use crate::message::Flags;
-use crate::store::{ChangeKey, FolderInfo, MailStore, MessageReader, StoreError as MailStoreError};
+use crate::message::{FlagOp, Flags};
+use crate::store::{
+    ChangeKey, FlagUpdate, FolderInfo, MailStore, MessageReader, StoreError as MailStoreError,
+};
 
 impl Archive {
     /// The folders a user may see.
@@ -112,22 +114,36 @@ impl Archive {
         }
     }
 
-    /// The messages of a folder that the holder of `public_key` can read, as IMAP metadata
-    /// (an auditor added later, or a user after a password reset, cannot open older items).
-    pub fn list(&self, folder: &str, public_key: &str) -> Result<Vec<MessageMeta>, ArchiveError> {
-        let readable = self.store.readable(public_key)?;
+    /// The messages of a folder that `user` can read, as IMAP metadata with the user's
+    /// flags (an auditor added later, or a user after a password reset, cannot open older
+    /// items).
+    pub fn list(&self, folder: &str, user: &UserRecord) -> Result<Vec<MessageMeta>, ArchiveError> {
+        let readable = self.store.readable(&user.public_key)?;
+        let flags = self.store.folder_flags(&user.id, folder)?;
         Ok(self
             .folder_entries(folder)?
             .into_iter()
             .filter(|e| readable.contains(&e.item))
-            .map(|e: Entry| MessageMeta {
-                uid: e.uid,
-                size: e.size,
-                received: e.received,
-                envelope_len: 0,
-                flags: crate::message::Flags::default(),
+            .map(|e: Entry| {
+                let (flags, modseq) = flags.of(e.uid);
+                MessageMeta {
+                    uid: e.uid,
+                    size: e.size,
+                    received: e.received,
+                    envelope_len: 0,
+                    flags,
+                    modseq,
+                }
             })
             .collect())
+    }
+
+    /// RFC 7162 HIGHESTMODSEQ of a folder as `user` sees it.
+    pub fn highest_modseq(&self, folder: &str, user: &UserRecord) -> Result<u64, ArchiveError> {
+        let flags = self.store.folder_flags(&user.id, folder)?;
+        let filed = flags.filed.values().copied().max().unwrap_or(1);
+        let changed = flags.user.values().map(|(_, m)| *m).max().unwrap_or(0);
+        Ok(filed.max(changed).max(flags.floor).max(1))
     }
 
     /// (UIDVALIDITY, UIDNEXT) of a folder.
@@ -278,6 +294,8 @@ impl MailStore for ArchiveStore {
             .folders_for(&self.user)
             .into_iter()
             .map(|f| FolderInfo {
+                // Per-user flags need filed entries: not in holds or the empty INBOX.
+                keeps_flags: !f.key.starts_with(HOLD_PREFIX) && f.key != EMPTY_FOLDER,
                 name: f.name,
                 key: f.key,
                 special_use: f.special_use,
@@ -287,7 +305,7 @@ impl MailStore for ArchiveStore {
     }
 
     fn list(&self, folder: &FolderInfo) -> Result<Vec<MessageMeta>, MailStoreError> {
-        Ok(self.archive.list(&folder.key, &self.user.public_key)?)
+        Ok(self.archive.list(&folder.key, &self.user)?)
     }
 
     fn numbers(&self, folder: &FolderInfo) -> Result<(u32, u32), MailStoreError> {
@@ -307,10 +325,52 @@ impl MailStore for ArchiveStore {
 
     fn set_flags(
         &self,
+        folder: &FolderInfo,
+        uids: &[u32],
+        op: FlagOp,
+        unchanged_since: Option<u64>,
+    ) -> Result<FlagUpdate, MailStoreError> {
+        let store = &self.archive.store;
+        let (done, refused) = store
+            .set_user_flags(&self.user.id, &folder.key, uids, op, unchanged_since)
+            .map_err(ArchiveError::from)?;
+        let listed = self.list(folder)?;
+        let updated = done
+            .into_iter()
+            .filter_map(|(uid, flags, modseq)| {
+                let i = listed.binary_search_by_key(&uid, |m| m.uid).ok()?;
+                Some(MessageMeta {
+                    flags,
+                    modseq,
+                    ..listed[i]
+                })
+            })
+            .collect();
+        self.archive.spool.notify_change(change_key(&folder.key));
+        Ok(FlagUpdate { updated, refused })
+    }
+
+    fn keywords(&self, _folder: &FolderInfo) -> Vec<String> {
+        self.archive
+            .store
+            .user_keywords(&self.user.id)
+            .unwrap_or_default()
+    }
+
+    fn define_keywords(
+        &self,
         _folder: &FolderInfo,
-        _changes: &[(u32, Flags)],
-    ) -> Result<Vec<MessageMeta>, MailStoreError> {
-        Err(MailStoreError::ReadOnly)
+        names: &[String],
+    ) -> Result<Option<Flags>, MailStoreError> {
+        Ok(self
+            .archive
+            .store
+            .define_user_keywords(&self.user.id, names)
+            .map_err(ArchiveError::from)?)
+    }
+
+    fn highest_modseq(&self, folder: &FolderInfo) -> Result<u64, MailStoreError> {
+        Ok(self.archive.highest_modseq(&folder.key, &self.user)?)
     }
 
     fn expunge(&self, _folder: &FolderInfo, _uids: &[u32]) -> Result<(), MailStoreError> {

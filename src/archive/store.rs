@@ -39,13 +39,8 @@ const PACKS: TableDefinition<u64, (u64, bool)> = TableDefinition::new("packs");
 /// seq -> JSON [`Checkpoint`] signed at that link
 const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("checkpoints");
 
-#[derive(Debug, thiserror::Error)]
-#[error("archive database: {0}")]
-pub struct StoreError(Box<redb::Error>);
-
-fn err<E: Into<redb::Error>>(e: E) -> StoreError {
-    StoreError(Box::new(e.into()))
-}
+use super::dberror::err;
+pub use super::dberror::StoreError;
 
 /// One stored file: an archived original (or a second copy linked to one, or the journal
 /// envelope of one).
@@ -119,7 +114,7 @@ pub struct Entry {
 }
 
 pub struct Store {
-    db: Database,
+    pub(super) db: Database,
 }
 
 /// The changes of archiving one intake file, committed at once.
@@ -156,6 +151,7 @@ impl Store {
         txn.open_table(CHECKPOINTS).map_err(err)?;
         txn.open_table(CHAIN_OF).map_err(err)?;
         txn.open_table(PACKS).map_err(err)?;
+        super::flagtables::create_tables(&txn)?;
         txn.commit().map_err(err)?;
         Ok(Store { db })
     }
@@ -237,6 +233,7 @@ impl Store {
             }
         }
         append_links(&txn, &batch.chain)?;
+        super::flagtables::record_filed(&txn, &placed)?;
         {
             let mut packs = txn.open_table(PACKS).map_err(err)?;
             for (id, committed, closed) in batch.packs {
@@ -522,6 +519,7 @@ impl Store {
         let txn = self.db.begin_write().map_err(err)?;
         let mut removed = Vec::new();
         let mut folders_changed = Vec::new();
+        let mut gone_entries = Vec::new();
         {
             let mut items = txn.open_table(ITEMS).map_err(err)?;
             let mut entries = txn.open_table(ENTRIES).map_err(err)?;
@@ -546,6 +544,7 @@ impl Store {
                     sealed.remove((key.as_str(), *id)).map_err(err)?;
                     grants.remove((key.as_str(), *id)).map_err(err)?;
                 }
+                gone_entries.extend(rec.entries.iter().cloned());
                 for (folder, uid) in &rec.entries {
                     entries.remove((folder.as_str(), *uid)).map_err(err)?;
                     if !folders_changed.contains(folder) {
@@ -571,6 +570,7 @@ impl Store {
             }
         }
         append_links(&txn, &removed)?;
+        super::flagtables::record_removed(&txn, &gone_entries)?;
         txn.commit().map_err(err)?;
         Ok(folders_changed)
     }

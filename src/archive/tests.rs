@@ -94,7 +94,7 @@ async fn bifurcated_reports_are_stored_once_within_and_across_commits() {
     let mut seen = Vec::new();
     for ((user, password), name) in people.iter().zip(["bob", "carol", "dave"]) {
         let inbox = format!("{}/INBOX", user.id);
-        let listed = archive.list(&inbox, &user.public_key).unwrap();
+        let listed = archive.list(&inbox, user).unwrap();
         assert_eq!(listed.len(), 1, "{name}");
         let identity = crypto::unwrap_identity(
             &archive.users().wrapped_identity(&user.id).unwrap(),
@@ -137,7 +137,7 @@ async fn plain_copies_are_filed_and_retention_removes_old_ones() {
     }
     archive_all(&archive);
     let inbox = format!("{}/INBOX", bob.id);
-    let listed = archive.list(&inbox, &bob.public_key).unwrap();
+    let listed = archive.list(&inbox, &bob).unwrap();
     assert_eq!(listed.len(), 2);
     let identity = crypto::unwrap_identity(
         &archive.users().wrapped_identity(&bob.id).unwrap(),
@@ -152,7 +152,7 @@ async fn plain_copies_are_filed_and_retention_removes_old_ones() {
         .unwrap();
     assert!(first.ends_with("Subject: old\r\n\r\nbody\r\n"), "{first}");
     assert_eq!(archive.apply_retention().unwrap(), 1);
-    let left = archive.list(&inbox, &bob.public_key).unwrap();
+    let left = archive.list(&inbox, &bob).unwrap();
     assert_eq!(
         left.iter().map(|m| m.uid).collect::<Vec<_>>(),
         vec![listed[1].uid]
@@ -248,7 +248,7 @@ async fn a_recovery_grant_restores_history_and_keeps_catch_all_mail() {
 
     let (bob, password) = archive.users().reset_password(&bob.login).unwrap();
     let inbox = format!("{}/INBOX", bob.id);
-    assert!(archive.list(&inbox, &bob.public_key).unwrap().is_empty());
+    assert!(archive.list(&inbox, &bob).unwrap().is_empty());
     let mut calls = Vec::new();
     let report = archive
         .grant(
@@ -273,7 +273,7 @@ async fn a_recovery_grant_restores_history_and_keeps_catch_all_mail() {
         &password,
     )
     .unwrap();
-    let listed = archive.list(&inbox, &bob.public_key).unwrap();
+    let listed = archive.list(&inbox, &bob).unwrap();
     assert_eq!(
         listed.len(),
         1,
@@ -295,10 +295,7 @@ async fn a_recovery_grant_restores_history_and_keeps_catch_all_mail() {
         .users()
         .add("audit@x.example", &[], "", true)
         .unwrap();
-    assert!(archive
-        .list(UNKNOWN_FOLDER, &auditor.public_key)
-        .unwrap()
-        .is_empty());
+    assert!(archive.list(UNKNOWN_FOLDER, &auditor).unwrap().is_empty());
     let report = archive
         .grant(&auditor, &[recovery_key], GRANT_BATCH, &mut |_, _| {})
         .unwrap();
@@ -317,7 +314,7 @@ async fn a_recovery_grant_restores_history_and_keeps_catch_all_mail() {
         &apw,
     )
     .unwrap();
-    let unknown = archive.list(UNKNOWN_FOLDER, &auditor.public_key).unwrap();
+    let unknown = archive.list(UNKNOWN_FOLDER, &auditor).unwrap();
     assert_eq!(unknown.len(), 1);
     assert!(read_all(&archive, UNKNOWN_FOLDER, unknown[0].uid, &aid).contains("Subject: lost?"));
     // Bob still reads his item: the grant only added a reader.

@@ -21,10 +21,22 @@ pub struct Candidate<'a> {
     pub raw: Option<&'a [u8]>,
 }
 
-/// Sizes the search needs to resolve `*`.
-pub struct Bounds {
+/// What the search knows of the folder: sizes to resolve `*`, keyword names by slot, and
+/// the session's `\Recent` messages.
+pub struct Bounds<'a> {
     pub exists: u32,
     pub largest_uid: u32,
+    pub keywords: &'a [String],
+    pub recent: &'a std::collections::HashSet<u32>,
+}
+
+impl Bounds<'_> {
+    fn has_keyword(&self, flags: Flags, name: &[u8]) -> bool {
+        self.keywords
+            .iter()
+            .position(|k| k.as_bytes().eq_ignore_ascii_case(name))
+            .is_some_and(|slot| flags.contains(Flags::keyword(slot)))
+    }
 }
 
 /// True when evaluating `key` requires the message content.
@@ -36,6 +48,18 @@ pub fn needs_content(key: &SearchKey<'_>) -> bool {
         Or(a, b) => needs_content(a) || needs_content(b),
         Bcc(_) | Body(_) | Cc(_) | From(_) | Header(..) | SentBefore(_) | SentOn(_)
         | SentSince(_) | Subject(_) | Text(_) | To(_) => true,
+        _ => false,
+    }
+}
+
+/// True when the criteria use MODSEQ (RFC 7162: the answer then carries the highest one).
+pub fn uses_modseq(key: &SearchKey<'_>) -> bool {
+    use SearchKey::*;
+    match key {
+        And(keys) => keys.as_ref().iter().any(uses_modseq),
+        Not(k) => uses_modseq(k),
+        Or(a, b) => uses_modseq(a) || uses_modseq(b),
+        ModSequence { .. } => true,
         _ => false,
     }
 }
@@ -73,12 +97,12 @@ pub fn matches(key: &SearchKey<'_>, c: &Candidate<'_>, bounds: &Bounds) -> bool 
         Undraft => !flags.contains(Flags::DRAFT),
         Unflagged => !flags.contains(Flags::FLAGGED),
         Unseen => !flags.contains(Flags::SEEN),
-        // \Recent is not kept: no message is recent, every message is old.
-        New | Recent => false,
-        Old => true,
-        // Keywords are not stored (PERMANENTFLAGS has no \*).
-        Keyword(_) => false,
-        Unkeyword(_) => true,
+        Recent => bounds.recent.contains(&c.meta.uid),
+        New => bounds.recent.contains(&c.meta.uid) && !flags.contains(Flags::SEEN),
+        Old => !bounds.recent.contains(&c.meta.uid),
+        Keyword(k) => bounds.has_keyword(flags, k.as_ref().as_bytes()),
+        Unkeyword(k) => !bounds.has_keyword(flags, k.as_ref().as_bytes()),
+        ModSequence { modseq, .. } => c.meta.modseq.max(1) >= *modseq,
         Larger(n) => c.meta.size > u64::from(*n),
         Smaller(n) => c.meta.size < u64::from(*n),
         Before(d) => internal_date(c.meta) < *d.as_ref(),
@@ -232,11 +256,16 @@ mod tests {
             size: 100,
             received: 1_772_000_000,
             envelope_len: 1,
-            flags: Flags::SEEN,
+            flags: Flags::SEEN.with(Flags::keyword(1)),
+            modseq: 5,
         };
+        let keywords = vec!["$a".to_owned(), "$Hello".to_owned()];
+        let recent = std::collections::HashSet::from([7]);
         let b = Bounds {
             exists: 1,
             largest_uid: 7,
+            keywords: &keywords,
+            recent: &recent,
         };
         let c = cand(&meta);
         assert!(matches(&SearchKey::From(astr("ALICE")), &c, &b));
@@ -246,6 +275,13 @@ mod tests {
         assert!(!matches(&SearchKey::Body(astr("alice")), &c, &b));
         assert!(matches(&SearchKey::Text(astr("alice")), &c, &b));
         assert!(matches(&SearchKey::Seen, &c, &b));
+        let atom = |s: &str| imap_codec::imap_types::core::Atom::try_from(s.to_owned()).unwrap();
+        assert!(matches(&SearchKey::Keyword(atom("$HELLO")), &c, &b));
+        assert!(!matches(&SearchKey::Keyword(atom("$a")), &c, &b));
+        assert!(matches(&SearchKey::Unkeyword(atom("$nope")), &c, &b));
+        assert!(matches(&SearchKey::Recent, &c, &b));
+        assert!(!matches(&SearchKey::New, &c, &b));
+        assert!(!matches(&SearchKey::Old, &c, &b));
         assert!(!matches(&SearchKey::Unseen, &c, &b));
         assert!(matches(&SearchKey::Larger(99), &c, &b));
         assert!(matches(

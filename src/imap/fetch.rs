@@ -27,6 +27,10 @@ pub(super) struct Request<'a> {
     pub set: &'a SequenceSet,
     pub items: &'a [MessageDataItemName<'static>],
     pub uid: bool,
+    /// RFC 7162 CHANGEDSINCE: only messages changed after this modseq.
+    pub changed_since: Option<u64>,
+    /// RFC 7162 VANISHED (UID FETCH with CHANGEDSINCE under QRESYNC).
+    pub vanished: bool,
 }
 
 pub(super) async fn command(
@@ -37,19 +41,47 @@ pub(super) async fn command(
     request: Request<'_>,
     stream: &mut Stream,
 ) -> std::io::Result<()> {
-    let Request { set, items, uid } = request;
+    let Request {
+        set,
+        items,
+        uid,
+        changed_since,
+        vanished: report_vanished,
+    } = request;
+    if report_vanished && !(uid && changed_since.is_some() && conn.qresync) {
+        conn.bad(tag, "VANISHED needs UID FETCH, CHANGEDSINCE and QRESYNC");
+        return Ok(());
+    }
+    if changed_since.is_some() || items.contains(&MessageDataItemName::ModSeq) {
+        selected.enable_condstore(conn, authed);
+    }
     let view = &selected.view;
     if !uid && view.out_of_range(set) {
         conn.bad(tag, "Invalid message sequence number");
         return Ok(());
     }
-    let chosen = view.select(set, uid);
+    if report_vanished {
+        report_gone(conn, view, set);
+    }
+    let mut chosen = view.select(set, uid);
+    if let Some(since) = changed_since {
+        chosen.retain(|&i| view.messages[i].modseq > since);
+    }
+    let with_modseq;
+    let items: &[MessageDataItemName<'static>] =
+        if changed_since.is_some() && !items.contains(&MessageDataItemName::ModSeq) {
+            with_modseq = [items, &[MessageDataItemName::ModSeq]].concat();
+            &with_modseq
+        } else {
+            items
+        };
     let needs = render::needs_content(items);
     let count_lines = render::needs_structure(items);
     let sets_seen = render::sets_seen(items) && !view.read_only;
     let audited = render::returns_body(items);
     let mut fetched = Vec::new();
     let mut vanished = false;
+    let mut unknown_cte = false;
     let mut ahead: VecDeque<(JoinHandle<Result<Content, StoreError>>, u64)> = VecDeque::new();
     let (mut next, mut ahead_bytes) = (0usize, 0u64);
     for (k, &i) in chosen.iter().enumerate() {
@@ -80,23 +112,36 @@ pub(super) async fn command(
         } else {
             None
         };
+        if content
+            .as_ref()
+            .is_some_and(|c| render::unknown_cte(items, c))
+        {
+            unknown_cte = true;
+            continue;
+        }
         let mut add_flags = false;
         if sets_seen && !meta.flags.contains(Flags::SEEN) {
-            if let Some(flags) = mark_seen(authed, &selected.view.folder, &meta).await {
-                meta.flags = flags;
-                selected.view.messages[i].flags = flags;
+            if let Some(now) = mark_seen(authed, &selected.view.folder, &meta).await {
+                meta = now;
+                selected.view.messages[i] = now;
                 add_flags = true;
             }
         }
         if audited {
             fetched.push(meta.uid);
         }
+        let changed = match (add_flags, selected.view.condstore) {
+            (false, _) => render::Changed::No,
+            (true, false) => render::Changed::Flags,
+            (true, true) => render::Changed::WithModSeq,
+        };
         let mut renderer = Renderer::new(i as u32 + 1);
+        let flags = selected.view.flag_list(&meta);
         // One item at a time: rendered, written, dropped; then the closing parenthesis.
         for step in items.iter().map(Some).chain([None]) {
             match step {
-                Some(item) => renderer.item(&meta, meta.flags, item, content.as_ref()),
-                None => renderer.end(meta.flags, items, add_flags),
+                Some(item) => renderer.item(&meta, &flags, item, content.as_ref()),
+                None => renderer.end(&meta, &flags, items, changed),
             }
             let chunks = renderer.take();
             let loaded = content.as_ref();
@@ -109,7 +154,12 @@ pub(super) async fn command(
         tokio::task::spawn_blocking(move || store.fetched(&folder, &fetched));
     }
     selected.sync(conn, authed, uid);
-    if vanished {
+    if unknown_cte {
+        conn.tagged(
+            tag,
+            "NO [UNKNOWN-CTE] A part has a transfer encoding this server cannot decode",
+        );
+    } else if vanished {
         conn.tagged(
             tag,
             "NO [EXPUNGEISSUED] Some messages were expunged meanwhile",
@@ -120,15 +170,32 @@ pub(super) async fn command(
     Ok(())
 }
 
-/// Sets `\Seen` on one message; its flags as they are now, if it still exists.
-async fn mark_seen(authed: &Authed, folder: &FolderInfo, meta: &MessageMeta) -> Option<Flags> {
-    let (store, folder) = (authed.account.store.clone(), folder.clone());
-    let change = vec![(meta.uid, meta.flags.with(Flags::SEEN))];
-    let updated = tokio::task::spawn_blocking(move || store.set_flags(&folder, &change))
+/// Sets `\Seen` on one message; the message as it is now, if it still exists.
+async fn mark_seen(
+    authed: &Authed,
+    folder: &FolderInfo,
+    meta: &MessageMeta,
+) -> Option<MessageMeta> {
+    let (store, folder, uid) = (authed.account.store.clone(), folder.clone(), meta.uid);
+    let op = crate::message::FlagOp::Add(Flags::SEEN);
+    let update = tokio::task::spawn_blocking(move || store.set_flags(&folder, &[uid], op, None))
         .await
         .ok()?
         .ok()?;
-    updated.first().map(|u| u.flags)
+    update.updated.first().copied()
+}
+
+/// `* VANISHED (EARLIER)` for the UIDs of `set` that are not in the view (up to the highest
+/// UID it shows).
+fn report_gone(conn: &mut Conn, view: &super::view::View, set: &SequenceSet) {
+    let largest = view.messages.last().map(|m| m.uid).unwrap_or(0);
+    let ranges = super::view::Ranges::new(set, largest);
+    let present: std::collections::HashSet<u32> = view.messages.iter().map(|m| m.uid).collect();
+    let gone = (1..=largest).filter(|u| ranges.contains(*u) && !present.contains(u));
+    let gone = super::wire::number_set(gone);
+    if !gone.is_empty() {
+        conn.line(format!("* VANISHED (EARLIER) {gone}"));
+    }
 }
 
 /// Writes the chunks of one FETCH item: small ones through the output buffer, large slices

@@ -1,6 +1,8 @@
 //! Input the command parser could not take: oversized non-synchronising literals seen in the
-//! raw byte stream, unparsable lines answered with a tagged BAD, and the LIST-EXTENDED forms
-//! that are rewritten into a plain LIST. Pure functions, no I/O.
+//! raw byte stream, unparsable lines answered with a tagged BAD, and the extension forms
+//! imap-codec does not parse, rewritten into the command it does parse plus the extension's
+//! options: LIST-EXTENDED / LIST-STATUS (RFC 5258, 5819) and the RETURN options of
+//! ESEARCH / ESORT (RFC 4731, 5267). Pure functions, no I/O.
 
 use imap_codec::decode::Decoder;
 use imap_codec::imap_types::command::Command;
@@ -20,9 +22,30 @@ pub(super) fn oversized_literal(tail: &mut Vec<u8>, input: &[u8], max: u64) -> b
     found
 }
 
-/// Answers input imap-codec could not parse. Returns a command when the input was a
-/// LIST-EXTENDED form this server rewrites into a plain LIST.
-pub(super) fn bad_input(conn: &mut Conn, error: ServerError) -> Option<Command<'static>> {
+/// Extension options carried beside a rewritten command.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(super) enum Extra {
+    #[default]
+    None,
+    /// ESEARCH / ESORT: the RETURN options (upper case; empty means ALL).
+    Return(Vec<String>),
+    /// LIST-STATUS: the STATUS items to send after each listed mailbox.
+    ListStatus(String),
+}
+
+impl Extra {
+    /// The RETURN options, when there are any.
+    pub fn returns(&self) -> Option<Vec<String>> {
+        match self {
+            Extra::Return(r) => Some(r.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// Answers input imap-codec could not parse. Returns a command (and its extension options)
+/// when the input was an extension form this server rewrites.
+pub(super) fn bad_input(conn: &mut Conn, error: ServerError) -> Option<(Command<'static>, Extra)> {
     let (bytes, what) = match &error {
         ServerError::MalformedMessage { discarded_bytes } => {
             (discarded_bytes.declassify().to_vec(), "Invalid command")
@@ -40,8 +63,8 @@ pub(super) fn bad_input(conn: &mut Conn, error: ServerError) -> Option<Command<'
             return None;
         }
     };
-    if let Some(command) = rewrite_list_extended(&bytes) {
-        return Some(command);
+    if let Some(rewritten) = rewrite_list_extended(&bytes).or_else(|| rewrite_return(&bytes)) {
+        return Some(rewritten);
     }
     conn.errors += 1;
     match tag_of(&bytes) {
@@ -79,9 +102,11 @@ fn tag_of(bytes: &[u8]) -> Option<String> {
 }
 
 /// `LIST (SPECIAL-USE) "" "*"` and `LIST "" "*" RETURN (...)` (RFC 5258/6154, which
-/// imap-codec does not parse yet) become a plain LIST. This gateway has no special-use
-/// mailboxes, so the options change nothing in the answer.
-fn rewrite_list_extended(raw: &[u8]) -> Option<Command<'static>> {
+/// imap-codec does not parse yet) become a plain LIST; a `STATUS (...)` return option
+/// (LIST-STATUS, RFC 5819) is kept as [`Extra::ListStatus`]. The other selection and return
+/// options change nothing here: every folder is subscribed, and special-use attributes are
+/// always shown.
+fn rewrite_list_extended(raw: &[u8]) -> Option<(Command<'static>, Extra)> {
     let line = std::str::from_utf8(raw).ok()?.trim_end();
     let (tag, rest) = line.split_once(' ')?;
     let (verb, args) = rest.split_once(' ')?;
@@ -93,14 +118,62 @@ fn rewrite_list_extended(raw: &[u8]) -> Option<Command<'static>> {
         let end = inner.find(')')?;
         args = inner[end + 1..].trim_start();
     }
+    let mut extra = Extra::None;
     if let Some(pos) = args.to_ascii_uppercase().rfind(" RETURN (") {
+        let options = &args[pos + " RETURN ".len()..];
+        if let Some(items) = status_items(options) {
+            extra = Extra::ListStatus(items);
+        }
         args = args[..pos].trim_end();
     }
     let rewritten = format!("{tag} LIST {args}\r\n");
     let (_, command) = CommandCodec::default()
         .decode_static(rewritten.as_bytes())
         .ok()?;
-    Some(command)
+    Some((command, extra))
+}
+
+/// The item list of `STATUS (...)` inside LIST return options, e.g. `MESSAGES UNSEEN`.
+fn status_items(options: &str) -> Option<String> {
+    let upper = options.to_ascii_uppercase();
+    let at = upper.find("STATUS (")?;
+    let inner = &options[at + "STATUS (".len()..];
+    let end = inner.find(')')?;
+    Some(inner[..end].trim().to_owned())
+}
+
+/// `[UID] SEARCH RETURN (...) ...` and `[UID] SORT RETURN (...) ...` (ESEARCH, ESORT)
+/// become the plain command and [`Extra::Return`] with the options.
+fn rewrite_return(raw: &[u8]) -> Option<(Command<'static>, Extra)> {
+    let text = std::str::from_utf8(raw).ok()?;
+    let (tag, rest) = text.split_once(' ')?;
+    let (uid, rest) = match rest.get(..4) {
+        Some(p) if p.eq_ignore_ascii_case("UID ") => ("UID ", &rest[4..]),
+        _ => ("", rest),
+    };
+    let (verb, rest) = rest.split_once(' ')?;
+    if !verb.eq_ignore_ascii_case("SEARCH") && !verb.eq_ignore_ascii_case("SORT") {
+        return None;
+    }
+    let after = match rest.get(..7) {
+        Some(p) if p.eq_ignore_ascii_case("RETURN ") => &rest[7..],
+        _ => return None,
+    };
+    let inner = after.strip_prefix('(')?;
+    let end = inner.find(')')?;
+    let options: Vec<String> = inner[..end]
+        .split_ascii_whitespace()
+        .map(str::to_ascii_uppercase)
+        .collect();
+    let known = ["MIN", "MAX", "ALL", "COUNT"];
+    if options.iter().any(|o| !known.contains(&o.as_str())) {
+        return None;
+    }
+    let rewritten = format!("{tag} {uid}{verb} {}", inner[end + 1..].trim_start());
+    let (_, command) = CommandCodec::default()
+        .decode_static(rewritten.as_bytes())
+        .ok()?;
+    Some((command, Extra::Return(options)))
 }
 
 #[cfg(test)]
@@ -110,11 +183,32 @@ mod tests {
 
     #[test]
     fn list_extended_is_rewritten() {
-        let c = rewrite_list_extended(b"a1 LIST (SPECIAL-USE) \"\" \"*\"\r\n").unwrap();
+        let (c, _) = rewrite_list_extended(b"a1 LIST (SPECIAL-USE) \"\" \"*\"\r\n").unwrap();
         assert!(matches!(c.body, CommandBody::List { .. }));
-        let c = rewrite_list_extended(b"a2 LIST \"\" \"*\" RETURN (SPECIAL-USE)\r\n").unwrap();
+        let (c, extra) =
+            rewrite_list_extended(b"a2 LIST \"\" \"*\" RETURN (SPECIAL-USE)\r\n").unwrap();
         assert!(matches!(c.body, CommandBody::List { .. }));
+        assert_eq!(extra, Extra::None);
+        let (_, extra) = rewrite_list_extended(
+            b"a4 LIST \"\" \"%\" RETURN (SPECIAL-USE STATUS (MESSAGES UNSEEN))\r\n",
+        )
+        .unwrap();
+        assert_eq!(extra, Extra::ListStatus("MESSAGES UNSEEN".into()));
         assert!(rewrite_list_extended(b"a3 FETCH 1 x\r\n").is_none());
+    }
+
+    #[test]
+    fn return_options_are_split_off() {
+        let (c, extra) = rewrite_return(b"a1 UID SEARCH RETURN (MIN count) UNSEEN\r\n").unwrap();
+        assert!(matches!(c.body, CommandBody::Search { uid: true, .. }));
+        assert_eq!(extra, Extra::Return(vec!["MIN".into(), "COUNT".into()]));
+        let (c, extra) = rewrite_return(b"a2 SEARCH RETURN () ALL\r\n").unwrap();
+        assert!(matches!(c.body, CommandBody::Search { uid: false, .. }));
+        assert_eq!(extra, Extra::Return(vec![]));
+        let (c, _) = rewrite_return(b"a3 SORT RETURN (ALL) (SUBJECT) UTF-8 ALL\r\n").unwrap();
+        assert!(matches!(c.body, CommandBody::Sort { .. }));
+        assert!(rewrite_return(b"a4 SEARCH RETURN (SAVE) ALL\r\n").is_none());
+        assert!(rewrite_return(b"a5 FETCH 1 FLAGS\r\n").is_none());
     }
 
     #[test]

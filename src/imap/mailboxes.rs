@@ -8,8 +8,7 @@ use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox};
 use imap_codec::imap_types::status::StatusDataItemName;
 
 use super::session::Session;
-use super::state::{Authed, Conn, Phase, Selected};
-use super::view::View;
+use super::state::{Authed, Conn};
 use super::wire;
 use crate::message::{Flags, MessageMeta};
 use crate::store::{FolderInfo, StoreError};
@@ -21,14 +20,21 @@ impl Session {
         &mut self,
         tag: &Tag<'static>,
         body: CommandBody<'static>,
+        extra: &super::input::Extra,
     ) -> Result<(), CommandBody<'static>> {
         let select = match &body {
-            CommandBody::Select { mailbox, .. } => Some((mailbox.clone(), false)),
-            CommandBody::Examine { mailbox, .. } => Some((mailbox.clone(), true)),
+            CommandBody::Select {
+                mailbox,
+                parameters,
+            } => Some((mailbox.clone(), parameters.clone(), false)),
+            CommandBody::Examine {
+                mailbox,
+                parameters,
+            } => Some((mailbox.clone(), parameters.clone(), true)),
             _ => None,
         };
-        if let Some((mailbox, examine)) = select {
-            self.select(tag, &mailbox, examine);
+        if let Some((mailbox, parameters, examine)) = select {
+            self.select(tag, &mailbox, &parameters, examine);
             return Ok(());
         }
         let conn = &mut self.conn;
@@ -36,8 +42,32 @@ impl Session {
             return Err(body);
         };
         match body {
-            CommandBody::Enable { .. } => {
-                conn.line("* ENABLED");
+            CommandBody::Enable { capabilities } => {
+                let mut enabled = Vec::new();
+                for c in capabilities.as_ref() {
+                    let name = c.to_string().to_ascii_uppercase();
+                    let newly = match name.as_str() {
+                        "CONDSTORE" => !std::mem::replace(&mut conn.condstore, true),
+                        "QRESYNC" => {
+                            conn.condstore = true;
+                            !std::mem::replace(&mut conn.qresync, true)
+                        }
+                        _ => false,
+                    };
+                    if newly {
+                        enabled.push(name);
+                    }
+                }
+                let sep = if enabled.is_empty() { "" } else { " " };
+                conn.line(format!("* ENABLED{sep}{}", enabled.join(" ")));
+                if let (false, super::state::Phase::Selected(_, s)) =
+                    (enabled.is_empty(), &self.phase)
+                {
+                    // RFC 7162 §3.1: CONDSTORE enabled while a folder is selected.
+                    let highest = authed.account.store.highest_modseq(&s.view.folder);
+                    let highest = highest.unwrap_or(1).max(1);
+                    conn.line(format!("* OK [HIGHESTMODSEQ {highest}] Highest"));
+                }
                 conn.tagged(tag, "OK ENABLE completed");
             }
             CommandBody::Namespace => {
@@ -47,11 +77,31 @@ impl Session {
             CommandBody::List {
                 reference,
                 mailbox_wildcard,
-            } => list(conn, authed, tag, "LIST", &reference, &mailbox_wildcard),
+            } => {
+                let status = match extra {
+                    super::input::Extra::ListStatus(items) => Some(status_items(items)),
+                    _ => None,
+                };
+                let request = ListRequest {
+                    verb: "LIST",
+                    reference: &reference,
+                    pattern: &mailbox_wildcard,
+                    status,
+                };
+                list(conn, authed, tag, request)
+            }
             CommandBody::Lsub {
                 reference,
                 mailbox_wildcard,
-            } => list(conn, authed, tag, "LSUB", &reference, &mailbox_wildcard),
+            } => {
+                let request = ListRequest {
+                    verb: "LSUB",
+                    reference: &reference,
+                    pattern: &mailbox_wildcard,
+                    status: None,
+                };
+                list(conn, authed, tag, request)
+            }
             CommandBody::Subscribe { mailbox } | CommandBody::Unsubscribe { mailbox } => {
                 match resolve(authed, &mailbox) {
                     Some(_) => conn.tagged(tag, "OK Done"),
@@ -80,77 +130,10 @@ impl Session {
         }
         Ok(())
     }
-
-    /// SELECT and EXAMINE: the folder's numbers, then the selected state.
-    fn select(&mut self, tag: &Tag<'_>, mailbox: &Mailbox<'_>, examine: bool) {
-        self.phase.deselect();
-        let Phase::Authenticated(authed) =
-            std::mem::replace(&mut self.phase, Phase::NotAuthenticated)
-        else {
-            unreachable!("SELECT is dispatched only when logged in")
-        };
-        let opened = match resolve(&authed, mailbox) {
-            Some(folder) => match numbers(&authed, &folder) {
-                Ok(n) => Ok((folder, n)),
-                Err(e) => {
-                    tracing::error!(error = %e, "select failed");
-                    Err("NO [UNAVAILABLE] Cannot open the mailbox")
-                }
-            },
-            None => Err("NO [NONEXISTENT] No such mailbox"),
-        };
-        let (folder, (messages, uidnext, uidvalidity)) = match opened {
-            Ok(o) => o,
-            Err(text) => {
-                self.conn.tagged(tag, text);
-                self.phase = Phase::Authenticated(authed);
-                return;
-            }
-        };
-        let read_only = examine || folder.read_only;
-        authed.account.store.opened(&folder);
-        let view = View {
-            folder,
-            read_only,
-            messages,
-        };
-        announce(&mut self.conn, &view, uidnext, uidvalidity);
-        let mode = if read_only { "READ-ONLY" } else { "READ-WRITE" };
-        let verb = if read_only { "EXAMINE" } else { "SELECT" };
-        self.conn
-            .tagged(tag, format!("OK [{mode}] {verb} completed"));
-        let selected = Selected { view, dirty: false };
-        self.phase = Phase::Selected(authed, selected);
-    }
-}
-
-/// The untagged responses of SELECT/EXAMINE.
-fn announce(conn: &mut Conn, view: &View, uidnext: u32, uidvalidity: u32) {
-    let all = "\\Answered \\Flagged \\Deleted \\Seen \\Draft";
-    conn.line(format!("* FLAGS ({all})"));
-    if view.read_only {
-        conn.line("* OK [PERMANENTFLAGS ()] Read-only mailbox");
-    } else {
-        conn.line(format!("* OK [PERMANENTFLAGS ({all})] Flags permitted"));
-    }
-    conn.line(format!("* {} EXISTS", view.exists()));
-    conn.line("* 0 RECENT");
-    if let Some(i) = view
-        .messages
-        .iter()
-        .position(|m| !m.flags.contains(Flags::SEEN))
-    {
-        conn.line(format!("* OK [UNSEEN {}] First unseen", i + 1));
-    }
-    conn.line(format!("* OK [UIDVALIDITY {uidvalidity}] UIDs valid"));
-    conn.line(format!(
-        "* OK [UIDNEXT {}] Predicted next UID",
-        uidnext.max(view.uidnext_at_least())
-    ));
 }
 
 /// The folder an IMAP mailbox name designates, if this account may see it.
-fn resolve(authed: &Authed, mailbox: &Mailbox<'_>) -> Option<FolderInfo> {
+pub(super) fn resolve(authed: &Authed, mailbox: &Mailbox<'_>) -> Option<FolderInfo> {
     let name: String = match mailbox {
         Mailbox::Inbox => "INBOX".into(),
         Mailbox::Other(o) => String::from_utf8_lossy(o.as_ref()).into_owned(),
@@ -159,7 +142,7 @@ fn resolve(authed: &Authed, mailbox: &Mailbox<'_>) -> Option<FolderInfo> {
 }
 
 /// The messages, UIDNEXT and UIDVALIDITY of a folder.
-fn numbers(
+pub(super) fn numbers(
     authed: &Authed,
     folder: &FolderInfo,
 ) -> Result<(Vec<MessageMeta>, u32, u32), StoreError> {
@@ -170,7 +153,7 @@ fn numbers(
 }
 
 /// The IMAP form of a folder name: INBOX as an atom, everything else quoted.
-fn shown(name: &str) -> String {
+pub(super) fn shown(name: &str) -> String {
     match name {
         "INBOX" => name.to_owned(),
         other => wire::quoted(other),
@@ -188,14 +171,26 @@ fn status(
         conn.tagged(tag, "NO [NONEXISTENT] No such mailbox");
         return;
     };
-    let (messages, uidnext, uidvalidity) = match numbers(authed, &folder) {
-        Ok(n) => n,
+    match status_line(conn, authed, &folder, items) {
+        Ok(line) => {
+            conn.line(line);
+            conn.tagged(tag, "OK STATUS completed");
+        }
         Err(e) => {
             tracing::error!(error = %e, "status failed");
             conn.tagged(tag, "NO [UNAVAILABLE] Cannot read the mailbox");
-            return;
         }
-    };
+    }
+}
+
+/// The `* STATUS name (...)` line of a folder.
+fn status_line(
+    conn: &Conn,
+    authed: &Authed,
+    folder: &FolderInfo,
+    items: &[StatusDataItemName],
+) -> Result<String, StoreError> {
+    let (messages, uidnext, uidvalidity) = numbers(authed, folder)?;
     let count = |flag: Flags, set: bool| {
         messages
             .iter()
@@ -206,7 +201,16 @@ fn status(
     for item in items {
         match item {
             StatusDataItemName::Messages => parts.push(format!("MESSAGES {}", messages.len())),
-            StatusDataItemName::Recent => parts.push("RECENT 0".into()),
+            StatusDataItemName::Recent => {
+                let key = authed.account.store.change_key(folder);
+                let mark = conn.state.recent.mark(&key);
+                let recent = messages.iter().filter(|m| m.uid > mark).count();
+                parts.push(format!("RECENT {recent}"));
+            }
+            StatusDataItemName::HighestModSeq => {
+                let modseq = authed.account.store.highest_modseq(folder).unwrap_or(1);
+                parts.push(format!("HIGHESTMODSEQ {}", modseq.max(1)));
+            }
             StatusDataItemName::UidNext => parts.push(format!("UIDNEXT {uidnext}")),
             StatusDataItemName::UidValidity => parts.push(format!("UIDVALIDITY {uidvalidity}")),
             StatusDataItemName::Unseen => {
@@ -218,22 +222,45 @@ fn status(
             _ => {}
         }
     }
-    conn.line(format!(
+    Ok(format!(
         "* STATUS {} ({})",
         shown(&folder.name),
         parts.join(" ")
-    ));
-    conn.tagged(tag, "OK STATUS completed");
+    ))
 }
 
-fn list(
-    conn: &mut Conn,
-    authed: &Authed,
-    tag: &Tag<'_>,
-    verb: &str,
-    reference: &Mailbox<'_>,
-    pattern: &ListMailbox<'_>,
-) {
+/// LIST-STATUS item names (`MESSAGES UNSEEN ...`); unknown names are left out.
+fn status_items(text: &str) -> Vec<StatusDataItemName> {
+    text.split_ascii_whitespace()
+        .filter_map(|w| match w.to_ascii_uppercase().as_str() {
+            "MESSAGES" => Some(StatusDataItemName::Messages),
+            "RECENT" => Some(StatusDataItemName::Recent),
+            "UIDNEXT" => Some(StatusDataItemName::UidNext),
+            "UIDVALIDITY" => Some(StatusDataItemName::UidValidity),
+            "UNSEEN" => Some(StatusDataItemName::Unseen),
+            "DELETED" => Some(StatusDataItemName::Deleted),
+            "HIGHESTMODSEQ" => Some(StatusDataItemName::HighestModSeq),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What a LIST or LSUB asks for.
+struct ListRequest<'a> {
+    verb: &'a str,
+    reference: &'a Mailbox<'a>,
+    pattern: &'a ListMailbox<'a>,
+    /// LIST-STATUS (RFC 5819): STATUS items to send after each selectable folder.
+    status: Option<Vec<StatusDataItemName>>,
+}
+
+fn list(conn: &mut Conn, authed: &Authed, tag: &Tag<'_>, request: ListRequest<'_>) {
+    let ListRequest {
+        verb,
+        reference,
+        pattern,
+        status,
+    } = request;
     let pattern: Vec<u8> = match pattern {
         ListMailbox::Token(t) => t.as_ref().to_vec(),
         ListMailbox::String(s) => s.as_ref().to_vec(),
@@ -251,14 +278,23 @@ fn list(
             conn.tagged(tag, format!("NO [LIMIT] {verb} pattern too long"));
             return;
         };
-        for (name, attributes) in list_entries(&authed.account.store.folders()) {
+        let folders = authed.account.store.folders();
+        for (name, attributes) in list_entries(&folders) {
             let matches = if name == "INBOX" {
                 wildcard_match(&full.to_ascii_uppercase(), b"INBOX")
             } else {
                 wildcard_match(&full, name.as_bytes())
             };
-            if matches {
-                conn.line(format!("* {verb} ({attributes}) \"/\" {}", shown(&name)));
+            if !matches {
+                continue;
+            }
+            conn.line(format!("* {verb} ({attributes}) \"/\" {}", shown(&name)));
+            let folder = folders.iter().find(|f| f.name == name);
+            if let (Some(items), Some(folder)) = (&status, folder) {
+                match status_line(conn, authed, folder, items) {
+                    Ok(line) => conn.line(line),
+                    Err(e) => tracing::warn!(error = %e, "list-status: cannot read a folder"),
+                }
             }
         }
     }

@@ -1,5 +1,7 @@
 //! IMAP access to a login's mail store (RFC 3501; IDLE 2177, UIDPLUS 4315, LITERAL+ 7888,
-//! ID 2971, ENABLE 5161, NAMESPACE 2342, UNSELECT 3691, SASL-IR 4959, BINARY 3516).
+//! ID 2971, ENABLE 5161, NAMESPACE 2342, UNSELECT 3691, SASL-IR 4959, BINARY 3516,
+//! CONDSTORE/QRESYNC 7162, ESEARCH 4731, SORT/THREAD 5256, SORT=DISPLAY 5957, ESORT 5267,
+//! LIST-EXTENDED 5258 (as far as a fixed folder tree needs), LIST-STATUS 5819).
 //!
 //! Commands are framed and parsed by imap-next / imap-codec (literals, AUTHENTICATE, IDLE);
 //! responses are written here so that large message literals stream from the store.
@@ -9,22 +11,29 @@
 //! Logins are refused before TLS.
 //!
 //! Layout, one file per concern: `session` (state machine, read loop, dispatch), `input`
-//! (unparsable input), `auth` (LOGIN, AUTHENTICATE), `mailboxes` (LIST, STATUS, SELECT and
-//! the other authenticated-state commands), `fetch` + `render` + `structure` (FETCH),
-//! `search` + `criteria` (SEARCH), `update` (STORE, EXPUNGE, CLOSE), `idle`, `view` (the
-//! selected folder as a session sees it), `wire` (IMAP string forms).
+//! (unparsable input and extension forms rewritten), `auth` (LOGIN, AUTHENTICATE),
+//! `mailboxes` (LIST, STATUS and the other authenticated-state commands), `select` (SELECT,
+//! EXAMINE, QRESYNC), `fetch` + `render` + `structure` + `address` (FETCH), `search` +
+//! `criteria` (SEARCH, ESEARCH), `ordering` + `sortkeys` + `thread` (SORT, THREAD), `update`
+//! (STORE, EXPUNGE, CLOSE), `idle`, `view` and `state` (the selected folder as a session sees
+//! it: flags, keywords, `\Recent`), `wire` (IMAP string forms).
 
+mod address;
 mod auth;
 mod criteria;
 mod fetch;
 mod idle;
 mod input;
 mod mailboxes;
+mod ordering;
 mod render;
 mod search;
+mod select;
 mod session;
+pub mod sortkeys;
 mod state;
 pub mod structure;
+pub mod thread;
 mod update;
 mod view;
 mod wire;

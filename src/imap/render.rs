@@ -12,10 +12,10 @@ use imap_codec::imap_types::fetch::{
     Macro, MacroOrMessageDataItemNames, MessageDataItemName, Part, Section,
 };
 
-use crate::message::{Flags, MessageMeta};
+use crate::message::MessageMeta;
 
 use super::structure;
-use super::wire::{flag_list, internal_date, literal};
+use super::wire::{internal_date, literal};
 use crate::mime;
 
 /// Messages up to this size are handled in memory.
@@ -147,9 +147,12 @@ pub fn needs_structure(items: &[MessageDataItemName<'_>]) -> bool {
 /// True if any item needs the message content.
 pub fn needs_content(items: &[MessageDataItemName<'_>]) -> bool {
     use MessageDataItemName as N;
-    items
-        .iter()
-        .any(|i| !matches!(i, N::Uid | N::Flags | N::InternalDate | N::Rfc822Size))
+    items.iter().any(|i| {
+        !matches!(
+            i,
+            N::Uid | N::Flags | N::InternalDate | N::Rfc822Size | N::ModSeq
+        )
+    })
 }
 
 /// True if any item sets \Seen (non-PEEK body fetches).
@@ -182,6 +185,35 @@ pub fn returns_body(items: &[MessageDataItemName<'_>]) -> bool {
     })
 }
 
+/// Whether a FETCH changed the message's flags (it set `\Seen`), and whether the session
+/// wants MODSEQ with such changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Changed {
+    No,
+    Flags,
+    WithModSeq,
+}
+
+/// True when a BINARY item asks for a part whose transfer encoding cannot be decoded
+/// (RFC 3516 §4.2: the FETCH then fails with `[UNKNOWN-CTE]`).
+pub fn unknown_cte(items: &[MessageDataItemName<'_>], c: &Content) -> bool {
+    use MessageDataItemName as N;
+    let known = ["7bit", "8bit", "binary", "base64", "quoted-printable"];
+    items.iter().any(|item| {
+        let path = match item {
+            N::Binary { section, .. } | N::BinarySize { section } => section,
+            _ => return false,
+        };
+        if path.is_empty() || !c.whole {
+            return false;
+        }
+        let path: Vec<u32> = path.iter().map(|n| n.get()).collect();
+        mime::resolve(c.root(), &path)
+            .and_then(|p| p.info.encoding.as_deref())
+            .is_some_and(|e| !known.iter().any(|k| e.trim().eq_ignore_ascii_case(k)))
+    })
+}
+
 /// Renders `* seq FETCH (...)` for one message, item by item: the caller takes the chunks
 /// after each item and writes them, so one response never holds more than one item.
 pub struct Renderer {
@@ -199,12 +231,31 @@ impl Renderer {
         }
     }
 
-    /// Closes the response; `add_flags` appends FLAGS when the FETCH set `\Seen`.
-    pub fn end(&mut self, flags: Flags, items: &[MessageDataItemName<'_>], add_flags: bool) {
-        if add_flags && !items.contains(&MessageDataItemName::Flags) {
+    /// Closes the response. `add_flags` appends FLAGS (the rendered list) when the FETCH
+    /// set `\Seen`; `condstore` then also UID and MODSEQ (RFC 7162 §3.2.4).
+    pub fn end(
+        &mut self,
+        meta: &MessageMeta,
+        flags: &str,
+        items: &[MessageDataItemName<'_>],
+        changed: Changed,
+    ) {
+        use MessageDataItemName as N;
+        if changed != Changed::No && !items.contains(&N::Flags) {
             self.sep();
             self.buf
-                .extend_from_slice(format!("FLAGS {}", flag_list(flags)).as_bytes());
+                .extend_from_slice(format!("FLAGS {flags}").as_bytes());
+        }
+        if changed == Changed::WithModSeq {
+            if !items.contains(&N::Uid) {
+                self.buf
+                    .extend_from_slice(format!(" UID {}", meta.uid).as_bytes());
+            }
+            if !items.contains(&N::ModSeq) {
+                let modseq = meta.modseq.max(1);
+                self.buf
+                    .extend_from_slice(format!(" MODSEQ ({modseq})").as_bytes());
+            }
         }
         self.buf.extend_from_slice(b")\r\n");
     }
@@ -242,10 +293,11 @@ impl Renderer {
         self.chunks.push(Chunk::Stream { start, len });
     }
 
+    /// Renders one item; `flags` is the message's FLAGS list as the session shows it.
     pub fn item(
         &mut self,
         meta: &MessageMeta,
-        flags: Flags,
+        flags: &str,
         item: &MessageDataItemName<'_>,
         content: Option<&Content>,
     ) {
@@ -254,7 +306,8 @@ impl Renderer {
         let label_and = |r: &mut Self, label: &str| r.buf.extend_from_slice(label.as_bytes());
         match item {
             N::Uid => label_and(self, &format!("UID {}", meta.uid)),
-            N::Flags => label_and(self, &format!("FLAGS {}", flag_list(flags))),
+            N::Flags => label_and(self, &format!("FLAGS {flags}")),
+            N::ModSeq => label_and(self, &format!("MODSEQ ({})", meta.modseq.max(1))),
             N::InternalDate => label_and(
                 self,
                 &format!("INTERNALDATE {}", internal_date(meta.received)),

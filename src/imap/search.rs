@@ -1,6 +1,7 @@
 //! The SEARCH command (RFC 3501 §6.4.4): charset check, then each message of the selected
 //! folder tested against the criteria (see `criteria`), decrypting only when a key needs the
-//! message content.
+//! message content; answered as `* SEARCH` or, with RETURN options, `* ESEARCH` (RFC 4731),
+//! with the highest MODSEQ when the criteria use MODSEQ (RFC 7162 §3.1.5).
 
 use imap_codec::imap_types::core::{Charset, Tag, Vec1};
 use imap_codec::imap_types::search::SearchKey;
@@ -9,43 +10,149 @@ use super::criteria::{self, Bounds, Candidate};
 use super::fetch::load;
 use super::state::{Authed, Conn, Selected};
 
+/// What a SEARCH asks for.
+pub(super) struct Request {
+    pub charset: Option<Charset<'static>>,
+    pub criteria: Vec1<SearchKey<'static>>,
+    pub uid: bool,
+    /// ESEARCH RETURN options (empty: ALL); None for a plain SEARCH.
+    pub returns: Option<Vec<String>>,
+}
+
 pub(super) async fn command(
     conn: &mut Conn,
     authed: &Authed,
     selected: &mut Selected,
     tag: &Tag<'_>,
-    charset: Option<Charset<'static>>,
-    criteria: Vec1<SearchKey<'static>>,
-    uid: bool,
+    request: Request,
 ) {
+    let key = SearchKey::And(request.criteria);
+    match checked(&request.charset, &key) {
+        Err((true, text)) => conn.bad(tag, text),
+        Err((false, text)) => conn.tagged(tag, text),
+        Ok(()) => {
+            if criteria::uses_modseq(&key) {
+                selected.enable_condstore(conn, authed);
+            }
+            let found = matching(authed, selected, &key).await;
+            let modseq = criteria::uses_modseq(&key).then(|| {
+                found
+                    .iter()
+                    .map(|&i| selected.view.messages[i].modseq.max(1))
+                    .max()
+            });
+            let numbers: Vec<u32> = found
+                .iter()
+                .map(|&i| match request.uid {
+                    true => selected.view.messages[i].uid,
+                    false => i as u32 + 1,
+                })
+                .collect();
+            let answer = Answer {
+                numbers: &numbers,
+                uid: request.uid,
+                modseq: modseq.flatten(),
+                sorted: false,
+            };
+            answer.write(conn, tag, request.returns.as_deref(), "SEARCH");
+            selected.sync(conn, authed, request.uid);
+            conn.tagged(tag, "OK SEARCH completed");
+        }
+    }
+}
+
+/// The charset is UTF-8 or US-ASCII and the strings are valid UTF-8; else (is BAD, text).
+pub(super) fn checked(
+    charset: &Option<Charset<'static>>,
+    key: &SearchKey<'_>,
+) -> Result<(), (bool, &'static str)> {
     let charset_ok = charset.as_ref().is_none_or(|c| {
         let c: &str = c.as_ref();
         c.eq_ignore_ascii_case("UTF-8") || c.eq_ignore_ascii_case("US-ASCII")
     });
-    let key = SearchKey::And(criteria);
     if !charset_ok {
-        conn.tagged(tag, "NO [BADCHARSET (UTF-8 US-ASCII)] Unsupported charset");
-    } else if !criteria::strings_are_utf8(&key) {
-        conn.bad(tag, "Search string is not valid UTF-8");
+        Err((
+            false,
+            "NO [BADCHARSET (UTF-8 US-ASCII)] Unsupported charset",
+        ))
+    } else if !criteria::strings_are_utf8(key) {
+        Err((true, "Search string is not valid UTF-8"))
     } else {
-        search(conn, authed, selected, tag, key, uid).await;
+        Ok(())
     }
 }
 
-async fn search(
-    conn: &mut Conn,
+/// The result of a SEARCH or SORT, as the client asked to see it.
+pub(super) struct Answer<'a> {
+    /// Sequence numbers or UIDs, in result order.
+    pub numbers: &'a [u32],
+    pub uid: bool,
+    /// The highest MODSEQ of the result, when the criteria used MODSEQ.
+    pub modseq: Option<u64>,
+    /// A SORT result: order matters (ESORT ALL keeps it; MIN/MAX are first/last).
+    pub sorted: bool,
+}
+
+impl Answer<'_> {
+    /// `* SEARCH ...` / `* SORT ...`, or `* ESEARCH ...` when RETURN options were given.
+    pub fn write(&self, conn: &mut Conn, tag: &Tag<'_>, returns: Option<&[String]>, verb: &str) {
+        let modseq = self
+            .modseq
+            .map(|m| format!(" (MODSEQ {m})"))
+            .unwrap_or_default();
+        let Some(returns) = returns else {
+            let list: Vec<String> = self.numbers.iter().map(u32::to_string).collect();
+            let sep = if list.is_empty() { "" } else { " " };
+            conn.line(format!("* {verb}{sep}{}{modseq}", list.join(" ")));
+            return;
+        };
+        let all = returns.is_empty() || returns.iter().any(|r| r == "ALL");
+        let mut out = format!("* ESEARCH (TAG {})", super::wire::quoted(tag.as_ref()));
+        if self.uid {
+            out.push_str(" UID");
+        }
+        let (min, max) = match self.sorted {
+            true => (self.numbers.first(), self.numbers.last()),
+            false => (self.numbers.iter().min(), self.numbers.iter().max()),
+        };
+        let wants = |o: &str| returns.iter().any(|r| r == o);
+        if let (true, Some(min)) = (wants("MIN"), min) {
+            out.push_str(&format!(" MIN {min}"));
+        }
+        if let (true, Some(max)) = (wants("MAX"), max) {
+            out.push_str(&format!(" MAX {max}"));
+        }
+        if wants("COUNT") {
+            out.push_str(&format!(" COUNT {}", self.numbers.len()));
+        }
+        if all && !self.numbers.is_empty() {
+            let set = match self.sorted {
+                true => super::wire::ordered_set(self.numbers),
+                false => super::wire::number_set(self.numbers.iter().copied()),
+            };
+            out.push_str(&format!(" ALL {set}"));
+        }
+        if let Some(m) = self.modseq {
+            out.push_str(&format!(" MODSEQ {m}"));
+        }
+        conn.line(out);
+    }
+}
+
+/// Indexes (in the view) of the messages that match `key`, ascending.
+pub(super) async fn matching(
     authed: &Authed,
-    selected: &mut Selected,
-    tag: &Tag<'_>,
-    key: SearchKey<'static>,
-    uid: bool,
-) {
+    selected: &Selected,
+    key: &SearchKey<'static>,
+) -> Vec<usize> {
     let view = &selected.view;
     let bounds = Bounds {
         exists: view.exists(),
         largest_uid: view.messages.last().map(|m| m.uid).unwrap_or(0),
+        keywords: &view.keywords,
+        recent: &view.recent,
     };
-    let needs = criteria::needs_content(&key);
+    let needs = criteria::needs_content(key);
     let mut found = Vec::new();
     for (i, meta) in view.messages.iter().enumerate() {
         let content = if needs {
@@ -61,16 +168,9 @@ async fn search(
             meta,
             raw: content.as_ref().map(|c| c.raw.as_slice()),
         };
-        if criteria::matches(&key, &candidate, &bounds) {
-            found.push(if uid { meta.uid } else { i as u32 + 1 });
+        if criteria::matches(key, &candidate, &bounds) {
+            found.push(i);
         }
     }
-    let list: Vec<String> = found.iter().map(u32::to_string).collect();
-    if list.is_empty() {
-        conn.line("* SEARCH");
-    } else {
-        conn.line(format!("* SEARCH {}", list.join(" ")));
-    }
-    selected.sync(conn, authed, uid);
-    conn.tagged(tag, "OK SEARCH completed");
+    found
 }

@@ -34,6 +34,8 @@ pub(super) struct Session {
     pub suppress: usize,
     /// Last bytes of the previous read, for [`input::oversized_literal`].
     tail: Vec<u8>,
+    /// Extension options of the command being run (see [`input::Extra`]).
+    pub extra: input::Extra,
     /// Until a login succeeds the client must have logged in by then, however it trickles.
     login_deadline: tokio::time::Instant,
 }
@@ -49,6 +51,7 @@ impl Session {
             idling: None,
             suppress: 0,
             tail: Vec::new(),
+            extra: input::Extra::None,
         }
     }
 
@@ -115,7 +118,12 @@ impl Session {
                     Flow::Continue
                 }
                 Err(Interrupt::Error(e)) => match input::bad_input(&mut self.conn, e) {
-                    Some(command) => self.command(command, &mut stream).await?,
+                    Some((command, extra)) => {
+                        self.extra = extra;
+                        let flow = self.command(command, &mut stream).await?;
+                        self.extra = input::Extra::None;
+                        flow
+                    }
                     None => Flow::Continue,
                 },
                 Ok(Event::GreetingSent { .. }) | Ok(Event::ResponseSent { .. }) => Flow::Continue,
@@ -291,6 +299,7 @@ impl Session {
         stream: &mut Stream,
     ) -> std::io::Result<Flow> {
         let tag = command.tag;
+        let extra = std::mem::take(&mut self.extra);
         if !self.login_still_valid() {
             tracing::info!(client = %self.conn.peer, "imap session ended: password reset or login deleted");
             self.conn
@@ -307,16 +316,21 @@ impl Session {
                 self.conn.bad(&tag, "Command not allowed before login");
                 return Ok(Flow::Continue);
             }
-            Phase::Authenticated(_) | Phase::Selected(..) => match self.authenticated(&tag, body) {
-                Ok(()) => return Ok(Flow::Continue),
-                Err(body) => body,
-            },
+            Phase::Authenticated(_) | Phase::Selected(..) => {
+                match self.authenticated(&tag, body, &extra) {
+                    Ok(()) => return Ok(Flow::Continue),
+                    Err(body) => body,
+                }
+            }
         };
         let Phase::Selected(authed, selected) = &mut self.phase else {
             self.conn.bad(&tag, "No mailbox selected");
             return Ok(Flow::Continue);
         };
         let conn = &mut self.conn;
+        // ENABLE may have turned these on since the folder was selected.
+        selected.view.condstore |= conn.condstore;
+        selected.view.qresync |= conn.qresync;
         match body {
             CommandBody::Check => {
                 selected.dirty = true;
@@ -342,18 +356,32 @@ impl Session {
                 charset,
                 criteria,
                 uid,
-            } => super::search::command(conn, authed, selected, &tag, charset, criteria, uid).await,
+            } => {
+                let request = super::search::Request {
+                    charset,
+                    criteria,
+                    uid,
+                    returns: extra.returns(),
+                };
+                super::search::command(conn, authed, selected, &tag, request).await
+            }
             CommandBody::Fetch {
                 sequence_set,
                 macro_or_item_names,
                 uid,
-                ..
+                modifiers,
             } => {
+                use imap_codec::imap_types::command::FetchModifier;
                 let items = super::render::item_names(macro_or_item_names, uid);
                 let request = super::fetch::Request {
                     set: &sequence_set,
                     items: &items,
                     uid,
+                    changed_since: modifiers.iter().find_map(|m| match m {
+                        FetchModifier::ChangedSince(n) => Some(n.get()),
+                        FetchModifier::Vanished => None,
+                    }),
+                    vanished: modifiers.contains(&FetchModifier::Vanished),
                 };
                 super::fetch::command(conn, authed, selected, &tag, request, stream).await?;
             }
@@ -363,7 +391,7 @@ impl Session {
                 response,
                 flags,
                 uid,
-                ..
+                modifiers,
             } => {
                 let request = super::update::StoreRequest {
                     set: &sequence_set,
@@ -371,8 +399,38 @@ impl Session {
                     response,
                     flags: &flags,
                     uid,
+                    modifiers: &modifiers,
                 };
                 super::update::store(conn, authed, selected, &tag, request).await;
+            }
+            CommandBody::Sort {
+                sort_criteria,
+                charset,
+                search_criteria,
+                uid,
+            } => {
+                let request = super::ordering::SortRequest {
+                    criteria: sort_criteria.into_inner(),
+                    charset,
+                    search: search_criteria,
+                    uid,
+                    returns: extra.returns(),
+                };
+                super::ordering::sort(conn, authed, selected, &tag, request).await
+            }
+            CommandBody::Thread {
+                algorithm,
+                charset,
+                search_criteria,
+                uid,
+            } => {
+                let request = super::ordering::ThreadRequest {
+                    algorithm,
+                    charset,
+                    search: search_criteria,
+                    uid,
+                };
+                super::ordering::thread(conn, authed, selected, &tag, request).await
             }
             _ => conn.bad(&tag, "Command not supported"),
         }

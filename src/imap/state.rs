@@ -12,11 +12,13 @@ use tokio::sync::broadcast;
 use super::view::View;
 use crate::accounts::Account;
 use crate::context::State;
+use crate::message::MessageMeta;
 use crate::net::Stream;
 use crate::store::ChangeKey;
 
-pub(super) const CAPS_COMMON: &str =
-    "LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS UNSELECT CHILDREN SPECIAL-USE BINARY";
+pub(super) const CAPS_COMMON: &str = "LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS UNSELECT \
+     CHILDREN SPECIAL-USE BINARY CONDSTORE QRESYNC ESEARCH SORT SORT=DISPLAY ESORT \
+     THREAD=REFERENCES THREAD=ORDEREDSUBJECT LIST-EXTENDED LIST-STATUS";
 /// Output is sent once this much is buffered.
 pub(super) const FLUSH_AT: usize = 256 * 1024;
 
@@ -27,6 +29,10 @@ pub(super) struct Conn {
     pub tls: bool,
     out: Vec<u8>,
     pub errors: u32,
+    /// RFC 7162: CONDSTORE was enabled (ENABLE, or a command that uses it).
+    pub condstore: bool,
+    /// RFC 7162: QRESYNC was enabled (implies CONDSTORE).
+    pub qresync: bool,
 }
 
 impl Conn {
@@ -37,6 +43,8 @@ impl Conn {
             tls: false,
             out: Vec::new(),
             errors: 0,
+            condstore: false,
+            qresync: false,
         }
     }
 
@@ -114,14 +122,96 @@ impl Selected {
         if !self.dirty {
             return;
         }
-        match authed.account.store.list(&self.view.folder) {
-            Ok(current) => {
-                self.view.sync(&current, allow_expunge, &mut conn.out);
-                self.dirty = !allow_expunge;
+        let store = &authed.account.store;
+        let current = match store.list(&self.view.folder) {
+            Ok(current) => current,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list mailbox");
+                return;
             }
-            Err(e) => tracing::warn!(error = %e, "cannot list mailbox"),
+        };
+        self.refresh_keywords(conn, authed, &current);
+        self.view.condstore |= conn.condstore;
+        self.view.qresync |= conn.qresync;
+        let synced = self.view.sync(&current, allow_expunge, &mut conn.out);
+        self.dirty = !allow_expunge;
+        if let Some(&newest) = synced.new.last() {
+            self.claim_recent(conn, authed, newest);
+            conn.line(format!("* {} RECENT", self.view.recent.len()));
         }
     }
+
+    /// Turns CONDSTORE on for a command that uses it; the first time while a folder is
+    /// selected, tells the folder's HIGHESTMODSEQ (RFC 7162 §3.1).
+    pub fn enable_condstore(&mut self, conn: &mut Conn, authed: &Authed) {
+        self.view.condstore = true;
+        if std::mem::replace(&mut conn.condstore, true) {
+            return;
+        }
+        let highest = authed
+            .account
+            .store
+            .highest_modseq(&self.view.folder)
+            .unwrap_or(1);
+        conn.line(format!("* OK [HIGHESTMODSEQ {}] Highest", highest.max(1)));
+    }
+
+    /// Takes the `\Recent` messages up to `newest` that no other session has taken yet.
+    /// A read-only view (EXAMINE) sees the unclaimed ones without taking them (RFC 3501
+    /// §6.3.2).
+    pub fn claim_recent(&mut self, conn: &Conn, authed: &Authed, newest: u32) {
+        let key = authed.account.store.change_key(&self.view.folder);
+        let mark = if self.view.read_only {
+            conn.state.recent.mark(&key)
+        } else {
+            conn.state.recent.claim(&key, newest)
+        };
+        self.view.recent.extend(
+            self.view
+                .messages
+                .iter()
+                .map(|m| m.uid)
+                .filter(|uid| *uid > mark && *uid <= newest),
+        );
+    }
+
+    /// Re-reads the keyword table when a message carries a keyword the view does not know,
+    /// and announces the new FLAGS and PERMANENTFLAGS.
+    fn refresh_keywords(&mut self, conn: &mut Conn, authed: &Authed, current: &[MessageMeta]) {
+        let known = self.view.keywords.len();
+        if !current
+            .iter()
+            .any(|m| m.flags.keywords().any(|k| k >= known))
+        {
+            return;
+        }
+        self.view.keywords = authed.account.store.keywords(&self.view.folder);
+        for line in flag_announcements(&self.view) {
+            conn.line(line);
+        }
+    }
+}
+
+/// The untagged FLAGS and PERMANENTFLAGS lines of a view.
+pub(super) fn flag_announcements(view: &View) -> [String; 2] {
+    let keywords = view.keywords.join(" ");
+    let sep = if keywords.is_empty() { "" } else { " " };
+    let system = "\\Answered \\Flagged \\Deleted \\Seen \\Draft";
+    let flags = format!("* FLAGS ({system}{sep}{keywords})");
+    let permanent = if !view.flags_writable() {
+        "* OK [PERMANENTFLAGS ()] Read-only mailbox".to_owned()
+    } else {
+        let system = match view.folder.read_only {
+            true => "\\Answered \\Flagged \\Seen \\Draft",
+            false => system,
+        };
+        let more = match view.keywords.len() < crate::message::MAX_KEYWORDS {
+            true => " \\*",
+            false => "",
+        };
+        format!("* OK [PERMANENTFLAGS ({system}{sep}{keywords}{more})] Flags permitted")
+    };
+    [flags, permanent]
 }
 
 /// RFC 3501 §3: the session states.

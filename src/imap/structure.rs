@@ -2,10 +2,8 @@
 //! parts found by [`crate::mime`], and ENVELOPE from the header.
 
 use std::ops::Range;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use mail_parser::{Address, MessageParser};
-
+use super::address;
 use super::wire::{nstring, string};
 use crate::mime::{raw_field, Info, Kind, Part};
 
@@ -157,33 +155,27 @@ fn params(out: &mut Vec<u8>, params: &[(String, String)]) {
     out.push(b')');
 }
 
-/// Renders the ENVELOPE of a message header block.
+/// Renders the ENVELOPE of a message header block (RFC 3501 §7.4.2): raw field values, no
+/// decoding; an absent or empty Sender or Reply-To is the From list.
 pub fn envelope(header: &[u8], out: &mut Vec<u8>) {
-    let parsed = catch_unwind(AssertUnwindSafe(|| {
-        MessageParser::new().parse_headers(header)
-    }))
-    .ok()
-    .flatten();
-    let Some(message) = parsed else {
-        out.extend_from_slice(b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)");
-        return;
-    };
     let raw = |name: &str| raw_field(header, name);
     out.push(b'(');
     nstring(out, raw("Date").as_deref());
     out.push(b' ');
     nstring(out, raw("Subject").as_deref());
-    let from = message.from();
-    for list in [
-        from,
-        message.sender().or(from),
-        message.reply_to().or(from),
-        message.to(),
-        message.cc(),
-        message.bcc(),
+    let list = |name: &str| raw(name).map(|v| address::parse(&v)).unwrap_or_default();
+    let from = list("From");
+    let or_from = |l: Vec<address::Item>| if l.is_empty() { from.clone() } else { l };
+    for items in [
+        from.clone(),
+        or_from(list("Sender")),
+        or_from(list("Reply-To")),
+        list("To"),
+        list("Cc"),
+        list("Bcc"),
     ] {
         out.push(b' ');
-        addresses(out, list);
+        addresses(out, &items);
     }
     out.push(b' ');
     nstring(out, raw("In-Reply-To").as_deref());
@@ -192,72 +184,39 @@ pub fn envelope(header: &[u8], out: &mut Vec<u8>) {
     out.push(b')');
 }
 
-fn addresses(out: &mut Vec<u8>, list: Option<&Address<'_>>) {
-    let Some(list) = list else {
+fn addresses(out: &mut Vec<u8>, items: &[address::Item]) {
+    if items.is_empty() {
         out.extend_from_slice(b"NIL");
         return;
-    };
-    let mut body = Vec::new();
-    match list {
-        Address::List(addrs) => {
-            for a in addrs {
-                address(&mut body, a.name.as_deref(), a.address.as_deref());
-            }
-        }
-        Address::Group(groups) => {
-            for g in groups {
-                match &g.name {
-                    Some(name) => {
-                        body.extend_from_slice(b"(NIL NIL ");
-                        string(&mut body, encode_word(name).as_bytes());
-                        body.extend_from_slice(b" NIL)");
-                        for a in &g.addresses {
-                            address(&mut body, a.name.as_deref(), a.address.as_deref());
-                        }
-                        body.extend_from_slice(b"(NIL NIL NIL NIL)");
-                    }
-                    None => {
-                        for a in &g.addresses {
-                            address(&mut body, a.name.as_deref(), a.address.as_deref());
-                        }
-                    }
-                }
-            }
-        }
     }
-    if body.is_empty() {
-        out.extend_from_slice(b"NIL");
-    } else {
-        out.push(b'(');
-        out.extend_from_slice(&body);
-        out.push(b')');
-    }
-}
-
-fn address(out: &mut Vec<u8>, name: Option<&str>, addr: Option<&str>) {
-    // A bare word such as `postmaster` (no @) is a mailbox without a domain, not a group
-    // marker, which `(NIL NIL "x" NIL)` or `("x" NIL NIL NIL)` would mean.
-    if addr.is_none_or(|a| !a.contains('@')) {
-        if let Some(local) = addr.or(name).filter(|s| !s.contains(' ')) {
-            out.extend_from_slice(b"(NIL NIL ");
-            string(out, local.as_bytes());
-            out.extend_from_slice(b" \"MISSING_DOMAIN\")");
-            return;
-        }
-    }
-    let (mailbox, host) = match addr {
-        Some(a) => match a.rsplit_once('@') {
-            Some((m, h)) => (Some(m), Some(h)),
-            None => (Some(a), None),
-        },
-        None => (None, None),
-    };
     out.push(b'(');
-    nstring(out, name.map(encode_word).as_deref().map(str::as_bytes));
-    out.extend_from_slice(b" NIL ");
-    nstring(out, mailbox.map(str::as_bytes));
-    out.push(b' ');
-    nstring(out, host.map(str::as_bytes));
+    for item in items {
+        match item {
+            address::Item::Mailbox {
+                name,
+                route,
+                mailbox,
+                host,
+            } => {
+                out.push(b'(');
+                nstring(out, name.as_deref());
+                out.push(b' ');
+                nstring(out, route.as_deref());
+                out.push(b' ');
+                string(out, mailbox);
+                out.push(b' ');
+                // No domain: a placeholder, since NIL here would mark a group.
+                string(out, host.as_deref().unwrap_or(b"MISSING_DOMAIN"));
+                out.push(b')');
+            }
+            address::Item::GroupStart(name) => {
+                out.extend_from_slice(b"(NIL NIL ");
+                string(out, name);
+                out.extend_from_slice(b" NIL)");
+            }
+            address::Item::GroupEnd => out.extend_from_slice(b"(NIL NIL NIL NIL)"),
+        }
+    }
     out.push(b')');
 }
 

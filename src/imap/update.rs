@@ -1,13 +1,15 @@
-//! The commands that change a folder: STORE, EXPUNGE, UID EXPUNGE (UIDPLUS) and the
-//! implicit expunge of CLOSE. Read-only folders (EXAMINE, the archive) refuse them.
+//! The commands that change a folder: STORE (keywords included, RFC 7162 UNCHANGEDSINCE),
+//! EXPUNGE, UID EXPUNGE (UIDPLUS) and the implicit expunge of CLOSE. EXAMINE refuses them
+//! all; archive folders keep per-user flags but never expunge.
 
+use imap_codec::imap_types::command::StoreModifier;
 use imap_codec::imap_types::core::Tag;
 use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
 use imap_codec::imap_types::sequence::SequenceSet;
 
 use super::state::{Authed, Conn, Selected};
 use super::wire;
-use crate::message::Flags;
+use crate::message::{FlagOp, Flags};
 use crate::store::StoreError;
 
 /// What a STORE asks for.
@@ -17,6 +19,7 @@ pub(super) struct StoreRequest<'a> {
     pub response: StoreResponse,
     pub flags: &'a [Flag<'a>],
     pub uid: bool,
+    pub modifiers: &'a [StoreModifier],
 }
 
 /// Why a folder refuses changes, as a tagged NO.
@@ -65,7 +68,7 @@ async fn expunge_uids(
 
 /// CLOSE: expunges `\Deleted` messages silently unless the folder is read-only.
 pub(super) async fn close(conn: &mut Conn, authed: &Authed, selected: &Selected) {
-    if selected.view.read_only {
+    if selected.view.read_only || selected.view.folder.read_only {
         return;
     }
     let deleted = deleted_uids(selected, None);
@@ -96,19 +99,67 @@ pub(super) async fn expunge(
     }
     selected.dirty = true;
     selected.sync(conn, authed, true);
-    conn.tagged(tag, "OK EXPUNGE completed");
+    if conn.qresync {
+        let store = &authed.account.store;
+        let highest = store.highest_modseq(&selected.view.folder).unwrap_or(1);
+        conn.tagged(
+            tag,
+            format!("OK [HIGHESTMODSEQ {highest}] EXPUNGE completed"),
+        );
+    } else {
+        conn.tagged(tag, "OK EXPUNGE completed");
+    }
 }
 
-/// The system flags named in a STORE. Keywords are not kept (PERMANENTFLAGS has no `\*`).
-fn system_flags(flags: &[Flag<'_>]) -> Flags {
-    flags.iter().fold(Flags::default(), |acc, f| match f {
+/// The system flags and keyword names of a STORE (`\Recent` and other `\` extensions are
+/// not settable and are left out).
+fn split_flags(flags: &[Flag<'_>]) -> (Flags, Vec<String>) {
+    let mut keywords = Vec::new();
+    let system = flags.iter().fold(Flags::default(), |acc, f| match f {
         Flag::Answered => acc.with(Flags::ANSWERED),
         Flag::Deleted => acc.with(Flags::DELETED),
         Flag::Draft => acc.with(Flags::DRAFT),
         Flag::Flagged => acc.with(Flags::FLAGGED),
         Flag::Seen => acc.with(Flags::SEEN),
+        Flag::Keyword(k) => {
+            keywords.push(k.as_ref().to_owned());
+            acc
+        }
         _ => acc,
-    })
+    });
+    (system, keywords)
+}
+
+/// The flags of keyword names: defined as needed when adding or replacing, looked up when
+/// removing (an unknown keyword is on no message). None when the folder has no room left.
+async fn keyword_flags(
+    authed: &Authed,
+    selected: &Selected,
+    names: Vec<String>,
+    define: bool,
+) -> Result<Option<Flags>, StoreError> {
+    if names.is_empty() {
+        return Ok(Some(Flags::default()));
+    }
+    if !define {
+        let known = &selected.view.keywords;
+        let table = authed.account.store.keywords(&selected.view.folder);
+        let table = if table.len() >= known.len() {
+            table
+        } else {
+            known.clone()
+        };
+        return Ok(Some(names.iter().fold(Flags::default(), |acc, n| {
+            match table.iter().position(|k| k.eq_ignore_ascii_case(n)) {
+                Some(slot) => acc.with(Flags::keyword(slot)),
+                None => acc,
+            }
+        })));
+    }
+    let (store, folder) = (authed.account.store.clone(), selected.view.folder.clone());
+    tokio::task::spawn_blocking(move || store.define_keywords(&folder, &names))
+        .await
+        .map_err(StoreError::unavailable)?
 }
 
 pub(super) async fn store(
@@ -124,36 +175,63 @@ pub(super) async fn store(
         response,
         flags,
         uid,
+        modifiers,
     } = request;
-    if let Some(text) = refusal(selected, "NO [READ-ONLY] Mailbox is read-only (EXAMINE)") {
-        conn.tagged(tag, text);
+    if !selected.view.flags_writable() {
+        conn.tagged(tag, "NO [READ-ONLY] Mailbox is read-only");
         return;
     }
-    let view = &selected.view;
-    if !uid && view.out_of_range(set) {
+    if !uid && selected.view.out_of_range(set) {
         conn.bad(tag, "Invalid message sequence number");
         return;
     }
-    let given = system_flags(flags);
-    let changes: Vec<(u32, Flags)> = view
+    let unchanged_since = modifiers
+        .iter()
+        .map(|StoreModifier::UnchangedSince(n)| *n)
+        .next();
+    if unchanged_since.is_some() {
+        selected.enable_condstore(conn, authed);
+    }
+    let (system, names) = split_flags(flags);
+    let define = !matches!(kind, StoreType::Remove);
+    if define && selected.view.folder.read_only && system.contains(Flags::DELETED) {
+        conn.tagged(tag, "NO [NOPERM] Archived messages cannot be deleted");
+        return;
+    }
+    let keywords = match keyword_flags(authed, selected, names, define).await {
+        Ok(Some(k)) => k,
+        Ok(None) => {
+            conn.tagged(
+                tag,
+                "NO [LIMIT] No room for another keyword in this mailbox",
+            );
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "store failed");
+            conn.tagged(tag, "NO [UNAVAILABLE] Cannot store flags");
+            return;
+        }
+    };
+    let given = system.with(keywords);
+    let op = match kind {
+        StoreType::Replace => FlagOp::Replace(given),
+        StoreType::Add => FlagOp::Add(given),
+        StoreType::Remove => FlagOp::Remove(given),
+    };
+    let uids: Vec<u32> = selected
+        .view
         .select(set, uid)
         .into_iter()
-        .map(|i| {
-            let m = view.messages[i];
-            let new = match kind {
-                StoreType::Replace => given,
-                StoreType::Add => m.flags.with(given),
-                StoreType::Remove => m.flags.without(given),
-            };
-            (m.uid, new)
-        })
+        .map(|i| selected.view.messages[i].uid)
         .collect();
-    let (store, folder) = (authed.account.store.clone(), view.folder.clone());
-    let updated = match tokio::task::spawn_blocking(move || store.set_flags(&folder, &changes))
-        .await
-        .map_err(StoreError::unavailable)
-        .and_then(|r| r)
-    {
+    let (store, folder) = (authed.account.store.clone(), selected.view.folder.clone());
+    let result =
+        tokio::task::spawn_blocking(move || store.set_flags(&folder, &uids, op, unchanged_since))
+            .await
+            .map_err(StoreError::unavailable)
+            .and_then(|r| r);
+    let update = match result {
         Ok(u) => u,
         Err(e) => {
             tracing::error!(error = %e, "store failed");
@@ -161,20 +239,66 @@ pub(super) async fn store(
             return;
         }
     };
-    let view = &mut selected.view;
-    for u in &updated {
-        if let Ok(i) = view.messages.binary_search_by_key(&u.uid, |m| m.uid) {
-            view.messages[i].flags = u.flags;
-            if response == StoreResponse::Answer {
-                let uid_part = match uid {
-                    true => format!("UID {} ", u.uid),
-                    false => String::new(),
-                };
-                let flags = wire::flag_list(u.flags);
-                conn.line(format!("* {} FETCH ({uid_part}FLAGS {flags})", i + 1));
-            }
+    let known = selected.view.keywords.len();
+    if keywords.keywords().any(|slot| slot >= known) {
+        selected.view.keywords = authed.account.store.keywords(&selected.view.folder);
+        for line in super::state::flag_announcements(&selected.view) {
+            conn.line(line);
         }
     }
+    answer_store(conn, selected, &update.updated, response, uid);
     selected.sync(conn, authed, uid);
-    conn.tagged(tag, "OK STORE completed");
+    if update.refused.is_empty() {
+        conn.tagged(tag, "OK STORE completed");
+    } else {
+        let refused: Vec<u32> = match uid {
+            true => update.refused.clone(),
+            false => update
+                .refused
+                .iter()
+                .filter_map(|u| {
+                    selected
+                        .view
+                        .messages
+                        .binary_search_by_key(u, |m| m.uid)
+                        .ok()
+                })
+                .map(|i| i as u32 + 1)
+                .collect(),
+        };
+        let set = wire::number_set(refused);
+        conn.tagged(
+            tag,
+            format!("OK [MODIFIED {set}] Conditional STORE failed for some"),
+        );
+    }
+}
+
+/// The untagged FETCH responses of a STORE (with MODSEQ under CONDSTORE even when silent,
+/// RFC 7162 §3.1.3).
+fn answer_store(
+    conn: &mut Conn,
+    selected: &mut Selected,
+    updated: &[crate::message::MessageMeta],
+    response: StoreResponse,
+    uid: bool,
+) {
+    let view = &mut selected.view;
+    for u in updated {
+        let Ok(i) = view.messages.binary_search_by_key(&u.uid, |m| m.uid) else {
+            continue;
+        };
+        let changed = view.messages[i].modseq != u.modseq;
+        view.messages[i] = *u;
+        if response == StoreResponse::Answer {
+            conn.line(view.flag_update(i + 1, u, uid));
+        } else if view.condstore && changed {
+            let uid_part = format!("UID {} ", u.uid);
+            conn.line(format!(
+                "* {} FETCH ({uid_part}MODSEQ ({}))",
+                i + 1,
+                u.modseq.max(1)
+            ));
+        }
+    }
 }

@@ -1,5 +1,8 @@
-//! The selected mailbox as one session sees it: message sequence numbers, UIDs and flags,
-//! and the updates (EXISTS, EXPUNGE, FETCH FLAGS) it owes the client when the mailbox changes.
+//! The selected mailbox as one session sees it: message sequence numbers, UIDs, flags,
+//! keyword names, which messages are `\Recent` for this session, and the updates (EXISTS,
+//! EXPUNGE, FETCH FLAGS, FLAGS) it owes the client when the mailbox changes.
+
+use std::collections::HashSet;
 
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 
@@ -13,6 +16,21 @@ pub struct View {
     pub read_only: bool,
     /// Messages in sequence order (ascending UID).
     pub messages: Vec<MessageMeta>,
+    /// The folder's keyword names by slot, as last announced in FLAGS.
+    pub keywords: Vec<String>,
+    /// UIDs that are `\Recent` in this session.
+    pub recent: HashSet<u32>,
+    /// Untagged FETCH responses carry MODSEQ (CONDSTORE is enabled).
+    pub condstore: bool,
+    /// Expunges are announced as `* VANISHED` (QRESYNC is enabled, RFC 7162 §3.2.10).
+    pub qresync: bool,
+}
+
+/// What a sync learns besides the untagged responses it writes.
+#[derive(Default)]
+pub struct Synced {
+    /// UIDs of messages new to the view.
+    pub new: Vec<u32>,
 }
 
 /// A sequence set resolved to sorted, merged inclusive ranges.
@@ -55,6 +73,42 @@ impl Ranges {
 }
 
 impl View {
+    pub fn new(folder: FolderInfo, read_only: bool, messages: Vec<MessageMeta>) -> View {
+        View {
+            folder,
+            read_only,
+            messages,
+            keywords: Vec::new(),
+            recent: HashSet::new(),
+            condstore: false,
+            qresync: false,
+        }
+    }
+
+    /// The FLAGS list of a message as this session shows it.
+    pub fn flag_list(&self, m: &MessageMeta) -> String {
+        flag_list(m.flags, &self.keywords, self.recent.contains(&m.uid))
+    }
+
+    /// Flags may be stored in this view (not EXAMINE, and the folder keeps them).
+    pub fn flags_writable(&self) -> bool {
+        !self.read_only && self.folder.keeps_flags
+    }
+
+    /// The untagged FETCH of a flag change.
+    pub fn flag_update(&self, seq: usize, m: &MessageMeta, with_uid: bool) -> String {
+        let uid = if with_uid || self.condstore {
+            format!("UID {} ", m.uid)
+        } else {
+            String::new()
+        };
+        let modseq = match self.condstore {
+            true => format!(" MODSEQ ({})", m.modseq.max(1)),
+            false => String::new(),
+        };
+        format!("* {seq} FETCH ({uid}FLAGS {}{modseq})", self.flag_list(m))
+    }
+
     pub fn exists(&self) -> u32 {
         self.messages.len() as u32
     }
@@ -96,30 +150,43 @@ impl View {
     /// Brings the view up to date with `current` (the mailbox now) and writes the untagged
     /// responses. Expunges are applied only when `allow_expunge` (not during FETCH, STORE,
     /// SEARCH); new messages are always announced, never with `* 0 EXISTS`.
-    pub fn sync(&mut self, current: &[MessageMeta], allow_expunge: bool, out: &mut Vec<u8>) {
+    pub fn sync(
+        &mut self,
+        current: &[MessageMeta],
+        allow_expunge: bool,
+        out: &mut Vec<u8>,
+    ) -> Synced {
         if allow_expunge {
+            let mut vanished = Vec::new();
             for i in (0..self.messages.len()).rev() {
                 let uid = self.messages[i].uid;
                 if current.binary_search_by_key(&uid, |m| m.uid).is_err() {
-                    out.extend_from_slice(format!("* {} EXPUNGE\r\n", i + 1).as_bytes());
+                    if self.qresync {
+                        vanished.push(uid);
+                    } else {
+                        out.extend_from_slice(format!("* {} EXPUNGE\r\n", i + 1).as_bytes());
+                    }
                     self.messages.remove(i);
+                    self.recent.remove(&uid);
                 }
+            }
+            if !vanished.is_empty() {
+                let set = super::wire::number_set(vanished);
+                out.extend_from_slice(format!("* VANISHED {set}\r\n").as_bytes());
             }
         }
         // Flag changes of messages we still show.
-        for (i, m) in self.messages.iter_mut().enumerate() {
+        for i in 0..self.messages.len() {
+            let m = self.messages[i];
             if let Ok(k) = current.binary_search_by_key(&m.uid, |c| c.uid) {
-                if current[k].flags != m.flags {
-                    m.flags = current[k].flags;
-                    out.extend_from_slice(
-                        format!(
-                            "* {} FETCH (UID {} FLAGS {})\r\n",
-                            i + 1,
-                            m.uid,
-                            flag_list(m.flags)
-                        )
-                        .as_bytes(),
-                    );
+                let now = current[k];
+                if now.flags != m.flags || now.modseq != m.modseq {
+                    self.messages[i] = now;
+                }
+                if now.flags != m.flags {
+                    let line = self.flag_update(i + 1, &now, true);
+                    out.extend_from_slice(line.as_bytes());
+                    out.extend_from_slice(b"\r\n");
                 }
             }
         }
@@ -128,9 +195,11 @@ impl View {
         let before = self.messages.len();
         self.messages
             .extend(current.iter().filter(|m| m.uid > highest).copied());
-        if self.messages.len() > before {
+        let new: Vec<u32> = self.messages[before..].iter().map(|m| m.uid).collect();
+        if !new.is_empty() {
             out.extend_from_slice(format!("* {} EXISTS\r\n", self.messages.len()).as_bytes());
         }
+        Synced { new }
     }
 }
 
@@ -152,20 +221,19 @@ mod tests {
             received: 0,
             envelope_len: 1,
             flags: Flags::default(),
+            modseq: 1,
         }
     }
 
     fn view(uids: &[u32]) -> View {
-        View {
-            folder: FolderInfo {
-                name: "INBOX".into(),
-                key: "k".into(),
-                special_use: None,
-                read_only: false,
-            },
+        let folder = FolderInfo {
+            name: "INBOX".into(),
+            key: "k".into(),
+            special_use: None,
             read_only: false,
-            messages: uids.iter().map(|u| meta(*u)).collect(),
-        }
+            keeps_flags: true,
+        };
+        View::new(folder, false, uids.iter().map(|u| meta(*u)).collect())
     }
 
     #[test]

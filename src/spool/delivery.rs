@@ -209,6 +209,7 @@ impl Delivery {
                     received,
                     envelope_len: envelope_len as u32,
                     flags: Flags::default(),
+                    modseq: 0,
                 },
                 also_intake,
                 reply,

@@ -10,8 +10,8 @@ use tokio::sync::broadcast;
 use super::{Spool, SpoolError};
 use crate::crypto::Identity;
 use crate::mailbox::MailboxRecord;
-use crate::message::{Flags, MessageMeta};
-use crate::store::{ChangeKey, FolderInfo, MailStore, MessageReader, StoreError};
+use crate::message::{FlagOp, Flags, MessageMeta};
+use crate::store::{ChangeKey, FlagUpdate, FolderInfo, MailStore, MessageReader, StoreError};
 use crate::telemetry::Telemetry;
 
 pub struct GatewayStore {
@@ -67,6 +67,7 @@ impl MailStore for GatewayStore {
             key: self.record.id.to_string(),
             special_use: None,
             read_only: false,
+            keeps_flags: true,
         }]
     }
 
@@ -89,9 +90,32 @@ impl MailStore for GatewayStore {
     fn set_flags(
         &self,
         _folder: &FolderInfo,
-        changes: &[(u32, Flags)],
-    ) -> Result<Vec<MessageMeta>, StoreError> {
-        Ok(self.spool.set_flags(&self.record.id, changes)?)
+        uids: &[u32],
+        op: FlagOp,
+        unchanged_since: Option<u64>,
+    ) -> Result<FlagUpdate, StoreError> {
+        Ok(self
+            .spool
+            .set_flags(&self.record.id, uids, op, unchanged_since)?)
+    }
+
+    fn keywords(&self, _folder: &FolderInfo) -> Vec<String> {
+        self.spool.keywords(&self.record.id).unwrap_or_else(|e| {
+            tracing::warn!(mailbox = %self.record.id, error = %e, "cannot read the keyword table");
+            Vec::new()
+        })
+    }
+
+    fn define_keywords(
+        &self,
+        _folder: &FolderInfo,
+        names: &[String],
+    ) -> Result<Option<Flags>, StoreError> {
+        Ok(self.spool.define_keywords(&self.record.id, names)?)
+    }
+
+    fn highest_modseq(&self, _folder: &FolderInfo) -> Result<u64, StoreError> {
+        Ok(self.spool.highest_modseq(&self.record.id)?)
     }
 
     fn expunge(&self, _folder: &FolderInfo, uids: &[u32]) -> Result<(), StoreError> {

@@ -13,6 +13,7 @@
 mod check;
 mod commit;
 mod delivery;
+mod flags;
 mod mailstore;
 
 use std::collections::{HashMap, HashSet};
@@ -27,7 +28,7 @@ use crate::crypto::{self, CryptoError, Identity, Recipient};
 use crate::fsutil;
 use crate::index::{Index, IndexError};
 use crate::mailbox::{MailboxError, MailboxId, Mailboxes};
-use crate::message::{Envelope, Flags, MessageMeta};
+use crate::message::{Envelope, MessageMeta};
 use check::clean_dir;
 pub use check::{check_files, scan_dir, DirScan, ReconcileReport};
 #[cfg(test)]
@@ -125,6 +126,9 @@ pub struct Spool {
     uids: Arc<Mutex<HashMap<MailboxId, UidState>>>,
     /// The archive intake, when the archive is on.
     intake: Arc<Mutex<Option<Arc<Intake>>>>,
+    /// The modseq of each mailbox's last expunge (see `flags`), and of this start.
+    expunged: Mutex<HashMap<MailboxId, u64>>,
+    started: u64,
     /// Mailboxes whose index entries are known to match their folder, with the index
     /// generation they were checked at. Any other mailbox (an index write failed, e.g. on a
     /// full disk, or the index was reopened since) is read from its folder, and the index
@@ -173,6 +177,8 @@ impl Spool {
             uids: Arc::new(Mutex::new(HashMap::new())),
             intake: Arc::new(Mutex::new(None)),
             fresh: Fresh::default(),
+            expunged: Mutex::new(HashMap::new()),
+            started: crate::message::next_modseq(),
         });
         let report = spool.reconcile()?;
         if report.added + report.removed > 0 {
@@ -229,50 +235,6 @@ impl Spool {
     /// Subscribes to "mailbox X changed" notifications.
     pub fn subscribe(&self) -> broadcast::Receiver<ChangeKey> {
         self.changes.subscribe()
-    }
-
-    /// Sets the flags of messages (by UID); returns the messages as they are now. Messages
-    /// that no longer exist are skipped. The rename is not fsync'd: a flag change lost in a
-    /// crash is harmless, and the next change of the folder makes it durable.
-    pub fn set_flags(
-        &self,
-        id: &MailboxId,
-        changes: &[(u32, Flags)],
-    ) -> Result<Vec<MessageMeta>, SpoolError> {
-        let _guard = self.edits.lock().unwrap();
-        let dir = self.mailboxes.msg_dir(id);
-        let mut updated = Vec::new();
-        let uids: Vec<u32> = changes.iter().map(|(uid, _)| *uid).collect();
-        let found: HashMap<u32, MessageMeta> = self
-            .find(id, &uids)?
-            .into_iter()
-            .map(|m| (m.uid, m))
-            .collect();
-        for (uid, flags) in changes {
-            let Some(&meta) = found.get(uid) else {
-                continue;
-            };
-            if meta.flags == *flags {
-                updated.push(meta);
-                continue;
-            }
-            let new = MessageMeta {
-                flags: *flags,
-                ..meta
-            };
-            match fs::rename(dir.join(meta.file_name()), dir.join(new.file_name())) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e.into()),
-            }
-            updated.push(new);
-        }
-        let entries: Vec<_> = updated.iter().map(|m| (id.clone(), *m)).collect();
-        if let Err(e) = self.index.insert(&entries) {
-            self.mark_stale(id, &e);
-        }
-        let _ = self.changes.send(id.to_string());
-        Ok(updated)
     }
 
     /// Brings the index in line with the files of every mailbox.
@@ -358,7 +320,14 @@ impl Spool {
             }
         }
         let files = scan_dir(&self.mailboxes.msg_dir(id))?;
-        let _ = self.repair(id, &files.messages);
+        // Once repaired, the index has what the files cannot say (modseqs).
+        if self.repair(id, &files.messages).is_ok() && self.is_fresh(id) {
+            if let Ok(list) = self.index.list(id) {
+                if list.len() == files.messages.len() {
+                    return Ok(list);
+                }
+            }
+        }
         Ok(files.messages)
     }
 
@@ -468,6 +437,7 @@ impl Spool {
             }
         }
         fsutil::sync_dir(&dir)?;
+        self.note_expunge(id);
         if let Err(e) = self.index.remove(id, uids) {
             self.mark_stale(id, &e);
         }
@@ -486,7 +456,12 @@ impl Spool {
         let mut problems = check_files(&self.data_dir)?;
         for record in self.mailboxes.list()? {
             let files = scan_dir(&self.mailboxes.msg_dir(&record.id))?;
-            let indexed = self.index.list(&record.id)?;
+            let indexed: Vec<MessageMeta> = self
+                .index
+                .list(&record.id)?
+                .into_iter()
+                .map(|m| MessageMeta { modseq: 0, ..m })
+                .collect();
             if indexed != files.messages {
                 problems.push(format!(
                     "{}: index lists {} messages, spool holds {}",

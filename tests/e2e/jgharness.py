@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-BIN = REPO / "target" / "release" / "journalgate"
+BIN = Path(os.environ.get("JG_BIN") or REPO / "target" / "release" / "journalgate")
 SHARED = REPO.parent / "shared"
 CORPUS = SHARED / "corpus"
 

@@ -213,18 +213,20 @@ def test_auditor_and_user_access(archive_gw):
             text = b"\n".join(r.lines("LIST"))
             assert b"alice" not in text and b"carol" not in text and b"Unknown" not in text, text
         r = c.select("INBOX")
-        assert r.exists() == [1] and r.code == "READ-ONLY", r
+        # read-write: per-user flags are kept (never \Deleted)
+        assert r.exists() == [1] and r.code == "READ-WRITE", r
         c.cmd("LOGOUT")
     finally:
         c.close()
 
-    # the auditor opens another user's folder and the catch-all, read-only
+    # the auditor opens another user's folder and the catch-all (read-write for the
+    # auditor's own flags; nothing can be deleted)
     c = raw_user(gw, AUD, users[AUD]["password"], mode="tls")
     try:
         for f, n in ((f"Users/{BOB}/Sent", 1), (f"Users/{CAROL}/INBOX", 1), (UNKNOWN, 1),
                      (f"Users/{ALICE}/INBOX", 0)):
             r = c.cmd(f"SELECT {quote(f)}")
-            assert r.ok and r.code == "READ-ONLY" and r.exists() == [n], (f, r)
+            assert r.ok and r.code == "READ-WRITE" and r.exists() == [n], (f, r)
         c.cmd("LOGOUT")
     finally:
         c.close()
@@ -558,7 +560,10 @@ def test_archive_folders_are_read_only(archive_gw):
             r = c.cmd(f"EXAMINE {quote(folder)}")
             assert r.ok and r.code == "READ-ONLY", r
             r = c.cmd(f"SELECT {quote(folder)}")
-            assert r.ok and r.code == "READ-ONLY", f"SELECT {folder}: {r}"
+            # read-write for per-user flags; nothing can be deleted, copied or moved
+            assert r.ok and r.code == "READ-WRITE", f"SELECT {folder}: {r}"
+            perm = r.code_value("PERMANENTFLAGS")
+            assert perm and b"\\Deleted" not in perm[0] and b"\\Seen" in perm[0], r
             n = r.exists()[-1]
             if n:
                 uid = uid_map(c)[0]

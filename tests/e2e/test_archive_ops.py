@@ -189,7 +189,8 @@ def test_idle_on_archive_inbox_sees_new_item(archive_gw):
     c = raw_user(gw, BOB, users[BOB]["password"])
     try:
         r = c.cmd("SELECT INBOX")
-        assert r.ok and r.code == "READ-ONLY" and r.exists() == [1], \
+        # READ-WRITE: each user keeps their own flags; nothing can be deleted
+        assert r.ok and r.code == "READ-WRITE" and r.exists() == [1], \
             f"SELECT INBOX: {r}\n{gw.log_tail()}"
         tag = c.next_tag()
         c.send(f"{tag} IDLE\r\n")

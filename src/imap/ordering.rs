@@ -1,0 +1,145 @@
+//! The SORT and THREAD commands (RFC 5256; SORT=DISPLAY, RFC 5957; ESORT, RFC 5267): the
+//! messages matching the search criteria, ordered by `sortkeys` or threaded by `thread`,
+//! from the sort fields of their headers.
+
+use imap_codec::imap_types::core::{Charset, Tag, Vec1};
+use imap_codec::imap_types::extensions::sort::SortCriterion;
+use imap_codec::imap_types::extensions::thread::ThreadingAlgorithm;
+use imap_codec::imap_types::search::SearchKey;
+
+use super::fetch::load;
+use super::search::{checked, matching, Answer};
+use super::sortkeys::{self, SortFields, SortItem};
+use super::state::{Authed, Conn, Selected};
+use super::thread;
+
+/// What a SORT asks for.
+pub(super) struct SortRequest {
+    pub criteria: Vec<SortCriterion>,
+    pub charset: Charset<'static>,
+    pub search: Vec1<SearchKey<'static>>,
+    pub uid: bool,
+    /// ESORT RETURN options (empty: ALL); None for a plain SORT.
+    pub returns: Option<Vec<String>>,
+}
+
+/// What a THREAD asks for.
+pub(super) struct ThreadRequest {
+    pub algorithm: ThreadingAlgorithm<'static>,
+    pub charset: Charset<'static>,
+    pub search: Vec1<SearchKey<'static>>,
+    pub uid: bool,
+}
+
+pub(super) async fn sort(
+    conn: &mut Conn,
+    authed: &Authed,
+    selected: &mut Selected,
+    tag: &Tag<'_>,
+    request: SortRequest,
+) {
+    let key = SearchKey::And(request.search);
+    if let Err((bad, text)) = checked(&Some(request.charset), &key) {
+        answer_refusal(conn, tag, bad, text);
+        return;
+    }
+    let found = matching(authed, selected, &key).await;
+    let fields = sort_fields(authed, selected, &found).await;
+    let items = sort_items(selected, &found, &fields);
+    let order = sortkeys::sort(&items, &request.criteria);
+    let numbers: Vec<u32> = order
+        .iter()
+        .map(|&k| match request.uid {
+            true => items[k].uid,
+            false => items[k].seq,
+        })
+        .collect();
+    let answer = Answer {
+        numbers: &numbers,
+        uid: request.uid,
+        modseq: None,
+        sorted: true,
+    };
+    answer.write(conn, tag, request.returns.as_deref(), "SORT");
+    selected.sync(conn, authed, request.uid);
+    conn.tagged(tag, "OK SORT completed");
+}
+
+pub(super) async fn thread(
+    conn: &mut Conn,
+    authed: &Authed,
+    selected: &mut Selected,
+    tag: &Tag<'_>,
+    request: ThreadRequest,
+) {
+    let key = SearchKey::And(request.search);
+    if let Err((bad, text)) = checked(&Some(request.charset), &key) {
+        answer_refusal(conn, tag, bad, text);
+        return;
+    }
+    let found = matching(authed, selected, &key).await;
+    let fields = sort_fields(authed, selected, &found).await;
+    let items = sort_items(selected, &found, &fields);
+    let threads = match request.algorithm {
+        ThreadingAlgorithm::OrderedSubject => thread::ordered_subject(&items),
+        ThreadingAlgorithm::References => thread::references(&items),
+        ThreadingAlgorithm::Other(_) => {
+            conn.bad(tag, "Unknown threading algorithm");
+            return;
+        }
+    };
+    let rendered = thread::render(&threads, |k| match request.uid {
+        true => items[k].uid,
+        false => items[k].seq,
+    });
+    let sep = if rendered.is_empty() { "" } else { " " };
+    conn.line(format!("* THREAD{sep}{rendered}"));
+    selected.sync(conn, authed, request.uid);
+    conn.tagged(tag, "OK THREAD completed");
+}
+
+fn answer_refusal(conn: &mut Conn, tag: &Tag<'_>, bad: bool, text: &str) {
+    match bad {
+        true => conn.bad(tag, text),
+        false => conn.tagged(tag, text),
+    }
+}
+
+/// The sort fields of the messages at `indexes` of the view, from their headers (a message
+/// that cannot be read sorts with empty fields).
+async fn sort_fields(authed: &Authed, selected: &Selected, indexes: &[usize]) -> Vec<SortFields> {
+    let view = &selected.view;
+    let mut out = Vec::with_capacity(indexes.len());
+    for &i in indexes {
+        let fields = match load(authed, &view.folder, &view.messages[i]).await {
+            Ok(content) => {
+                let end = crate::mime::header_end(&content.raw);
+                sortkeys::extract(&content.raw[..end])
+            }
+            Err(_) => SortFields::default(),
+        };
+        out.push(fields);
+    }
+    out
+}
+
+fn sort_items<'a>(
+    selected: &Selected,
+    indexes: &[usize],
+    fields: &'a [SortFields],
+) -> Vec<SortItem<'a>> {
+    indexes
+        .iter()
+        .zip(fields)
+        .map(|(&i, fields)| {
+            let m = &selected.view.messages[i];
+            SortItem {
+                seq: i as u32 + 1,
+                uid: m.uid,
+                arrival: m.received,
+                size: m.size,
+                fields,
+            }
+        })
+        .collect()
+}
