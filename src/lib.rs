@@ -30,5 +30,6 @@ pub mod smtp;
 pub mod spool;
 pub mod store;
 pub mod telemetry;
+pub mod textindex;
 pub mod tls;
 pub mod trace;

@@ -14,6 +14,7 @@ use std::sync::Mutex;
 use tokio::sync::broadcast;
 
 use crate::message::{FlagOp, Flags, MessageMeta};
+use crate::textindex::Verdict;
 
 /// Names a folder that changed in a change notification.
 pub type ChangeKey = String;
@@ -142,6 +143,38 @@ pub trait MailStore: Send + Sync {
 
     /// Message bodies (or body parts) of these UIDs were sent to the client.
     fn fetched(&self, _folder: &FolderInfo, _uids: &[u32]) {}
+
+    /// The header of a message (through its blank line) when the store keeps it apart from
+    /// the message (a summary), so that ENVELOPE, header fetches, header SEARCH and SORT
+    /// need not read the message; `None`: read the message. Blocking.
+    fn header(
+        &self,
+        _folder: &FolderInfo,
+        _meta: &MessageMeta,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(None)
+    }
+
+    /// [`MailStore::header`] of several messages at once (one lookup of the folder).
+    fn headers(
+        &self,
+        folder: &FolderInfo,
+        metas: &[MessageMeta],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        metas.iter().map(|m| self.header(folder, m)).collect()
+    }
+
+    /// What the store's text index says about `needle` (TEXT when `text`, else BODY) for
+    /// each of `metas`; `None` when the store has no index. Blocking.
+    fn text_verdicts(
+        &self,
+        _folder: &FolderInfo,
+        _metas: &[MessageMeta],
+        _needle: &[u8],
+        _text: bool,
+    ) -> Result<Option<Vec<Verdict>>, StoreError> {
+        Ok(None)
+    }
 
     /// False once the login's key is no longer current (password reset, login deleted):
     /// an open session must end then.

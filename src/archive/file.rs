@@ -17,6 +17,8 @@ use super::envelope::{self, JournalEnvelope};
 use super::plan::Plan;
 use super::source::{DigestWriter, Fingerprint, HashingWriter, Source, Written, SALT_BYTES};
 use super::store::Item;
+use super::summary::{Capture, Plain};
+use super::summarytables::SealedSummary;
 use super::{Archive, ArchiveError};
 
 /// Intake files archived per durable commit (at most; fewer when the queue runs dry).
@@ -38,6 +40,8 @@ pub(super) struct Delta {
     pub(super) keep_intake: bool,
     /// Item files written, for the integrity chain.
     pub(super) chain: Vec<Change>,
+    /// Sealed summaries of the items written.
+    pub(super) summaries: Vec<(u64, SealedSummary)>,
 }
 
 impl Delta {
@@ -66,6 +70,7 @@ pub(super) struct Pending {
     pub(super) changed: BTreeSet<String>,
     pub(super) chain: Vec<Change>,
     pub(super) envelopes: Vec<(u64, u64)>,
+    pub(super) summaries: Vec<(u64, SealedSummary)>,
 }
 
 impl Pending {
@@ -86,6 +91,7 @@ impl Pending {
         self.counters.extend(delta.counters);
         self.chain.extend(delta.chain);
         self.envelopes.extend(delta.envelopes);
+        self.summaries.extend(delta.summaries);
         self.next_item = self.next_item.max(delta.next_item);
         self.done.push(name);
         self.intake.push((path, delta.keep_intake));
@@ -272,6 +278,11 @@ impl Archive {
         if op == Op::Filed {
             delta.published.push(id);
         }
+        if let Some(summary) = written.summary.as_ref() {
+            if let Some(sealed) = self.seal_summary(id, summary) {
+                delta.summaries.push((id, sealed));
+            }
+        }
         delta.chain.push(Change {
             op,
             item: id,
@@ -293,7 +304,15 @@ impl Archive {
         base64: bool,
         keys: &[String],
     ) -> Result<Written, ArchiveError> {
-        self.write_sealed(keys, |sink| source.copy_original(range, base64, sink))
+        let mut plain = None;
+        let mut written = self.write_sealed(keys, |sink| {
+            let mut capture = Capture::new(sink);
+            source.copy_original(range, base64, &mut capture)?;
+            plain = Plain::of(capture, keys);
+            Ok(())
+        })?;
+        written.summary = plain;
+        Ok(written)
     }
 
     /// Seals what `fill` writes to `keys` into the open pack (made durable by the next
@@ -328,6 +347,7 @@ impl Archive {
             })
         })?;
         Ok(Written {
+            summary: None,
             location,
             size,
             sealed: Sealed {

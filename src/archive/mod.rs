@@ -39,6 +39,8 @@ mod source;
 mod stats;
 mod storage;
 pub mod store;
+pub mod summary;
+mod summarytables;
 pub mod users;
 mod worker;
 
@@ -147,6 +149,8 @@ pub struct Archive {
     /// The epoch new items are sealed in (see [`crate::crypto::epoch`]); replaced every
     /// `key_epoch_hours` and at each start, its secret never written anywhere.
     epoch: Mutex<Arc<Epoch>>,
+    /// The worker's summary keysets in the current epoch.
+    keysets: Mutex<summary::Keysets>,
     /// Signs the integrity chain's checkpoints (kept outside `data_dir`).
     signing_key: ed25519_dalek::SigningKey,
     /// Key of the duplicate hashes, so no Message-ID is stored in a guessable form.
@@ -209,6 +213,7 @@ impl Archive {
             intake_key: Arc::new(SymmetricKey::from_identity(&intake_identity, "intake")),
             intake_identity,
             epoch: Mutex::new(Arc::new(Epoch::new())),
+            keysets: Mutex::new(summary::Keysets::default()),
             signing_key,
             secret,
             spool,

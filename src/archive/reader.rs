@@ -175,6 +175,23 @@ impl Archive {
             .ok_or(ArchiveError::NoSuchMessage)
     }
 
+    /// The item behind a UID of a folder.
+    pub(super) fn entry_item(&self, folder: &str, uid: u32) -> Result<u64, ArchiveError> {
+        Ok(self.entry(folder, uid)?.item)
+    }
+
+    /// UID -> item of every entry of a folder.
+    pub(super) fn uid_items(
+        &self,
+        folder: &str,
+    ) -> Result<std::collections::HashMap<u32, u64>, ArchiveError> {
+        Ok(self
+            .folder_entries(folder)?
+            .into_iter()
+            .map(|e| (e.uid, e.item))
+            .collect())
+    }
+
     /// Opens an archived message for reading. Blocking.
     pub fn open_message(
         &self,
@@ -246,6 +263,7 @@ pub struct ArchiveStore {
     user: UserRecord,
     keyring: Keyring,
     access: Access,
+    summaries: super::summary::SummaryReader,
 }
 
 /// Where a session's folder openings and fetches are recorded, and from which client.
@@ -270,6 +288,7 @@ impl ArchiveStore {
             user,
             keyring: Keyring::new(identity),
             access,
+            summaries: Default::default(),
         }
     }
 
@@ -321,6 +340,45 @@ impl MailStore for ArchiveStore {
             .archive
             .open_message(&folder.key, meta.uid, &self.keyring)?;
         Ok(Box::new(reader))
+    }
+
+    fn header(
+        &self,
+        folder: &FolderInfo,
+        meta: &MessageMeta,
+    ) -> Result<Option<Vec<u8>>, MailStoreError> {
+        Ok(self
+            .archive
+            .summary_header(&folder.key, meta.uid, &self.keyring, &self.summaries)?)
+    }
+
+    fn headers(
+        &self,
+        folder: &FolderInfo,
+        metas: &[MessageMeta],
+    ) -> Result<Vec<Option<Vec<u8>>>, MailStoreError> {
+        let uids: Vec<u32> = metas.iter().map(|m| m.uid).collect();
+        Ok(self
+            .archive
+            .summary_headers(&folder.key, &uids, &self.keyring, &self.summaries)?)
+    }
+
+    fn text_verdicts(
+        &self,
+        folder: &FolderInfo,
+        metas: &[MessageMeta],
+        needle: &[u8],
+        text: bool,
+    ) -> Result<Option<Vec<crate::textindex::Verdict>>, MailStoreError> {
+        let uids: Vec<u32> = metas.iter().map(|m| m.uid).collect();
+        Ok(Some(self.archive.summary_verdicts(
+            &folder.key,
+            &uids,
+            needle,
+            text,
+            &self.keyring,
+            &self.summaries,
+        )?))
     }
 
     fn set_flags(

@@ -90,6 +90,8 @@ pub(super) struct Written {
     pub(super) location: Location,
     pub(super) size: u64,
     pub(super) sealed: Sealed,
+    /// The summary to seal beside an original.
+    pub(super) summary: Option<super::summary::Plain>,
 }
 
 /// The keyed hashes that tell duplicates apart: of the exact bytes, and of the bytes

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::chain::{self, Change, Checkpoint, Link};
 use super::pack::Location;
+use super::summarytables::SealedSummary;
 
 /// (folder, uid) -> (item, received, size)
 const ENTRIES: TableDefinition<(&str, u32), (u64, i64, u64)> = TableDefinition::new("entries");
@@ -133,6 +134,8 @@ pub struct Batch {
     pub envelopes: Vec<(u64, u64)>,
     /// (pack, bytes committed, closed): how far the packs written to are committed.
     pub packs: Vec<(u64, u64, bool)>,
+    /// Sealed summaries of the items written.
+    pub summaries: Vec<(u64, SealedSummary)>,
 }
 
 impl Store {
@@ -152,6 +155,7 @@ impl Store {
         txn.open_table(CHAIN_OF).map_err(err)?;
         txn.open_table(PACKS).map_err(err)?;
         super::flagtables::create_tables(&txn)?;
+        super::summarytables::create_tables(&txn)?;
         txn.commit().map_err(err)?;
         Ok(Store { db })
     }
@@ -234,6 +238,7 @@ impl Store {
         }
         append_links(&txn, &batch.chain)?;
         super::flagtables::record_filed(&txn, &placed)?;
+        super::summarytables::record(&txn, &batch.summaries)?;
         {
             let mut packs = txn.open_table(PACKS).map_err(err)?;
             for (id, committed, closed) in batch.packs {
@@ -571,6 +576,7 @@ impl Store {
         }
         append_links(&txn, &removed)?;
         super::flagtables::record_removed(&txn, &gone_entries)?;
+        super::summarytables::forget(&txn, ids)?;
         txn.commit().map_err(err)?;
         Ok(folders_changed)
     }

@@ -390,3 +390,64 @@ async fn verify_finds_altered_cut_and_missing_items_and_a_cut_chain() {
     spool.shutdown();
     fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn summaries_open_for_readers_only_and_answer_like_the_message() {
+    let (dir, spool, archive, mbx) = setup(ArchiveConfig {
+        envelope_headers: vec![crate::config::EnvelopeHeader {
+            network: "127.0.0.0/8".parse().unwrap(),
+            header: "X-Envelope-To".into(),
+        }],
+        ..ArchiveConfig::default()
+    });
+    let users = archive.users();
+    let (bob, bob_pw) = users.add("bob@x.example", &[], "", false).unwrap();
+    let (carol, carol_pw) = users.add("carol@x.example", &[], "", false).unwrap();
+    let keyring = |id: &str, pw: &str| {
+        let wrapped = archive.users().wrapped_identity(id).unwrap();
+        Keyring::new(crypto::unwrap_identity(&wrapped, pw).unwrap())
+    };
+    let raw =
+        "X-Envelope-To: <bob@x.example>\r\nSubject: Quarterly figures\r\n\r\nrevenue grew\r\n";
+    deliver(&spool, &mbx, raw.as_bytes(), chrono::Utc::now().timestamp()).await;
+    archive_all(&archive);
+    let inbox = format!("{}/INBOX", bob.id);
+    let uid = archive.list(&inbox, &bob).unwrap()[0].uid;
+    let whole = read_all(&archive, &inbox, uid, keyring(&bob.id, &bob_pw).identity());
+    let reader = summary::SummaryReader::default();
+    let bob_keys = keyring(&bob.id, &bob_pw);
+    let header = archive
+        .summary_header(&inbox, uid, &bob_keys, &reader)
+        .unwrap()
+        .expect("a summary for the reader");
+    assert_eq!(
+        header,
+        whole.as_bytes()[..crate::mime::header_end(whole.as_bytes())]
+    );
+    let verdicts = |needle: &str, text: bool| {
+        archive
+            .summary_verdicts(&inbox, &[uid], needle.as_bytes(), text, &bob_keys, &reader)
+            .unwrap()
+    };
+    use crate::textindex::Verdict;
+    assert_eq!(verdicts("REVENUE", false), vec![Verdict::Yes]);
+    assert_eq!(verdicts("quarterly", false), vec![Verdict::No]);
+    assert_eq!(verdicts("quarterly", true), vec![Verdict::Yes]);
+    assert_eq!(verdicts("absent", true), vec![Verdict::No]);
+    assert_eq!(verdicts("revenue grew", true), vec![Verdict::Maybe]);
+    // Another user's key opens nothing (not even through a fresh reader).
+    let carol_keys = keyring(&carol.id, &carol_pw);
+    let other = summary::SummaryReader::default();
+    let got = archive
+        .summary_header(&inbox, uid, &carol_keys, &other)
+        .unwrap();
+    assert!(got.is_none());
+    // Nothing of the header or the words is in the database in the clear.
+    drop(archive);
+    let db = fs::read(dir.join("archive/archive.redb")).unwrap();
+    for needle in [&b"Quarterly"[..], b"quarterly", b"revenue"] {
+        assert!(memchr::memmem::find(&db, needle).is_none());
+    }
+    spool.shutdown();
+    fs::remove_dir_all(dir).unwrap();
+}

@@ -236,6 +236,7 @@ impl Archive {
             done: std::mem::take(&mut pending.done),
             chain: std::mem::take(&mut pending.chain),
             envelopes: std::mem::take(&mut pending.envelopes),
+            summaries: std::mem::take(&mut pending.summaries),
             packs: pack.into_iter().collect(),
         };
         let applied = self.store.apply(batch);

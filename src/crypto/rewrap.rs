@@ -153,7 +153,8 @@ pub fn add_recipients<R: BufRead, W: Write>(
     Ok(io::copy(input, out)?)
 }
 
-fn parse_stanzas(mut input: &[u8]) -> Option<Vec<Stanza>> {
+/// Reads back stanzas written one after another by [`stanza_bytes`].
+pub fn parse_stanzas(mut input: &[u8]) -> Option<Vec<Stanza>> {
     let mut out = Vec::new();
     while !input.is_empty() {
         let (rest, stanza) = age_core::format::read::legacy_age_stanza(input).ok()?;

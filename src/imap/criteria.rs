@@ -1,6 +1,10 @@
 //! SEARCH evaluation (RFC 3501 §6.4.4): every search key, over flags, sizes, dates, headers
 //! and text. Text matching is case-insensitive; header keys also match decoded values
-//! (RFC 2047 words), so a search for a non-ASCII subject finds it.
+//! (RFC 2047 words), so a search for a non-ASCII subject finds it. TEXT and BODY look at
+//! what [`crate::textindex`] defines, and take a store's index answers when it has them.
+//!
+//! Evaluation is three-valued: with only the metadata, or only the header, a key that needs
+//! more is unknown, and the search loads more only when the answer depends on it.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -12,13 +16,46 @@ use crate::message::{Flags, MessageMeta};
 
 use super::view::Ranges;
 use crate::mime;
+use crate::textindex::{self, Verdict};
 
 /// One message under test.
 pub struct Candidate<'a> {
     pub seq: u32,
     pub meta: &'a MessageMeta,
-    /// The message bytes, when any key needs them.
+    /// The message bytes (or only its header, see `whole`), when loaded.
     pub raw: Option<&'a [u8]>,
+    /// `raw` is the whole message, not only its header.
+    pub whole: bool,
+    /// The store index's answers for this message to TEXT/BODY keys.
+    pub answers: &'a [TextAnswer],
+}
+
+/// What a store's text index said about one message and one TEXT (`text`) or BODY key.
+#[derive(Debug, Clone)]
+pub struct TextAnswer {
+    pub needle: Vec<u8>,
+    pub text: bool,
+    pub verdict: Verdict,
+}
+
+/// The TEXT and BODY keys of the criteria: (needle, is TEXT).
+pub fn text_keys(key: &SearchKey<'_>, out: &mut Vec<(Vec<u8>, bool)>) {
+    use SearchKey::*;
+    match key {
+        And(keys) => keys.as_ref().iter().for_each(|k| text_keys(k, out)),
+        Not(k) => text_keys(k, out),
+        Or(a, b) => {
+            text_keys(a, out);
+            text_keys(b, out);
+        }
+        Body(s) | Text(s) => {
+            let entry = (s.as_ref().to_vec(), matches!(key, Text(_)));
+            if !out.contains(&entry) {
+                out.push(entry);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// What the search knows of the folder: sizes to resolve `*`, keyword names by slot, and
@@ -36,19 +73,6 @@ impl Bounds<'_> {
             .iter()
             .position(|k| k.as_bytes().eq_ignore_ascii_case(name))
             .is_some_and(|slot| flags.contains(Flags::keyword(slot)))
-    }
-}
-
-/// True when evaluating `key` requires the message content.
-pub fn needs_content(key: &SearchKey<'_>) -> bool {
-    use SearchKey::*;
-    match key {
-        And(keys) => keys.as_ref().iter().any(needs_content),
-        Not(k) => needs_content(k),
-        Or(a, b) => needs_content(a) || needs_content(b),
-        Bcc(_) | Body(_) | Cc(_) | From(_) | Header(..) | SentBefore(_) | SentOn(_)
-        | SentSince(_) | Subject(_) | Text(_) | To(_) => true,
-        _ => false,
     }
 }
 
@@ -79,11 +103,36 @@ pub fn strings_are_utf8(key: &SearchKey<'_>) -> bool {
     }
 }
 
+/// Whether the candidate matches; an unknown (content not loaded) counts as no.
 pub fn matches(key: &SearchKey<'_>, c: &Candidate<'_>, bounds: &Bounds) -> bool {
+    eval(key, c, bounds).unwrap_or(false)
+}
+
+/// Three-valued evaluation: `None` when the answer needs content the candidate lacks.
+pub fn eval(key: &SearchKey<'_>, c: &Candidate<'_>, bounds: &Bounds) -> Option<bool> {
     use SearchKey::*;
     let flags = c.meta.flags;
-    match key {
-        And(keys) => keys.as_ref().iter().all(|k| matches(k, c, bounds)),
+    let header = |f: &dyn Fn() -> bool| c.raw.map(|_| f());
+    Some(match key {
+        And(keys) => {
+            let mut unknown = false;
+            for k in keys.as_ref() {
+                match eval(k, c, bounds) {
+                    Some(false) => return Some(false),
+                    None => unknown = true,
+                    Some(true) => {}
+                }
+            }
+            return (!unknown).then_some(true);
+        }
+        Not(k) => return eval(k, c, bounds).map(|v| !v),
+        Or(a, b) => {
+            return match (eval(a, c, bounds), eval(b, c, bounds)) {
+                (Some(true), _) | (_, Some(true)) => Some(true),
+                (Some(false), Some(false)) => Some(false),
+                _ => None,
+            }
+        }
         SequenceSet(set) => Ranges::new(set, bounds.exists).contains(c.seq),
         Uid(set) => Ranges::new(set, bounds.largest_uid).contains(c.meta.uid),
         All => true,
@@ -108,26 +157,37 @@ pub fn matches(key: &SearchKey<'_>, c: &Candidate<'_>, bounds: &Bounds) -> bool 
         Before(d) => internal_date(c.meta) < *d.as_ref(),
         On(d) => internal_date(c.meta) == *d.as_ref(),
         Since(d) => internal_date(c.meta) >= *d.as_ref(),
-        SentBefore(d) => sent_date(c).is_some_and(|s| s < *d.as_ref()),
-        SentOn(d) => sent_date(c).is_some_and(|s| s == *d.as_ref()),
-        SentSince(d) => sent_date(c).is_some_and(|s| s >= *d.as_ref()),
-        From(s) => header_contains(c, "From", s.as_ref()),
-        To(s) => header_contains(c, "To", s.as_ref()),
-        Cc(s) => header_contains(c, "Cc", s.as_ref()),
-        Bcc(s) => header_contains(c, "Bcc", s.as_ref()),
-        Subject(s) => header_contains(c, "Subject", s.as_ref()),
+        SentBefore(d) => header(&|| sent_date(c).is_some_and(|s| s < *d.as_ref()))?,
+        SentOn(d) => header(&|| sent_date(c).is_some_and(|s| s == *d.as_ref()))?,
+        SentSince(d) => header(&|| sent_date(c).is_some_and(|s| s >= *d.as_ref()))?,
+        From(s) => header(&|| header_contains(c, "From", s.as_ref()))?,
+        To(s) => header(&|| header_contains(c, "To", s.as_ref()))?,
+        Cc(s) => header(&|| header_contains(c, "Cc", s.as_ref()))?,
+        Bcc(s) => header(&|| header_contains(c, "Bcc", s.as_ref()))?,
+        Subject(s) => header(&|| header_contains(c, "Subject", s.as_ref()))?,
         Header(name, value) => {
-            header_contains(c, &String::from_utf8_lossy(name.as_ref()), value.as_ref())
+            header(&|| header_contains(c, &String::from_utf8_lossy(name.as_ref()), value.as_ref()))?
         }
-        Body(s) => body_contains(c, s.as_ref()),
-        Text(s) => {
-            let raw = c.raw.unwrap_or_default();
-            contains(raw, s.as_ref()) || body_contains(c, s.as_ref())
-        }
-        Not(k) => !matches(k, c, bounds),
-        Or(a, b) => matches(a, c, bounds) || matches(b, c, bounds),
+        Body(s) => text_match(c, s.as_ref(), false)?,
+        Text(s) => text_match(c, s.as_ref(), true)?,
         #[allow(unreachable_patterns)]
         _ => false,
+    })
+}
+
+/// TEXT/BODY: the index's answer when it has a definite one, else the whole message.
+fn text_match(c: &Candidate<'_>, needle: &[u8], text: bool) -> Option<bool> {
+    let answer = c
+        .answers
+        .iter()
+        .find(|a| a.text == text && a.needle == needle);
+    match answer.map(|a| a.verdict) {
+        Some(Verdict::Yes) => Some(true),
+        Some(Verdict::No) => Some(false),
+        _ => match (c.raw, c.whole) {
+            (Some(raw), true) => Some(textindex::matches(raw, needle, text)),
+            _ => None,
+        },
     }
 }
 
@@ -165,8 +225,16 @@ fn header_contains(c: &Candidate<'_>, name: &str, needle: &[u8]) -> bool {
     if values.is_empty() {
         return false;
     }
-    if needle.is_empty() || values.iter().any(|v| contains(v, needle)) {
+    if needle.is_empty() || values.iter().any(|v| textindex::contains(v, needle)) {
         return true;
+    }
+    // The decoded form differs from the raw one only with encoded words, folding or
+    // quoted pairs: parse only then.
+    let differs = |v: &Vec<u8>| {
+        memchr::memmem::find(v, b"=?").is_some() || v.iter().any(|b| matches!(b, b'\\' | b'\n'))
+    };
+    if !values.iter().any(differs) {
+        return false;
     }
     // Decoded form (encoded words, address display names).
     let decoded = catch_unwind(AssertUnwindSafe(|| {
@@ -191,43 +259,7 @@ fn header_contains(c: &Candidate<'_>, name: &str, needle: &[u8]) -> bool {
     }))
     .ok()
     .flatten();
-    decoded.is_some_and(|d| contains(d.as_bytes(), needle))
-}
-
-fn body_contains(c: &Candidate<'_>, needle: &[u8]) -> bool {
-    let raw = c.raw.unwrap_or_default();
-    let body = &raw[mime::header_end(raw)..];
-    if contains(body, needle) {
-        return true;
-    }
-    // Decoded text parts (base64, quoted-printable).
-    let root = mime::parse(raw);
-    any_decoded_part_contains(raw, &root, needle)
-}
-
-fn any_decoded_part_contains(raw: &[u8], part: &mime::Part, needle: &[u8]) -> bool {
-    match &part.kind {
-        mime::Kind::Multipart(children) => children
-            .iter()
-            .any(|p| any_decoded_part_contains(raw, p, needle)),
-        mime::Kind::Message(inner) => any_decoded_part_contains(raw, inner, needle),
-        mime::Kind::Single => {
-            let enc = part.info.encoding.as_deref();
-            enc.is_some_and(|e| {
-                e.eq_ignore_ascii_case("base64") || e.eq_ignore_ascii_case("quoted-printable")
-            }) && contains(&mime::decode_body(enc, &raw[part.body.clone()]), needle)
-        }
-    }
-}
-
-/// Case-insensitive (ASCII) substring test.
-pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    if needle.is_empty() {
-        return true;
-    }
-    let needle = needle.to_ascii_lowercase();
-    let hay = haystack.to_ascii_lowercase();
-    memchr::memmem::find(&hay, &needle).is_some()
+    decoded.is_some_and(|d| textindex::contains(d.as_bytes(), needle))
 }
 
 #[cfg(test)]
@@ -242,6 +274,8 @@ mod tests {
             seq: 1,
             meta,
             raw: Some(MSG),
+            whole: true,
+            answers: &[],
         }
     }
 

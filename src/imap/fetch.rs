@@ -76,6 +76,7 @@ pub(super) async fn command(
             items
         };
     let needs = render::needs_content(items);
+    let header_only = render::header_suffices(items);
     let count_lines = render::needs_structure(items);
     let sets_seen = render::sets_seen(items) && !view.read_only;
     let audited = render::returns_body(items);
@@ -88,8 +89,15 @@ pub(super) async fn command(
         if needs {
             while next < chosen.len() && (next == k || ahead_bytes < PREFETCH_BYTES) {
                 let m = selected.view.messages[chosen[next]];
-                let size = m.size.min(render::IN_MEMORY_MAX);
-                let load = start_load(authed, &selected.view.folder, &m, count_lines);
+                let size = match header_only {
+                    true => HEADER_GUESS,
+                    false => m.size.min(render::IN_MEMORY_MAX),
+                };
+                let how = match header_only {
+                    true => Load::Header,
+                    false => Load::Whole { count_lines },
+                };
+                let load = start_load(authed, &selected.view.folder, &m, how);
                 ahead.push_back((load, size));
                 ahead_bytes += size;
                 next += 1;
@@ -239,27 +247,58 @@ async fn joined(handle: JoinHandle<Result<Content, StoreError>>) -> Result<Conte
     handle.await.map_err(StoreError::unavailable)?
 }
 
-/// Decrypts a message: whole when small, only its header when large.
-pub(super) async fn load(
-    authed: &Authed,
-    folder: &FolderInfo,
-    meta: &MessageMeta,
-) -> Result<Content, StoreError> {
-    joined(start_load(authed, folder, meta, false)).await
+/// What to load of a message.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Load {
+    /// Only the header.
+    Header,
+    /// The whole message when small, else its header (and the body's line count).
+    Whole { count_lines: bool },
+}
+
+/// Read-ahead budget per header (FETCH of headers only).
+const HEADER_GUESS: u64 = 4096;
+
+/// The header of a message read from its start (up to [`render::MAX_HEADER`]).
+fn read_header(mut reader: impl Read) -> std::io::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(8192);
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            return Ok(head);
+        }
+        head.extend_from_slice(&buf[..n]);
+        let end = crate::mime::header_end(&head);
+        if end < head.len() || head.len() >= render::MAX_HEADER {
+            head.truncate(end.min(render::MAX_HEADER));
+            return Ok(head);
+        }
+    }
 }
 
 /// Starts decrypting a message on a blocking thread (FETCH reads ahead with this). A large
 /// message keeps only its header; with `count_lines` the rest is read once to count its lines.
-fn start_load(
+pub(super) fn start_load(
     authed: &Authed,
     folder: &FolderInfo,
     meta: &MessageMeta,
-    count_lines: bool,
+    how: Load,
 ) -> JoinHandle<Result<Content, StoreError>> {
     let (store, folder, meta) = (authed.account.store.clone(), folder.clone(), *meta);
     tokio::task::spawn_blocking(move || {
-        let reader = store.open(&folder, &meta)?;
         let io = |e: std::io::Error| StoreError::unavailable(e);
+        let count_lines = match how {
+            Load::Header => {
+                let head = match store.header(&folder, &meta)? {
+                    Some(head) => head,
+                    None => read_header(store.open(&folder, &meta)?).map_err(io)?,
+                };
+                return Ok(Content::header_only(head, meta.size, None));
+            }
+            Load::Whole { count_lines } => count_lines,
+        };
+        let reader = store.open(&folder, &meta)?;
         if meta.size <= render::IN_MEMORY_MAX {
             let mut raw = Vec::with_capacity(meta.size as usize);
             reader

@@ -25,6 +25,7 @@ mod fetch;
 mod idle;
 mod input;
 mod mailboxes;
+mod matching;
 mod ordering;
 mod render;
 mod search;

@@ -7,8 +7,8 @@ use imap_codec::imap_types::extensions::sort::SortCriterion;
 use imap_codec::imap_types::extensions::thread::ThreadingAlgorithm;
 use imap_codec::imap_types::search::SearchKey;
 
-use super::fetch::load;
-use super::search::{checked, matching, Answer};
+use super::matching::matching;
+use super::search::{checked, Answer};
 use super::sortkeys::{self, SortFields, SortItem};
 use super::state::{Authed, Conn, Selected};
 use super::thread;
@@ -108,19 +108,11 @@ fn answer_refusal(conn: &mut Conn, tag: &Tag<'_>, bad: bool, text: &str) {
 /// The sort fields of the messages at `indexes` of the view, from their headers (a message
 /// that cannot be read sorts with empty fields).
 async fn sort_fields(authed: &Authed, selected: &Selected, indexes: &[usize]) -> Vec<SortFields> {
-    let view = &selected.view;
-    let mut out = Vec::with_capacity(indexes.len());
-    for &i in indexes {
-        let fields = match load(authed, &view.folder, &view.messages[i]).await {
-            Ok(content) => {
-                let end = crate::mime::header_end(&content.raw);
-                sortkeys::extract(&content.raw[..end])
-            }
-            Err(_) => SortFields::default(),
-        };
-        out.push(fields);
-    }
-    out
+    super::matching::headers(authed, &selected.view, indexes)
+        .await
+        .into_iter()
+        .map(|head| head.map(|h| sortkeys::extract(&h)).unwrap_or_default())
+        .collect()
 }
 
 fn sort_items<'a>(

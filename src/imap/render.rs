@@ -155,6 +155,26 @@ pub fn needs_content(items: &[MessageDataItemName<'_>]) -> bool {
     })
 }
 
+/// True when the message header is all the items need (ENVELOPE, header sections of the
+/// message itself, metadata).
+pub fn header_suffices(items: &[MessageDataItemName<'_>]) -> bool {
+    use imap_codec::imap_types::fetch::Section;
+    use MessageDataItemName as N;
+    items.iter().all(|i| match i {
+        N::Uid | N::Flags | N::InternalDate | N::Rfc822Size | N::ModSeq => true,
+        N::Envelope | N::Rfc822Header => true,
+        N::BodyExt { section, .. } => matches!(
+            section,
+            Some(
+                Section::Header(None)
+                    | Section::HeaderFields(None, _)
+                    | Section::HeaderFieldsNot(None, _)
+            )
+        ),
+        _ => false,
+    })
+}
+
 /// True if any item sets \Seen (non-PEEK body fetches).
 pub fn sets_seen(items: &[MessageDataItemName<'_>]) -> bool {
     use MessageDataItemName as N;

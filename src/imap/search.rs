@@ -1,13 +1,13 @@
 //! The SEARCH command (RFC 3501 §6.4.4): charset check, then each message of the selected
-//! folder tested against the criteria (see `criteria`), decrypting only when a key needs the
-//! message content; answered as `* SEARCH` or, with RETURN options, `* ESEARCH` (RFC 4731),
+//! folder tested against the criteria (see `criteria` and `matching`), reading only what
+//! the answer needs; answered as `* SEARCH` or, with RETURN options, `* ESEARCH` (RFC 4731),
 //! with the highest MODSEQ when the criteria use MODSEQ (RFC 7162 §3.1.5).
 
 use imap_codec::imap_types::core::{Charset, Tag, Vec1};
 use imap_codec::imap_types::search::SearchKey;
 
-use super::criteria::{self, Bounds, Candidate};
-use super::fetch::load;
+use super::criteria;
+use super::matching::matching;
 use super::state::{Authed, Conn, Selected};
 
 /// What a SEARCH asks for.
@@ -137,40 +137,4 @@ impl Answer<'_> {
         }
         conn.line(out);
     }
-}
-
-/// Indexes (in the view) of the messages that match `key`, ascending.
-pub(super) async fn matching(
-    authed: &Authed,
-    selected: &Selected,
-    key: &SearchKey<'static>,
-) -> Vec<usize> {
-    let view = &selected.view;
-    let bounds = Bounds {
-        exists: view.exists(),
-        largest_uid: view.messages.last().map(|m| m.uid).unwrap_or(0),
-        keywords: &view.keywords,
-        recent: &view.recent,
-    };
-    let needs = criteria::needs_content(key);
-    let mut found = Vec::new();
-    for (i, meta) in view.messages.iter().enumerate() {
-        let content = if needs {
-            match load(authed, &view.folder, meta).await {
-                Ok(c) => Some(c),
-                Err(_) => continue,
-            }
-        } else {
-            None
-        };
-        let candidate = Candidate {
-            seq: i as u32 + 1,
-            meta,
-            raw: content.as_ref().map(|c| c.raw.as_slice()),
-        };
-        if criteria::matches(key, &candidate, &bounds) {
-            found.push(i);
-        }
-    }
-    found
 }

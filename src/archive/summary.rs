@@ -1,0 +1,313 @@
+//! Sealed summaries of archived items: the header (for ENVELOPE, header fetches, header
+//! SEARCH, SORT and THREAD) and the word index of `crate::textindex` (for SEARCH TEXT and
+//! BODY), written by the worker as it files each item, so that reading a folder never
+//! decrypts message bodies.
+//!
+//! Sealing: per epoch and reader set the worker makes a *keyset*, a random age file key
+//! wrapped for each reader exactly like an item's (epoch stanzas, see `crypto::epoch`);
+//! each summary is `nonce ‖ XChaCha20-Poly1305(SHA-256(label ‖ file key), summary)` with
+//! the item ID as associated data. A reader unwraps a keyset once (no key agreement: its
+//! keyring caches the epoch key) and then opens thousands of summaries with symmetric
+//! crypto only. The server holds a keyset's key only as long as it holds the epoch's secret,
+//! which opens the items of that epoch anyway; after the epoch nothing on the server can.
+//! Readers without a stanza in the keyset (an item opened through a grant) read the item.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
+
+use age_core::format::FileKey;
+use age_core::secrecy::ExposeSecret;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use super::store::Store;
+use super::summarytables::{self, Part, SealedSummary};
+use super::{Archive, ArchiveError};
+use crate::crypto::epoch::Keyring;
+use crate::crypto::rewrap;
+use crate::textindex::{Tokens, Verdict};
+
+/// Messages up to this size get a word index (the worker holds one in memory).
+pub const INDEX_MAX: usize = 4 << 20;
+/// A header longer than this is not summarised (the item is read instead).
+const HEADER_MAX: usize = 256 << 10;
+const LABEL: &[u8] = b"journalgate.org/v1/summary";
+const NONCE_BYTES: usize = 24;
+
+type Key = Zeroizing<[u8; 32]>;
+
+fn derive(file_key: &FileKey) -> Key {
+    let digest = Sha256::new()
+        .chain_update(LABEL)
+        .chain_update(file_key.expose_secret())
+        .finalize();
+    Zeroizing::new(digest.into())
+}
+
+/// The start of an original, kept while it is sealed: the whole of it up to
+/// [`INDEX_MAX`], else its first [`HEADER_MAX`] bytes.
+pub(super) struct Capture<'a> {
+    inner: &'a mut dyn Write,
+    pub(super) bytes: Vec<u8>,
+    pub(super) complete: bool,
+}
+
+impl<'a> Capture<'a> {
+    pub(super) fn new(inner: &'a mut dyn Write) -> Self {
+        Capture {
+            inner,
+            bytes: Vec::new(),
+            complete: true,
+        }
+    }
+}
+
+impl Write for Capture<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        if self.complete && self.bytes.len() + n > INDEX_MAX {
+            self.complete = false;
+            self.bytes.truncate(HEADER_MAX);
+        }
+        let room = match self.complete {
+            true => n,
+            false => n.min(HEADER_MAX.saturating_sub(self.bytes.len())),
+        };
+        self.bytes.extend_from_slice(&buf[..room]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A summary before sealing: what the worker extracted from an original, and its readers.
+pub(super) struct Plain {
+    pub(super) header: Vec<u8>,
+    pub(super) words: Option<Vec<u8>>,
+    pub(super) keys: Vec<String>,
+}
+
+impl Plain {
+    /// The summary of a captured original (`None` when its header is not all there). CPU
+    /// work: the worker's thread.
+    pub(super) fn of(capture: Capture<'_>, keys: &[String]) -> Option<Plain> {
+        let end = crate::mime::header_end(&capture.bytes);
+        let whole_header = capture.complete || end < capture.bytes.len();
+        if !whole_header || end > HEADER_MAX {
+            return None;
+        }
+        let words = capture
+            .complete
+            .then(|| Tokens::of(&capture.bytes).encode());
+        Some(Plain {
+            header: capture.bytes[..end].to_vec(),
+            words,
+            keys: keys.to_vec(),
+        })
+    }
+}
+
+/// One reader set's keyset in the current epoch (the worker's side).
+struct Keyset {
+    id: u64,
+    key: Key,
+    stanzas: Arc<[u8]>,
+}
+
+/// The worker's keysets, for the epoch they were made in.
+#[derive(Default)]
+pub(super) struct Keysets {
+    epoch: String,
+    sets: HashMap<Vec<String>, Arc<Keyset>>,
+}
+
+impl Archive {
+    /// Seals a summary for item `id`; `None` (logged) if it cannot be: the item is then
+    /// read instead.
+    pub(super) fn seal_summary(&self, id: u64, plain: &Plain) -> Option<SealedSummary> {
+        let keyset = match self.keyset_for(&plain.keys) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot seal an archive summary");
+                return None;
+            }
+        };
+        let seal = |bytes: &[u8]| seal(&keyset.key, id, bytes);
+        Some(SealedSummary {
+            keyset: keyset.id,
+            stanzas: keyset.stanzas.clone(),
+            header: seal(&plain.header),
+            words: plain.words.as_deref().map(seal),
+        })
+    }
+
+    fn keyset_for(&self, keys: &[String]) -> Result<Arc<Keyset>, ArchiveError> {
+        let epoch = self.current_epoch();
+        let mut sorted = keys.to_vec();
+        sorted.sort();
+        let mut keysets = self.keysets.lock().unwrap_or_else(|p| p.into_inner());
+        if keysets.epoch != epoch.public() {
+            *keysets = Keysets {
+                epoch: epoch.public(),
+                sets: HashMap::new(),
+            };
+        }
+        if let Some(k) = keysets.sets.get(&sorted) {
+            return Ok(k.clone());
+        }
+        let mut raw = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut raw);
+        let file_key = FileKey::new(Box::new(raw));
+        let mut stanzas = Vec::new();
+        for k in &sorted {
+            stanzas.extend(rewrap::stanza_bytes(&epoch.recipient(k)?.stanza(&file_key)));
+        }
+        let keyset = Arc::new(Keyset {
+            id: rand::rngs::OsRng.next_u64(),
+            key: derive(&file_key),
+            stanzas: stanzas.into(),
+        });
+        keysets.sets.insert(sorted, keyset.clone());
+        Ok(keyset)
+    }
+}
+
+fn seal(key: &Key, item: u64, plain: &[u8]) -> Vec<u8> {
+    let mut nonce = [0u8; NONCE_BYTES];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let cipher = XChaCha20Poly1305::new(key.as_ref().into());
+    let aad = item.to_le_bytes();
+    let sealed = cipher
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: plain,
+                aad: &aad,
+            },
+        )
+        .expect("XChaCha20-Poly1305 encrypts any length");
+    [&nonce[..], &sealed].concat()
+}
+
+fn open(key: &Key, item: u64, sealed: &[u8]) -> Option<Vec<u8>> {
+    let nonce = sealed.get(..NONCE_BYTES)?;
+    let cipher = XChaCha20Poly1305::new(key.as_ref().into());
+    let aad = item.to_le_bytes();
+    let payload = Payload {
+        msg: &sealed[NONCE_BYTES..],
+        aad: &aad,
+    };
+    cipher.decrypt(XNonce::from_slice(nonce), payload).ok()
+}
+
+/// A reader's side: the keysets it has unwrapped (or failed to), for one session.
+#[derive(Default)]
+pub struct SummaryReader {
+    keys: Mutex<HashMap<u64, Option<Arc<Key>>>>,
+}
+
+impl SummaryReader {
+    fn key(&self, store: &Store, keyring: &Keyring, id: u64) -> Option<Arc<Key>> {
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = keys.get(&id) {
+            return k.clone();
+        }
+        let unwrapped = (|| {
+            let txn = store.db.begin_read().ok()?;
+            let bytes = summarytables::keyset(&txn, id).ok()??;
+            let stanzas = rewrap::parse_stanzas(&bytes)?;
+            let file_key = age::Identity::unwrap_stanzas(keyring, &stanzas)?.ok()?;
+            Some(Arc::new(derive(&file_key)))
+        })();
+        keys.insert(id, unwrapped.clone());
+        unwrapped
+    }
+
+    /// The opened `part` of each item's summary (`None`: none, or not for this reader).
+    fn open_all(
+        &self,
+        store: &Store,
+        keyring: &Keyring,
+        items: &[u64],
+        part: Part,
+    ) -> Result<Vec<Option<Vec<u8>>>, ArchiveError> {
+        let txn = store.db.begin_read().map_err(super::dberror::err)?;
+        let sealed = summarytables::read(&txn, items, part)?;
+        Ok(sealed
+            .into_iter()
+            .zip(items)
+            .map(|(s, item)| {
+                let (keyset, bytes) = s?;
+                open(&*self.key(store, keyring, keyset)?, *item, &bytes)
+            })
+            .collect())
+    }
+}
+
+impl Archive {
+    /// The header of the message behind a folder's UID, from its summary.
+    pub fn summary_header(
+        &self,
+        folder: &str,
+        uid: u32,
+        keyring: &Keyring,
+        reader: &SummaryReader,
+    ) -> Result<Option<Vec<u8>>, ArchiveError> {
+        let item = self.entry_item(folder, uid)?;
+        Ok(reader
+            .open_all(&self.store, keyring, &[item], Part::Header)?
+            .pop()
+            .flatten())
+    }
+
+    /// The headers of the messages behind a folder's UIDs, from their summaries.
+    pub fn summary_headers(
+        &self,
+        folder: &str,
+        uids: &[u32],
+        keyring: &Keyring,
+        reader: &SummaryReader,
+    ) -> Result<Vec<Option<Vec<u8>>>, ArchiveError> {
+        let items = self.items_of(folder, uids)?;
+        reader.open_all(&self.store, keyring, &items, Part::Header)
+    }
+
+    /// Items behind UIDs (`u64::MAX`, which has no summary, for a UID not in the folder).
+    fn items_of(&self, folder: &str, uids: &[u32]) -> Result<Vec<u64>, ArchiveError> {
+        if let [uid] = uids {
+            return Ok(vec![self.entry_item(folder, *uid).unwrap_or(u64::MAX)]);
+        }
+        let items = self.uid_items(folder)?;
+        Ok(uids
+            .iter()
+            .map(|uid| items.get(uid).copied().unwrap_or(u64::MAX))
+            .collect())
+    }
+
+    /// The word index's verdicts on `needle` for the messages of a folder by UID.
+    pub fn summary_verdicts(
+        &self,
+        folder: &str,
+        uids: &[u32],
+        needle: &[u8],
+        text: bool,
+        keyring: &Keyring,
+        reader: &SummaryReader,
+    ) -> Result<Vec<Verdict>, ArchiveError> {
+        let wanted = self.items_of(folder, uids)?;
+        let words = reader.open_all(&self.store, keyring, &wanted, Part::Words)?;
+        Ok(words
+            .into_iter()
+            .map(|w| match w.as_deref().and_then(Tokens::decode) {
+                Some(tokens) => tokens.verdict(needle, text),
+                None => Verdict::Maybe,
+            })
+            .collect())
+    }
+}

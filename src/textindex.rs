@@ -1,0 +1,235 @@
+//! What IMAP `SEARCH TEXT` and `SEARCH BODY` look at, and a word index that answers them
+//! without the message.
+//!
+//! The searchable text of a message is its raw header (TEXT only) and its body *segments*:
+//! the raw body with every base64 or quoted-printable leaf part replaced by its decoded
+//! content when it is text (`text/*`), and left out when it is not (decoded images and
+//! archives are not text). Matching is a case-insensitive (ASCII) substring test inside one
+//! segment. [`segments`] is used both by the live search and, through [`Tokens`], by the
+//! index, so the two always agree.
+//!
+//! The index of a message is the sorted set of its *words*, maximal runs of ASCII letters
+//! and digits and of bytes ≥ 0x80 (UTF-8), lower-cased, joined by `\n`. A needle that is
+//! one word occurs in the text exactly when it occurs inside one of its words, so the index
+//! answers it alone ([`Verdict::Yes`] or [`Verdict::No`]); a needle with separators (a
+//! phrase, an address) is ruled out when one of its words is missing and otherwise has to
+//! be checked against the message ([`Verdict::Maybe`]).
+
+use std::borrow::Cow;
+
+use crate::mime::{self, Kind, Part};
+
+/// What the index says about one message and one needle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Yes,
+    No,
+    /// The message must be read to know.
+    Maybe,
+}
+
+/// The body segments of a message (see the module doc).
+pub fn segments(raw: &[u8]) -> Vec<Cow<'_, [u8]>> {
+    let root = mime::parse(raw);
+    let mut encoded: Vec<(std::ops::Range<usize>, Option<Vec<u8>>)> = Vec::new();
+    collect_encoded(raw, &root, &mut encoded);
+    encoded.sort_by_key(|(range, _)| range.start);
+    let body = root.header.end.min(raw.len())..raw.len();
+    let mut out = Vec::new();
+    let mut at = body.start;
+    for (range, decoded) in encoded {
+        if range.start < at || range.end > body.end {
+            continue;
+        }
+        out.push(Cow::Borrowed(&raw[at..range.start]));
+        if let Some(text) = decoded {
+            out.push(Cow::Owned(text));
+        }
+        at = range.end;
+    }
+    out.push(Cow::Borrowed(&raw[at..body.end]));
+    out.retain(|s| !s.is_empty());
+    out
+}
+
+/// Encoded leaf bodies: (range, decoded text when the part is text).
+fn collect_encoded(
+    raw: &[u8],
+    part: &Part,
+    out: &mut Vec<(std::ops::Range<usize>, Option<Vec<u8>>)>,
+) {
+    match &part.kind {
+        Kind::Multipart(children) => children.iter().for_each(|p| collect_encoded(raw, p, out)),
+        Kind::Message(inner) => collect_encoded(raw, inner, out),
+        Kind::Single => {
+            let encoding = part.info.encoding.as_deref();
+            let encoded = encoding.is_some_and(|e| {
+                e.eq_ignore_ascii_case("base64") || e.eq_ignore_ascii_case("quoted-printable")
+            });
+            if !encoded || part.body.end > raw.len() || part.body.is_empty() {
+                return;
+            }
+            let text = part.info.ctype.eq_ignore_ascii_case("text");
+            let decoded = text.then(|| mime::decode_body(encoding, &raw[part.body.clone()]));
+            out.push((part.body.clone(), decoded));
+        }
+    }
+}
+
+/// The header of a message (the TEXT-only segment).
+pub fn header(raw: &[u8]) -> &[u8] {
+    &raw[..mime::header_end(raw)]
+}
+
+/// Case-insensitive (ASCII) substring test.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    if needle.is_empty() {
+        return true;
+    }
+    let needle = needle.to_ascii_lowercase();
+    let hay = haystack.to_ascii_lowercase();
+    memchr::memmem::find(&hay, &needle).is_some()
+}
+
+/// Live matching of `SEARCH BODY` (`text` false) or `SEARCH TEXT` (`text` true).
+pub fn matches(raw: &[u8], needle: &[u8], text: bool) -> bool {
+    if needle.is_empty() {
+        return true;
+    }
+    if text && contains(header(raw), needle) {
+        return true;
+    }
+    segments(raw).iter().any(|s| contains(s, needle))
+}
+
+fn is_word_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b >= 0x80
+}
+
+/// The word sets of a message's header and body.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tokens {
+    pub header: Vec<u8>,
+    pub body: Vec<u8>,
+}
+
+impl Tokens {
+    /// Indexes a whole message. CPU work: call it off the async threads.
+    pub fn of(raw: &[u8]) -> Tokens {
+        let segments = segments(raw);
+        Tokens {
+            header: words(std::iter::once(header(raw))),
+            body: words(segments.iter().map(|s| s.as_ref())),
+        }
+    }
+
+    /// `[u32 LE header length][header words][body words]`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(4 + self.header.len() + self.body.len());
+        out.extend_from_slice(&(self.header.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.header);
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Tokens> {
+        let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+        let rest = &bytes[4..];
+        Some(Tokens {
+            header: rest.get(..len)?.to_vec(),
+            body: rest.get(len..)?.to_vec(),
+        })
+    }
+
+    /// What the words say about `needle` (`text`: TEXT, else BODY).
+    pub fn verdict(&self, needle: &[u8], text: bool) -> Verdict {
+        let needle = needle.to_ascii_lowercase();
+        let pieces: Vec<&[u8]> = needle
+            .split(|b| !is_word_byte(*b))
+            .filter(|p| !p.is_empty())
+            .collect();
+        if pieces.is_empty() {
+            // Only separators: the words cannot say.
+            return if needle.is_empty() {
+                Verdict::Yes
+            } else {
+                Verdict::Maybe
+            };
+        }
+        let present = |p: &[u8]| {
+            let find = |list: &[u8]| memchr::memmem::find(list, p).is_some();
+            find(&self.body) || (text && find(&self.header))
+        };
+        if !pieces.iter().all(|p| present(p)) {
+            return Verdict::No;
+        }
+        let one_word = pieces.len() == 1 && pieces[0].len() == needle.len();
+        if one_word {
+            Verdict::Yes
+        } else {
+            Verdict::Maybe
+        }
+    }
+}
+
+/// Sorted unique lower-cased words of `texts`, joined by `\n`.
+fn words<'a>(texts: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut set = std::collections::BTreeSet::new();
+    for text in texts {
+        for word in text.split(|b| !is_word_byte(*b)).filter(|w| !w.is_empty()) {
+            if !set.contains(word) {
+                set.insert(word.to_vec());
+            }
+        }
+    }
+    let mut lower: Vec<Vec<u8>> = set.into_iter().map(|w| w.to_ascii_lowercase()).collect();
+    lower.sort_unstable();
+    lower.dedup();
+    lower.join(&b'\n')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MSG: &[u8] = b"From: Alice <alice@example.com>\r\nSubject: Quarterly figures\r\n\
+MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\
+Content-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n\
+Caf=C3=A9 revenue is up=\r\n ten percent\r\n--b\r\nContent-Type: application/pdf\r\n\
+Content-Transfer-Encoding: base64\r\n\r\nSGVsbG8gd29ybGQ=\r\n--b--\r\n";
+
+    #[test]
+    fn index_and_live_search_agree() {
+        let tokens = Tokens::of(MSG);
+        let cases: &[(&[u8], bool)] = &[
+            (b"quarterly", true),
+            (b"QUARTER", true),
+            (b"revenue", false),
+            (b"up ten", false),
+            (b"Caf\xc3\xa9", false),
+            (b"SGVsbG8", false),
+            (b"Hello", false),
+            (b"alice@example", true),
+            (b"absentword", true),
+            (b"application/pdf", false),
+            (b"", true),
+        ];
+        for (needle, text) in cases {
+            let live = matches(MSG, needle, *text);
+            let v = tokens.verdict(needle, *text);
+            assert!(
+                v == Verdict::Maybe || (v == Verdict::Yes) == live,
+                "{:?} text={text}: index {v:?}, live {live}",
+                String::from_utf8_lossy(needle)
+            );
+        }
+        // one word: the index alone answers
+        assert_eq!(tokens.verdict(b"revenue", false), Verdict::Yes);
+        assert_eq!(tokens.verdict(b"absentword", true), Verdict::No);
+        assert_eq!(tokens.verdict(b"quarterly", false), Verdict::No);
+        // the base64 of a non-text part is neither searched raw nor decoded
+        assert!(!matches(MSG, b"SGVsbG8", true));
+        assert!(matches(MSG, b"up ten", false));
+        assert_eq!(Tokens::decode(&tokens.encode()), Some(tokens));
+    }
+}
