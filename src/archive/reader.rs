@@ -180,15 +180,17 @@ impl Archive {
         Ok(self.entry(folder, uid)?.item)
     }
 
-    /// UID -> item of every entry of a folder.
-    pub(super) fn uid_items(
-        &self,
-        folder: &str,
-    ) -> Result<std::collections::HashMap<u32, u64>, ArchiveError> {
+    /// The items behind UIDs of a folder, by keyed lookups (`u64::MAX`, which has no
+    /// summary, for a UID not in the folder); in a hold's folder the UID is the item.
+    pub(super) fn items_of(&self, folder: &str, uids: &[u32]) -> Result<Vec<u64>, ArchiveError> {
+        if self.hold_of(folder)?.is_some() {
+            return Ok(uids.iter().map(|u| u64::from(*u)).collect());
+        }
         Ok(self
-            .folder_entries(folder)?
+            .store
+            .items_for(folder, uids)?
             .into_iter()
-            .map(|e| (e.uid, e.item))
+            .map(|i| i.unwrap_or(u64::MAX))
             .collect())
     }
 

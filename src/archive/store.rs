@@ -433,6 +433,15 @@ impl Store {
     }
 
     /// One entry of a folder.
+    /// The items behind UIDs of a folder, in one read.
+    pub fn items_for(&self, folder: &str, uids: &[u32]) -> Result<Vec<Option<u64>>, StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(ENTRIES).map_err(err)?;
+        uids.iter()
+            .map(|uid| Ok(table.get((folder, *uid)).map_err(err)?.map(|v| v.value().0)))
+            .collect()
+    }
+
     pub fn entry(&self, folder: &str, uid: u32) -> Result<Option<Entry>, StoreError> {
         let txn = self.db.begin_read().map_err(err)?;
         let table = txn.open_table(ENTRIES).map_err(err)?;

@@ -278,18 +278,6 @@ impl Archive {
         reader.open_all(&self.store, keyring, &items, Part::Header)
     }
 
-    /// Items behind UIDs (`u64::MAX`, which has no summary, for a UID not in the folder).
-    fn items_of(&self, folder: &str, uids: &[u32]) -> Result<Vec<u64>, ArchiveError> {
-        if let [uid] = uids {
-            return Ok(vec![self.entry_item(folder, *uid).unwrap_or(u64::MAX)]);
-        }
-        let items = self.uid_items(folder)?;
-        Ok(uids
-            .iter()
-            .map(|uid| items.get(uid).copied().unwrap_or(u64::MAX))
-            .collect())
-    }
-
     /// The word index's verdicts on `needle` for the messages of a folder by UID.
     pub fn summary_verdicts(
         &self,

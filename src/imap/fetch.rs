@@ -13,6 +13,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::load::{joined, start_load, HeaderChunks, Load};
 use super::render::{self, Chunk, Content, Renderer};
 use super::state::{Authed, Conn, Selected, FLUSH_AT};
 use crate::message::{Flags, MessageMeta};
@@ -85,18 +86,15 @@ pub(super) async fn command(
     let mut unknown_cte = false;
     let mut ahead: VecDeque<(JoinHandle<Result<Content, StoreError>>, u64)> = VecDeque::new();
     let (mut next, mut ahead_bytes) = (0usize, 0u64);
+    // Header-only items: headers in chunks (from the store's summaries when it has them).
+    let mut headers = (needs && header_only).then(|| HeaderChunks::new(authed, view, &chosen));
+    let mut chunk: VecDeque<(usize, Option<Vec<u8>>)> = VecDeque::new();
     for (k, &i) in chosen.iter().enumerate() {
-        if needs {
+        if needs && !header_only {
             while next < chosen.len() && (next == k || ahead_bytes < PREFETCH_BYTES) {
                 let m = selected.view.messages[chosen[next]];
-                let size = match header_only {
-                    true => HEADER_GUESS,
-                    false => m.size.min(render::IN_MEMORY_MAX),
-                };
-                let how = match header_only {
-                    true => Load::Header,
-                    false => Load::Whole { count_lines },
-                };
+                let size = m.size.min(render::IN_MEMORY_MAX);
+                let how = Load::Whole { count_lines };
                 let load = start_load(authed, &selected.view.folder, &m, how);
                 ahead.push_back((load, size));
                 ahead_bytes += size;
@@ -104,21 +102,31 @@ pub(super) async fn command(
             }
         }
         let mut meta = selected.view.messages[i];
-        let content = if needs {
+        let loaded = if let Some(chunks) = headers.as_mut() {
+            if chunk.is_empty() {
+                chunk.extend(chunks.next().await.unwrap_or_default());
+            }
+            match chunk.pop_front() {
+                Some((_, Some(head))) => Ok(Content::header_only(head, meta.size, None)),
+                _ => Err(StoreError::NoSuchMessage),
+            }
+        } else if needs {
             let (handle, size) = ahead.pop_front().expect("loaded ahead");
             ahead_bytes -= size;
-            match joined(handle).await {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    if !matches!(e, StoreError::NoSuchMessage) {
-                        tracing::error!(uid = meta.uid, error = %e, "cannot read message");
-                    }
-                    vanished = true;
-                    continue;
-                }
-            }
+            joined(handle).await
         } else {
-            None
+            Err(StoreError::NoSuchMessage)
+        };
+        let content = match (needs, loaded) {
+            (false, _) => None,
+            (true, Ok(c)) => Some(c),
+            (true, Err(e)) => {
+                if !matches!(e, StoreError::NoSuchMessage) {
+                    tracing::error!(uid = meta.uid, error = %e, "cannot read message");
+                }
+                vanished = true;
+                continue;
+            }
         };
         if content
             .as_ref()
@@ -241,98 +249,6 @@ async fn write(
         }
     }
     Ok(())
-}
-
-async fn joined(handle: JoinHandle<Result<Content, StoreError>>) -> Result<Content, StoreError> {
-    handle.await.map_err(StoreError::unavailable)?
-}
-
-/// What to load of a message.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Load {
-    /// Only the header.
-    Header,
-    /// The whole message when small, else its header (and the body's line count).
-    Whole { count_lines: bool },
-}
-
-/// Read-ahead budget per header (FETCH of headers only).
-const HEADER_GUESS: u64 = 4096;
-
-/// The header of a message read from its start (up to [`render::MAX_HEADER`]).
-fn read_header(mut reader: impl Read) -> std::io::Result<Vec<u8>> {
-    let mut head = Vec::with_capacity(8192);
-    let mut buf = [0u8; 8192];
-    loop {
-        let n = reader.read(&mut buf)?;
-        if n == 0 {
-            return Ok(head);
-        }
-        head.extend_from_slice(&buf[..n]);
-        let end = crate::mime::header_end(&head);
-        if end < head.len() || head.len() >= render::MAX_HEADER {
-            head.truncate(end.min(render::MAX_HEADER));
-            return Ok(head);
-        }
-    }
-}
-
-/// Starts decrypting a message on a blocking thread (FETCH reads ahead with this). A large
-/// message keeps only its header; with `count_lines` the rest is read once to count its lines.
-pub(super) fn start_load(
-    authed: &Authed,
-    folder: &FolderInfo,
-    meta: &MessageMeta,
-    how: Load,
-) -> JoinHandle<Result<Content, StoreError>> {
-    let (store, folder, meta) = (authed.account.store.clone(), folder.clone(), *meta);
-    tokio::task::spawn_blocking(move || {
-        let io = |e: std::io::Error| StoreError::unavailable(e);
-        let count_lines = match how {
-            Load::Header => {
-                let head = match store.header(&folder, &meta)? {
-                    Some(head) => head,
-                    None => read_header(store.open(&folder, &meta)?).map_err(io)?,
-                };
-                return Ok(Content::header_only(head, meta.size, None));
-            }
-            Load::Whole { count_lines } => count_lines,
-        };
-        let reader = store.open(&folder, &meta)?;
-        if meta.size <= render::IN_MEMORY_MAX {
-            let mut raw = Vec::with_capacity(meta.size as usize);
-            reader
-                .take(render::IN_MEMORY_MAX)
-                .read_to_end(&mut raw)
-                .map_err(io)?;
-            Ok(Content::whole(raw))
-        } else {
-            let mut reader = reader;
-            let mut head = Vec::new();
-            (&mut reader)
-                .take(render::MAX_HEADER as u64)
-                .read_to_end(&mut head)
-                .map_err(io)?;
-            let lines = match count_lines {
-                true => Some(body_lines(&head, reader).map_err(io)?),
-                false => None,
-            };
-            Ok(Content::header_only(head, meta.size, lines))
-        }
-    })
-}
-
-/// Lines of the body of a message whose first bytes are `head` and whose rest `rest` yields.
-fn body_lines(head: &[u8], mut rest: impl Read) -> std::io::Result<u64> {
-    let end = crate::mime::header_end(head);
-    let mut lines = memchr::memchr_iter(b'\n', &head[end..]).count() as u64;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match rest.read(&mut buf)? {
-            0 => return Ok(lines),
-            n => lines += memchr::memchr_iter(b'\n', &buf[..n]).count() as u64,
-        }
-    }
 }
 
 /// Streams `len` octets of a message from `start`, decrypting on a blocking thread.

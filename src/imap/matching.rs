@@ -6,21 +6,12 @@
 //!
 //! Also the header loads of SORT and THREAD ([`headers`]).
 
-use std::collections::VecDeque;
-
-use imap_codec::imap_types::search::SearchKey;
-use tokio::task::JoinHandle;
-
 use super::criteria::{self, Bounds, Candidate, TextAnswer};
-use super::fetch::{start_load, Load};
-use super::render::Content;
+use super::load::{HeaderChunks, Loads};
 use super::state::{Authed, Selected};
 use super::view::View;
 use crate::message::MessageMeta;
-use crate::store::StoreError;
-
-/// Loads in flight at once.
-const WINDOW: usize = 16;
+use imap_codec::imap_types::search::SearchKey;
 
 /// Indexes (in the view) of the messages that match `key`, ascending.
 pub(super) async fn matching(
@@ -75,7 +66,8 @@ pub(super) async fn matching(
         }
         undecided = still;
     }
-    let mut loads = Loads::new(authed, view, &undecided, true);
+    let rest = undecided.iter().map(|&i| (i, view.messages[i])).collect();
+    let mut loads = Loads::new(authed, &view.folder, rest, true);
     while let Some((i, content)) = loads.next().await {
         let Some(content) = content else { continue };
         let c = Candidate {
@@ -142,98 +134,4 @@ pub(super) async fn headers(
         out.extend(chunk.into_iter().map(|(_, header)| header));
     }
     out
-}
-
-/// Headers of messages in order, [`CHUNK`] at a time: from the store's summaries in one
-/// blocking call per chunk, and read from the messages where the store has none.
-struct HeaderChunks<'a> {
-    authed: &'a Authed,
-    view: &'a View,
-    indexes: &'a [usize],
-    next: usize,
-}
-
-/// Headers asked of the store at once.
-const CHUNK: usize = 512;
-
-impl<'a> HeaderChunks<'a> {
-    fn new(authed: &'a Authed, view: &'a View, indexes: &'a [usize]) -> Self {
-        HeaderChunks {
-            authed,
-            view,
-            indexes,
-            next: 0,
-        }
-    }
-
-    /// The next chunk: (view index, header or `None` when it cannot be read).
-    async fn next(&mut self) -> Option<Vec<(usize, Option<Vec<u8>>)>> {
-        let chunk = &self.indexes[self.next..(self.next + CHUNK).min(self.indexes.len())];
-        if chunk.is_empty() {
-            return None;
-        }
-        self.next += chunk.len();
-        let (store, folder) = (self.authed.account.store.clone(), self.view.folder.clone());
-        let metas: Vec<MessageMeta> = chunk.iter().map(|&i| self.view.messages[i]).collect();
-        let n = metas.len();
-        let summaries = tokio::task::spawn_blocking(move || store.headers(&folder, &metas))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .filter(|h| h.len() == n)
-            .unwrap_or_else(|| vec![None; n]);
-        let mut out: Vec<(usize, Option<Vec<u8>>)> = chunk.iter().copied().zip(summaries).collect();
-        let missing: Vec<usize> = out
-            .iter()
-            .filter(|(_, h)| h.is_none())
-            .map(|(i, _)| *i)
-            .collect();
-        let mut loads = Loads::new(self.authed, self.view, &missing, false);
-        let mut slot = out.iter_mut().filter(|(_, h)| h.is_none());
-        while let Some((_, content)) = loads.next().await {
-            if let Some(entry) = slot.next() {
-                entry.1 = content.map(|c| c.raw);
-            }
-        }
-        Some(out)
-    }
-}
-
-/// Messages loaded in order, [`WINDOW`] at a time.
-struct Loads<'a> {
-    authed: &'a Authed,
-    view: &'a View,
-    indexes: &'a [usize],
-    whole: bool,
-    next: usize,
-    ahead: VecDeque<(usize, JoinHandle<Result<Content, StoreError>>)>,
-}
-
-impl<'a> Loads<'a> {
-    fn new(authed: &'a Authed, view: &'a View, indexes: &'a [usize], whole: bool) -> Self {
-        Loads {
-            authed,
-            view,
-            indexes,
-            whole,
-            next: 0,
-            ahead: VecDeque::new(),
-        }
-    }
-
-    /// The next message: (view index, content or `None` when it cannot be read).
-    async fn next(&mut self) -> Option<(usize, Option<Content>)> {
-        while self.ahead.len() < WINDOW && self.next < self.indexes.len() {
-            let i = self.indexes[self.next];
-            self.next += 1;
-            let how = match self.whole {
-                true => Load::Whole { count_lines: false },
-                false => Load::Header,
-            };
-            let handle = start_load(self.authed, &self.view.folder, &self.view.messages[i], how);
-            self.ahead.push_back((i, handle));
-        }
-        let (i, handle) = self.ahead.pop_front()?;
-        Some((i, handle.await.ok().and_then(Result::ok)))
-    }
 }

@@ -24,6 +24,7 @@ mod criteria;
 mod fetch;
 mod idle;
 mod input;
+mod load;
 mod mailboxes;
 mod matching;
 mod ordering;
