@@ -3,9 +3,11 @@
 //! The directory is the registry, so the CLI can manage mailboxes whether or not `serve` runs.
 //! A mailbox ID is only ever turned into a path after [`MailboxId::parse`] has validated it.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use chrono::{SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
@@ -109,13 +111,40 @@ pub const MESSAGES: &str = "msg";
 #[derive(Debug, Clone)]
 pub struct Mailboxes {
     root: PathBuf,
+    /// Records read by [`Mailboxes::list`], with the (inode, mtime, length) of their file:
+    /// a record rewritten (always a new file) is read again.
+    listed: Arc<Mutex<HashMap<MailboxId, (RecordStamp, MailboxRecord)>>>,
 }
+
+type RecordStamp = (u64, Option<std::time::SystemTime>, u64);
 
 impl Mailboxes {
     pub fn new(data_dir: &Path) -> Mailboxes {
         Mailboxes {
             root: data_dir.join("mailboxes"),
+            listed: Arc::default(),
         }
+    }
+
+    /// A record for [`Mailboxes::list`]: the one read before while its file is the same.
+    fn load_listed(&self, id: &MailboxId) -> Result<MailboxRecord, MailboxError> {
+        use std::os::unix::fs::MetadataExt;
+        let stamp = match fs::metadata(self.dir(id).join(RECORD)) {
+            Ok(m) => (m.ino(), m.modified().ok(), m.len()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(MailboxError::NotFound(id.clone()))
+            }
+            Err(e) => return Err(MailboxError::Io(e)),
+        };
+        let mut listed = self.listed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((seen, record)) = listed.get(id) {
+            if *seen == stamp {
+                return Ok(record.clone());
+            }
+        }
+        let record = self.load(id)?;
+        listed.insert(id.clone(), (stamp, record.clone()));
+        Ok(record)
     }
 
     pub fn dir(&self, id: &MailboxId) -> PathBuf {
@@ -177,7 +206,7 @@ impl Mailboxes {
         for name in fsutil::entry_names(&self.root)? {
             if let Ok(id) = MailboxId::parse(&name) {
                 if id.as_str() == name {
-                    out.push(self.load(&id)?);
+                    out.push(self.load_listed(&id)?);
                 }
             }
         }

@@ -315,6 +315,50 @@ pub fn raw_field(header: &[u8], name: &str) -> Option<Vec<u8>> {
     raw_fields(header, name).into_iter().next()
 }
 
+/// The header fields ENVELOPE, SEARCH (FROM, TO, CC, BCC, SUBJECT, SENT*), SORT and THREAD
+/// use: a summary keeps them apart from the rest of a long header.
+pub const SUMMARY_FIELDS: [&str; 11] = [
+    "Date",
+    "Subject",
+    "From",
+    "Sender",
+    "Reply-To",
+    "To",
+    "Cc",
+    "Bcc",
+    "In-Reply-To",
+    "Message-ID",
+    "References",
+];
+
+/// Whether `name` is one of [`SUMMARY_FIELDS`].
+pub fn is_summary_field(name: &[u8]) -> bool {
+    SUMMARY_FIELDS
+        .iter()
+        .any(|f| f.as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// The [`SUMMARY_FIELDS`] lines of a header block, exactly as they are (continuation lines
+/// included), in their order, and the blank line.
+pub fn summary_header(header: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut keep = false;
+    for line in header.split_inclusive(|b| *b == b'\n') {
+        let folded = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
+        if !folded {
+            keep = line
+                .iter()
+                .position(|b| *b == b':')
+                .is_some_and(|colon| is_summary_field(line[..colon].trim_ascii()));
+        }
+        if keep && line.trim_ascii() != b"" {
+            out.extend_from_slice(line);
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
 /// The unfolded, trimmed raw values of every header field `name`, in order.
 pub fn raw_fields(header: &[u8], name: &str) -> Vec<Vec<u8>> {
     let mut values = Vec::new();
@@ -429,6 +473,20 @@ mod tests {
     use super::*;
 
     const MULTI: &[u8] = b"From: A <a@example.com>\r\nTo: b@example.com, \"C D\" <c@example.com>\r\nSubject: hi\r\nContent-Type: multipart/mixed; boundary=\"XX\"\r\n\r\npreamble\r\n--XX\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nhello\r\n--XX\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\ninner body\r\n--XX--\r\nepilogue\r\n";
+
+    #[test]
+    fn summary_header_keeps_the_summary_fields_exactly() {
+        let header = b"Received: from a\r\n by b\r\nSubject: one\r\n two\r\nX-Other: x\r\nfrom: A <a@x>\r\nTo: b@x,\r\n\tc@x\r\n\r\n";
+        assert_eq!(
+            summary_header(header),
+            b"Subject: one\r\n two\r\nfrom: A <a@x>\r\nTo: b@x,\r\n\tc@x\r\n\r\n".to_vec()
+        );
+        let mut full = Vec::new();
+        let mut mini = Vec::new();
+        crate::imap::structure::envelope(header, &mut full);
+        crate::imap::structure::envelope(&summary_header(header), &mut mini);
+        assert_eq!(full, mini);
+    }
 
     #[test]
     fn parts_are_exact_byte_ranges() {

@@ -88,6 +88,14 @@ pub struct FlagUpdate {
     pub refused: Vec<u32>,
 }
 
+/// A message's precomputed ENVELOPE and the header fields of
+/// [`crate::mime::SUMMARY_FIELDS`], from a store's summary.
+#[derive(Debug, Clone)]
+pub struct Fields {
+    pub envelope: Vec<u8>,
+    pub header: Vec<u8>,
+}
+
 /// One login's view of its messages.
 pub trait MailStore: Send + Sync {
     /// The folders this login may see, in the order LIST shows them.
@@ -153,6 +161,15 @@ pub trait MailStore: Send + Sync {
         _meta: &MessageMeta,
     ) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(None)
+    }
+
+    /// The summary fields of several messages (`None`: none kept; read the header). Blocking.
+    fn fields(
+        &self,
+        _folder: &FolderInfo,
+        metas: &[MessageMeta],
+    ) -> Result<Vec<Option<Fields>>, StoreError> {
+        Ok(vec![None; metas.len()])
     }
 
     /// [`MailStore::header`] of several messages at once (one lookup of the folder).

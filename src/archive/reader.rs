@@ -365,6 +365,17 @@ impl MailStore for ArchiveStore {
             .summary_headers(&folder.key, &uids, &self.keyring, &self.summaries)?)
     }
 
+    fn fields(
+        &self,
+        folder: &FolderInfo,
+        metas: &[MessageMeta],
+    ) -> Result<Vec<Option<crate::store::Fields>>, MailStoreError> {
+        let uids: Vec<u32> = metas.iter().map(|m| m.uid).collect();
+        Ok(self
+            .archive
+            .summary_fields(&folder.key, &uids, &self.keyring, &self.summaries)?)
+    }
+
     fn text_verdicts(
         &self,
         folder: &FolderInfo,

@@ -43,6 +43,11 @@ const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("checkpoin
 use super::dberror::err;
 pub use super::dberror::StoreError;
 
+/// redb's page cache for the archive database. Summaries and word indexes make it large;
+/// reads beyond this come from the kernel's page cache, so the server's memory stays
+/// bounded whatever the archive's size.
+const CACHE_BYTES: usize = 64 << 20;
+
 /// One stored file: an archived original (or a second copy linked to one, or the journal
 /// envelope of one).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -140,7 +145,10 @@ pub struct Batch {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = Database::create(path).map_err(err)?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(err)?;
         let txn = db.begin_write().map_err(err)?;
         txn.open_table(ENTRIES).map_err(err)?;
         txn.open_table(FOLDERS).map_err(err)?;

@@ -29,6 +29,7 @@ use super::summarytables::{self, Part, SealedSummary};
 use super::{Archive, ArchiveError};
 use crate::crypto::epoch::Keyring;
 use crate::crypto::rewrap;
+use crate::store::Fields;
 use crate::textindex::{Tokens, Verdict};
 
 /// Messages up to this size get a word index (the worker holds one in memory).
@@ -89,6 +90,8 @@ impl Write for Capture<'_> {
 /// A summary before sealing: what the worker extracted from an original, and its readers.
 pub(super) struct Plain {
     pub(super) header: Vec<u8>,
+    /// `[u32 LE envelope length][ENVELOPE][summary header fields]`.
+    pub(super) fields: Vec<u8>,
     pub(super) words: Option<Vec<u8>>,
     pub(super) keys: Vec<String>,
 }
@@ -105,8 +108,15 @@ impl Plain {
         let words = capture
             .complete
             .then(|| Tokens::of(&capture.bytes).encode());
+        let header = &capture.bytes[..end];
+        let mut envelope = Vec::new();
+        crate::imap::structure::envelope(header, &mut envelope);
+        let mut fields = (envelope.len() as u32).to_le_bytes().to_vec();
+        fields.extend_from_slice(&envelope);
+        fields.extend_from_slice(&crate::mime::summary_header(header));
         Some(Plain {
-            header: capture.bytes[..end].to_vec(),
+            header: header.to_vec(),
+            fields,
             words,
             keys: keys.to_vec(),
         })
@@ -143,6 +153,7 @@ impl Archive {
             keyset: keyset.id,
             stanzas: keyset.stanzas.clone(),
             header: seal(&plain.header),
+            fields: seal(&plain.fields),
             words: plain.words.as_deref().map(seal),
         })
     }
@@ -276,6 +287,29 @@ impl Archive {
     ) -> Result<Vec<Option<Vec<u8>>>, ArchiveError> {
         let items = self.items_of(folder, uids)?;
         reader.open_all(&self.store, keyring, &items, Part::Header)
+    }
+
+    /// The ENVELOPE and summary header fields of the messages behind a folder's UIDs.
+    pub fn summary_fields(
+        &self,
+        folder: &str,
+        uids: &[u32],
+        keyring: &Keyring,
+        reader: &SummaryReader,
+    ) -> Result<Vec<Option<Fields>>, ArchiveError> {
+        let items = self.items_of(folder, uids)?;
+        let opened = reader.open_all(&self.store, keyring, &items, Part::Fields)?;
+        Ok(opened
+            .into_iter()
+            .map(|f| {
+                let f = f?;
+                let len = u32::from_le_bytes(f.get(..4)?.try_into().ok()?) as usize;
+                Some(Fields {
+                    envelope: f.get(4..4 + len)?.to_vec(),
+                    header: f.get(4 + len..)?.to_vec(),
+                })
+            })
+            .collect())
     }
 
     /// The word index's verdicts on `needle` for the messages of a folder by UID.

@@ -9,6 +9,8 @@ use super::dberror::{err, StoreError};
 const KEYSETS: TableDefinition<u64, &[u8]> = TableDefinition::new("summary-keysets");
 /// item -> (keyset id, sealed header).
 const HEADERS: TableDefinition<u64, (u64, &[u8])> = TableDefinition::new("summary-headers");
+/// item -> (keyset id, sealed fields: ENVELOPE and the summary header fields).
+const FIELDS: TableDefinition<u64, (u64, &[u8])> = TableDefinition::new("summary-fields");
 /// item -> (keyset id, sealed word index).
 const WORDS: TableDefinition<u64, (u64, &[u8])> = TableDefinition::new("summary-words");
 
@@ -19,6 +21,7 @@ pub struct SealedSummary {
     /// The keyset's wrapped file key (written with the first summary that uses it).
     pub stanzas: std::sync::Arc<[u8]>,
     pub header: Vec<u8>,
+    pub fields: Vec<u8>,
     /// Absent for messages too large to index.
     pub words: Option<Vec<u8>>,
 }
@@ -27,6 +30,7 @@ pub struct SealedSummary {
 pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(KEYSETS).map_err(err)?;
     txn.open_table(HEADERS).map_err(err)?;
+    txn.open_table(FIELDS).map_err(err)?;
     txn.open_table(WORDS).map_err(err)?;
     Ok(())
 }
@@ -38,6 +42,7 @@ pub(super) fn record(
 ) -> Result<(), StoreError> {
     let mut keysets = txn.open_table(KEYSETS).map_err(err)?;
     let mut headers = txn.open_table(HEADERS).map_err(err)?;
+    let mut fields = txn.open_table(FIELDS).map_err(err)?;
     let mut words = txn.open_table(WORDS).map_err(err)?;
     let mut written = std::collections::HashSet::new();
     for (item, s) in summaries {
@@ -46,6 +51,9 @@ pub(super) fn record(
         }
         headers
             .insert(*item, (s.keyset, s.header.as_slice()))
+            .map_err(err)?;
+        fields
+            .insert(*item, (s.keyset, s.fields.as_slice()))
             .map_err(err)?;
         if let Some(w) = &s.words {
             words.insert(*item, (s.keyset, w.as_slice())).map_err(err)?;
@@ -57,9 +65,11 @@ pub(super) fn record(
 /// Forgets the summaries of removed items (inside the removal transaction).
 pub(super) fn forget(txn: &WriteTransaction, items: &[u64]) -> Result<(), StoreError> {
     let mut headers = txn.open_table(HEADERS).map_err(err)?;
+    let mut fields = txn.open_table(FIELDS).map_err(err)?;
     let mut words = txn.open_table(WORDS).map_err(err)?;
     for item in items {
         headers.remove(*item).map_err(err)?;
+        fields.remove(*item).map_err(err)?;
         words.remove(*item).map_err(err)?;
     }
     Ok(())
@@ -72,6 +82,7 @@ pub(super) type Sealed = (u64, Vec<u8>);
 #[derive(Debug, Clone, Copy)]
 pub enum Part {
     Header,
+    Fields,
     Words,
 }
 
@@ -83,6 +94,7 @@ pub(super) fn read(
 ) -> Result<Vec<Option<Sealed>>, StoreError> {
     let table = match part {
         Part::Header => txn.open_table(HEADERS),
+        Part::Fields => txn.open_table(FIELDS),
         Part::Words => txn.open_table(WORDS),
     }
     .map_err(err)?;

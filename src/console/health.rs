@@ -103,8 +103,8 @@ fn snapshot(state: &crate::context::State) -> Snapshot {
         .map(|r| {
             let (messages, bytes) = state
                 .spool
-                .list(&r.id)
-                .map(|l| (l.len() as i64, l.iter().map(|m| m.size as i64).sum()))
+                .totals(&r.id)
+                .map(|(m, b)| (m as i64, b as i64))
                 .unwrap_or((0, 0));
             let activity = state.telemetry.activity.mailbox(r.id.as_str());
             MailboxGauges {

@@ -107,8 +107,8 @@ fn status_name(status: Status) -> &'static str {
 
 /// How a mailbox looks now: its record, what waits in it, and its activity.
 pub fn view(state: &State, record: &MailboxRecord) -> MailboxView {
-    let (messages, bytes) = match state.spool.list(&record.id) {
-        Ok(list) => (list.len() as u64, list.iter().map(|m| m.size).sum()),
+    let (messages, bytes) = match state.spool.totals(&record.id) {
+        Ok(totals) => totals,
         Err(e) => {
             tracing::warn!(mailbox = %record.id, error = %e, "cannot list mailbox");
             (0, 0)

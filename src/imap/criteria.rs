@@ -26,6 +26,8 @@ pub struct Candidate<'a> {
     pub raw: Option<&'a [u8]>,
     /// `raw` is the whole message, not only its header.
     pub whole: bool,
+    /// `raw` holds only the header fields of [`mime::SUMMARY_FIELDS`].
+    pub fields_only: bool,
     /// The store index's answers for this message to TEXT/BODY keys.
     pub answers: &'a [TextAnswer],
 }
@@ -165,6 +167,7 @@ pub fn eval(key: &SearchKey<'_>, c: &Candidate<'_>, bounds: &Bounds) -> Option<b
         Cc(s) => header(&|| header_contains(c, "Cc", s.as_ref()))?,
         Bcc(s) => header(&|| header_contains(c, "Bcc", s.as_ref()))?,
         Subject(s) => header(&|| header_contains(c, "Subject", s.as_ref()))?,
+        Header(name, _) if c.fields_only && !mime::is_summary_field(name.as_ref()) => return None,
         Header(name, value) => {
             header(&|| header_contains(c, &String::from_utf8_lossy(name.as_ref()), value.as_ref()))?
         }
@@ -275,6 +278,7 @@ mod tests {
             meta,
             raw: Some(MSG),
             whole: true,
+            fields_only: false,
             answers: &[],
         }
     }

@@ -87,8 +87,10 @@ pub(super) async fn command(
     let mut ahead: VecDeque<(JoinHandle<Result<Content, StoreError>>, u64)> = VecDeque::new();
     let (mut next, mut ahead_bytes) = (0usize, 0u64);
     // Header-only items: headers in chunks (from the store's summaries when it has them).
-    let mut headers = (needs && header_only).then(|| HeaderChunks::new(authed, view, &chosen));
-    let mut chunk: VecDeque<(usize, Option<Vec<u8>>)> = VecDeque::new();
+    let fields_only = render::fields_suffice(items);
+    let mut headers =
+        (needs && header_only).then(|| HeaderChunks::new(authed, view, &chosen, fields_only));
+    let mut chunk: VecDeque<(usize, Option<Content>)> = VecDeque::new();
     for (k, &i) in chosen.iter().enumerate() {
         if needs && !header_only {
             while next < chosen.len() && (next == k || ahead_bytes < PREFETCH_BYTES) {
@@ -107,7 +109,7 @@ pub(super) async fn command(
                 chunk.extend(chunks.next().await.unwrap_or_default());
             }
             match chunk.pop_front() {
-                Some((_, Some(head))) => Ok(Content::header_only(head, meta.size, None)),
+                Some((_, Some(content))) => Ok(content),
                 _ => Err(StoreError::NoSuchMessage),
             }
         } else if needs {

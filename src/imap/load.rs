@@ -12,7 +12,7 @@ use super::render::{self, Content};
 use super::state::Authed;
 use super::view::View;
 use crate::message::MessageMeta;
-use crate::store::{FolderInfo, StoreError};
+use crate::store::{FolderInfo, MailStore, StoreError};
 
 /// Loads in flight at once.
 const WINDOW: usize = 16;
@@ -109,12 +109,14 @@ fn body_lines(head: &[u8], mut rest: impl Read) -> std::io::Result<u64> {
 }
 
 /// Headers of messages in order, [`CHUNK`] at a time: from the store's summaries in one
-/// blocking call per chunk, and read from the messages where the store has none.
+/// blocking call per chunk (only the summary fields and the ENVELOPE with `fields_only`),
+/// and read from the messages where the store has none.
 pub(super) struct HeaderChunks<'a> {
     authed: &'a Authed,
     folder: FolderInfo,
     /// (view index, message), in the order wanted.
     messages: Vec<(usize, MessageMeta)>,
+    fields_only: bool,
     next: usize,
 }
 
@@ -122,49 +124,83 @@ pub(super) struct HeaderChunks<'a> {
 const CHUNK: usize = 512;
 
 impl<'a> HeaderChunks<'a> {
-    pub(super) fn new(authed: &'a Authed, view: &View, indexes: &[usize]) -> Self {
+    pub(super) fn new(
+        authed: &'a Authed,
+        view: &View,
+        indexes: &[usize],
+        fields_only: bool,
+    ) -> Self {
         HeaderChunks {
             authed,
             folder: view.folder.clone(),
             messages: indexes.iter().map(|&i| (i, view.messages[i])).collect(),
+            fields_only,
             next: 0,
         }
     }
 
-    /// The next chunk: (view index, header or `None` when it cannot be read).
-    pub(super) async fn next(&mut self) -> Option<Vec<(usize, Option<Vec<u8>>)>> {
+    /// The next chunk: (view index, header content or `None` when it cannot be read).
+    pub(super) async fn next(&mut self) -> Option<Vec<(usize, Option<Content>)>> {
         let end = (self.next + CHUNK).min(self.messages.len());
-        let chunk = &self.messages[self.next..end];
+        let chunk = self.messages[self.next..end].to_vec();
         if chunk.is_empty() {
             return None;
         }
         self.next = end;
         let (store, folder) = (self.authed.account.store.clone(), self.folder.clone());
+        let fields_only = self.fields_only;
         let metas: Vec<MessageMeta> = chunk.iter().map(|(_, m)| *m).collect();
-        let n = metas.len();
-        let summaries = tokio::task::spawn_blocking(move || store.headers(&folder, &metas))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .filter(|h| h.len() == n)
-            .unwrap_or_else(|| vec![None; n]);
+        let from_summaries =
+            tokio::task::spawn_blocking(move || summaries(&*store, &folder, &metas, fields_only))
+                .await
+                .unwrap_or_else(|_| chunk.iter().map(|_| None).collect());
         let missing: Vec<(usize, MessageMeta)> = chunk
             .iter()
-            .zip(&summaries)
-            .filter(|(_, h)| h.is_none())
+            .zip(&from_summaries)
+            .filter(|(_, c)| c.is_none())
             .map(|(m, _)| *m)
             .collect();
-        let mut out: Vec<(usize, Option<Vec<u8>>)> =
-            chunk.iter().map(|(i, _)| *i).zip(summaries).collect();
+        let mut out: Vec<(usize, Option<Content>)> =
+            chunk.iter().map(|(i, _)| *i).zip(from_summaries).collect();
         let mut loads = Loads::new(self.authed, &self.folder, missing, false);
-        let mut slot = out.iter_mut().filter(|(_, h)| h.is_none());
+        let mut slot = out.iter_mut().filter(|(_, c)| c.is_none());
         while let Some((_, content)) = loads.next().await {
             if let Some(entry) = slot.next() {
-                entry.1 = content.map(|c| c.raw);
+                entry.1 = content;
             }
         }
         Some(out)
     }
+}
+
+/// Header contents of `metas` from the store's summaries: the fields when asked (else, or
+/// when it has none, the whole header); `None` where it keeps neither. Blocking.
+fn summaries(
+    store: &dyn MailStore,
+    folder: &FolderInfo,
+    metas: &[MessageMeta],
+    fields_only: bool,
+) -> Vec<Option<Content>> {
+    let n = metas.len();
+    let mut out: Vec<Option<Content>> = metas.iter().map(|_| None).collect();
+    if fields_only {
+        if let Ok(fields) = store.fields(folder, metas) {
+            for ((slot, f), m) in out.iter_mut().zip(fields).zip(metas) {
+                *slot = f.map(|f| Content::fields(f, m.size));
+            }
+        }
+    }
+    let missing: Vec<usize> = (0..n).filter(|&k| out[k].is_none()).collect();
+    if missing.is_empty() {
+        return out;
+    }
+    let wanted: Vec<MessageMeta> = missing.iter().map(|&k| metas[k]).collect();
+    if let Ok(headers) = store.headers(folder, &wanted) {
+        for (k, h) in missing.into_iter().zip(headers) {
+            out[k] = h.map(|h| Content::header_only(h, metas[k].size, None));
+        }
+    }
+    out
 }
 
 /// Messages loaded in order, [`WINDOW`] at a time.

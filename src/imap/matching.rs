@@ -36,6 +36,7 @@ pub(super) async fn matching(
             meta,
             raw: None,
             whole: false,
+            fields_only: false,
             answers: answers_of(i),
         };
         match criteria::eval(key, &c, &bounds) {
@@ -44,17 +45,22 @@ pub(super) async fn matching(
             None => undecided.push(i),
         }
     }
-    if !undecided.is_empty() {
+    // The summary fields, then the whole header.
+    for fields_only in [true, false] {
+        if undecided.is_empty() {
+            break;
+        }
         let mut still = Vec::new();
-        let mut chunks = HeaderChunks::new(authed, view, &undecided);
+        let mut chunks = HeaderChunks::new(authed, view, &undecided, fields_only);
         while let Some(chunk) = chunks.next().await {
             for (i, header) in chunk {
                 let Some(header) = header else { continue };
                 let c = Candidate {
                     seq: i as u32 + 1,
                     meta: &view.messages[i],
-                    raw: Some(&header),
+                    raw: Some(&header.raw),
                     whole: false,
+                    fields_only: header.fields_only,
                     answers: answers_of(i),
                 };
                 match criteria::eval(key, &c, &bounds) {
@@ -75,6 +81,7 @@ pub(super) async fn matching(
             meta: &view.messages[i],
             raw: Some(&content.raw),
             whole: content.whole,
+            fields_only: false,
             answers: answers_of(i),
         };
         if criteria::matches(key, &c, &bounds) {
@@ -129,9 +136,9 @@ pub(super) async fn headers(
     indexes: &[usize],
 ) -> Vec<Option<Vec<u8>>> {
     let mut out = Vec::with_capacity(indexes.len());
-    let mut chunks = HeaderChunks::new(authed, view, indexes);
+    let mut chunks = HeaderChunks::new(authed, view, indexes, true);
     while let Some(chunk) = chunks.next().await {
-        out.extend(chunk.into_iter().map(|(_, header)| header));
+        out.extend(chunk.into_iter().map(|(_, header)| header.map(|c| c.raw)));
     }
     out
 }

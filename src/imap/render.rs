@@ -44,6 +44,10 @@ pub struct Content {
     /// For a large message: the line count of its body, when it was counted.
     body_lines: Option<u64>,
     root: OnceLock<mime::Part>,
+    /// The ENVELOPE, when a store's summary had it rendered.
+    envelope: Option<Vec<u8>>,
+    /// `raw` holds only the header fields of [`mime::SUMMARY_FIELDS`].
+    pub fields_only: bool,
 }
 
 impl Content {
@@ -55,7 +59,17 @@ impl Content {
             size,
             body_lines: None,
             root: OnceLock::new(),
+            envelope: None,
+            fields_only: false,
         }
+    }
+
+    /// The summary of a message: its ENVELOPE and summary header fields only.
+    pub fn fields(fields: crate::store::Fields, size: u64) -> Content {
+        let mut c = Content::header_only(fields.header, size, None);
+        c.envelope = Some(fields.envelope);
+        c.fields_only = true;
+        c
     }
 
     /// A large message of which only the header (the start of `raw`) is kept; `body_lines`
@@ -69,6 +83,8 @@ impl Content {
             size,
             body_lines,
             root: OnceLock::new(),
+            envelope: None,
+            fields_only: false,
         }
     }
 
@@ -172,6 +188,18 @@ pub fn header_suffices(items: &[MessageDataItemName<'_>]) -> bool {
             )
         ),
         _ => false,
+    })
+}
+
+/// True when the ENVELOPE (and metadata) is all the items need: a store's summary fields
+/// answer them.
+pub fn fields_suffice(items: &[MessageDataItemName<'_>]) -> bool {
+    use MessageDataItemName as N;
+    items.iter().all(|i| {
+        matches!(
+            i,
+            N::Uid | N::Flags | N::InternalDate | N::Rfc822Size | N::ModSeq | N::Envelope
+        )
     })
 }
 
@@ -336,6 +364,9 @@ impl Renderer {
             N::Envelope => {
                 label_and(self, "ENVELOPE ");
                 match content {
+                    Some(Content {
+                        envelope: Some(e), ..
+                    }) => self.buf.extend_from_slice(e),
                     Some(c) => structure::envelope(&c.raw[..c.header_len()], &mut self.buf),
                     None => self.buf.extend_from_slice(b"NIL"),
                 }

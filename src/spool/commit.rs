@@ -24,6 +24,7 @@ pub(super) struct Committer {
     pub(super) uids: Arc<Mutex<HashMap<MailboxId, UidState>>>,
     pub(super) intake: Arc<Mutex<Option<Arc<Intake>>>>,
     pub(super) fresh: super::Fresh,
+    pub(super) totals: Arc<super::totals::Totals>,
 }
 
 pub(super) struct UidState {
@@ -116,6 +117,7 @@ impl Committer {
                     tracing::warn!(mailbox = %mailbox, error = %e, "index update failed; reading the mailbox from its folder");
                     self.fresh.lock().unwrap().remove(&mailbox);
                 }
+                self.totals.changed(mailbox.as_str());
                 let _ = self.changes.send(mailbox.to_string());
             }
             for (job, meta) in jobs {

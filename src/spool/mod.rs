@@ -15,6 +15,7 @@ mod commit;
 mod delivery;
 mod flags;
 mod mailstore;
+pub mod totals;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
@@ -134,6 +135,8 @@ pub struct Spool {
     /// full disk, or the index was reopened since) is read from its folder, and the index
     /// repaired from it, until that succeeds.
     fresh: Fresh,
+    /// Messages and bytes per mailbox, for the console and metrics.
+    totals: Arc<totals::Totals>,
 }
 
 /// See [`Spool::fresh`]; shared with the committer.
@@ -177,6 +180,7 @@ impl Spool {
             uids: Arc::new(Mutex::new(HashMap::new())),
             intake: Arc::new(Mutex::new(None)),
             fresh: Fresh::default(),
+            totals: Arc::new(totals::Totals::default()),
             expunged: Mutex::new(HashMap::new()),
             started: crate::message::next_modseq(),
         });
@@ -195,6 +199,7 @@ impl Spool {
             uids: spool.uids.clone(),
             intake: spool.intake.clone(),
             fresh: spool.fresh.clone(),
+            totals: spool.totals.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("spool-commit".into())
@@ -212,6 +217,14 @@ impl Spool {
     /// Sends "this folder changed" to IMAP sessions (the archive uses it for its folders).
     pub fn notify_change(&self, key: ChangeKey) {
         let _ = self.changes.send(key);
+    }
+
+    /// (messages, bytes) waiting in a mailbox; kept until it changes (see `totals`).
+    pub fn totals(&self, id: &MailboxId) -> Result<(u64, u64), SpoolError> {
+        self.totals.get_or(id.as_str(), || {
+            let list = self.list(id)?;
+            Ok((list.len() as u64, list.iter().map(|m| m.size).sum()))
+        })
     }
 
     pub fn mailboxes(&self) -> &Mailboxes {
@@ -239,6 +252,14 @@ impl Spool {
 
     /// Brings the index in line with the files of every mailbox.
     pub fn reconcile(&self) -> Result<ReconcileReport, SpoolError> {
+        // Before and after: a total computed meanwhile is not kept.
+        self.totals.changed_all();
+        let report = self.reconcile_index();
+        self.totals.changed_all();
+        report
+    }
+
+    fn reconcile_index(&self) -> Result<ReconcileReport, SpoolError> {
         let mut report = ReconcileReport::default();
         let mut present = HashSet::new();
         for record in self.mailboxes.list()? {
@@ -441,6 +462,7 @@ impl Spool {
         if let Err(e) = self.index.remove(id, uids) {
             self.mark_stale(id, &e);
         }
+        self.totals.changed(id.as_str());
         let _ = self.changes.send(id.to_string());
         Ok(())
     }
