@@ -5,8 +5,9 @@
 //!
 //! Sealing: per epoch and reader set the worker makes a *keyset*, a random age file key
 //! wrapped for each reader exactly like an item's (epoch stanzas, see `crypto::epoch`);
-//! each summary is `nonce ‖ XChaCha20-Poly1305(SHA-256(label ‖ file key), summary)` with
-//! the item ID as associated data. A reader unwraps a keyset once (no key agreement: its
+//! each summary is `nonce ‖ AES-256-GCM(SHA-256(label ‖ file key), summary)` (aws-lc-rs
+//! with hardware AES: a search opens thousands of them; random 96-bit nonces), the item ID
+//! as associated data. A reader unwraps a keyset once (no key agreement: its
 //! keyring caches the epoch key) and then opens thousands of summaries with symmetric
 //! crypto only. The server holds a keyset's key only as long as it holds the epoch's secret,
 //! which opens the items of that epoch anyway; after the epoch nothing on the server can.
@@ -18,8 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use age_core::format::FileKey;
 use age_core::secrecy::ExposeSecret;
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -37,7 +37,9 @@ pub const INDEX_MAX: usize = 4 << 20;
 /// A header longer than this is not summarised (the item is read instead).
 const HEADER_MAX: usize = 256 << 10;
 const LABEL: &[u8] = b"journalgate.org/v1/summary";
-const NONCE_BYTES: usize = 24;
+const NONCE_BYTES: usize = NONCE_LEN;
+/// Word lists read and opened at once by a text search.
+const WORDS_AT_ONCE: usize = 256;
 
 type Key = Zeroizing<[u8; 32]>;
 
@@ -126,7 +128,7 @@ impl Plain {
 /// One reader set's keyset in the current epoch (the worker's side).
 struct Keyset {
     id: u64,
-    key: Key,
+    key: LessSafeKey,
     stanzas: Arc<[u8]>,
 }
 
@@ -181,7 +183,7 @@ impl Archive {
         }
         let keyset = Arc::new(Keyset {
             id: rand::rngs::OsRng.next_u64(),
-            key: derive(&file_key),
+            key: cipher(&derive(&file_key)),
             stanzas: stanzas.into(),
         });
         keysets.sets.insert(sorted, keyset.clone());
@@ -189,42 +191,46 @@ impl Archive {
     }
 }
 
-fn seal(key: &Key, item: u64, plain: &[u8]) -> Vec<u8> {
-    let mut nonce = [0u8; NONCE_BYTES];
-    rand::rngs::OsRng.fill_bytes(&mut nonce);
-    let cipher = XChaCha20Poly1305::new(key.as_ref().into());
-    let aad = item.to_le_bytes();
-    let sealed = cipher
-        .encrypt(
-            XNonce::from_slice(&nonce),
-            Payload {
-                msg: plain,
-                aad: &aad,
-            },
-        )
-        .expect("XChaCha20-Poly1305 encrypts any length");
-    [&nonce[..], &sealed].concat()
+fn cipher(key: &Key) -> LessSafeKey {
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key.as_ref()).expect("a 256-bit key"))
 }
 
-fn open(key: &Key, item: u64, sealed: &[u8]) -> Option<Vec<u8>> {
-    let nonce = sealed.get(..NONCE_BYTES)?;
-    let cipher = XChaCha20Poly1305::new(key.as_ref().into());
-    let aad = item.to_le_bytes();
-    let payload = Payload {
-        msg: &sealed[NONCE_BYTES..],
-        aad: &aad,
-    };
-    cipher.decrypt(XNonce::from_slice(nonce), payload).ok()
+fn seal(key: &LessSafeKey, item: u64, plain: &[u8]) -> Vec<u8> {
+    let mut nonce = [0u8; NONCE_BYTES];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let mut body = plain.to_vec();
+    key.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(item.to_le_bytes()),
+        &mut body,
+    )
+    .expect("AES-256-GCM seals any length");
+    [&nonce[..], &body].concat()
+}
+
+fn open(key: &LessSafeKey, item: u64, sealed: &[u8]) -> Option<Vec<u8>> {
+    let nonce: [u8; NONCE_BYTES] = sealed.get(..NONCE_BYTES)?.try_into().ok()?;
+    let mut body = sealed[NONCE_BYTES..].to_vec();
+    let len = key
+        .open_in_place(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(item.to_le_bytes()),
+            &mut body,
+        )
+        .ok()?
+        .len();
+    body.truncate(len);
+    Some(body)
 }
 
 /// A reader's side: the keysets it has unwrapped (or failed to), for one session.
 #[derive(Default)]
 pub struct SummaryReader {
-    keys: Mutex<HashMap<u64, Option<Arc<Key>>>>,
+    keys: Mutex<HashMap<u64, Option<Arc<LessSafeKey>>>>,
 }
 
 impl SummaryReader {
-    fn key(&self, store: &Store, keyring: &Keyring, id: u64) -> Option<Arc<Key>> {
+    fn key(&self, store: &Store, keyring: &Keyring, id: u64) -> Option<Arc<LessSafeKey>> {
         let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(k) = keys.get(&id) {
             return k.clone();
@@ -234,7 +240,7 @@ impl SummaryReader {
             let bytes = summarytables::keyset(&txn, id).ok()??;
             let stanzas = rewrap::parse_stanzas(&bytes)?;
             let file_key = age::Identity::unwrap_stanzas(keyring, &stanzas)?.ok()?;
-            Some(Arc::new(derive(&file_key)))
+            Some(Arc::new(cipher(&derive(&file_key))))
         })();
         keys.insert(id, unwrapped.clone());
         unwrapped
@@ -323,13 +329,19 @@ impl Archive {
         reader: &SummaryReader,
     ) -> Result<Vec<Verdict>, ArchiveError> {
         let wanted = self.items_of(folder, uids)?;
-        let words = reader.open_all(&self.store, keyring, &wanted, Part::Words)?;
-        Ok(words
-            .into_iter()
-            .map(|w| match w.as_deref().and_then(Tokens::decode) {
-                Some(tokens) => tokens.verdict(needle, text),
-                None => Verdict::Maybe,
-            })
-            .collect())
+        let mut out = Vec::with_capacity(wanted.len());
+        // A few hundred word lists in memory at a time.
+        for items in wanted.chunks(WORDS_AT_ONCE) {
+            let words = reader.open_all(&self.store, keyring, items, Part::Words)?;
+            out.extend(
+                words
+                    .into_iter()
+                    .map(|w| match w.as_deref().and_then(Tokens::decode) {
+                        Some(tokens) => tokens.verdict(needle, text),
+                        None => Verdict::Maybe,
+                    }),
+            );
+        }
+        Ok(out)
     }
 }

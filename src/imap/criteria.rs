@@ -28,16 +28,17 @@ pub struct Candidate<'a> {
     pub whole: bool,
     /// `raw` holds only the header fields of [`mime::SUMMARY_FIELDS`].
     pub fields_only: bool,
-    /// The store index's answers for this message to TEXT/BODY keys.
-    pub answers: &'a [TextAnswer],
+    /// The store index's answers to TEXT/BODY keys, and this message's place in them.
+    pub answers: Option<(&'a TextAnswers, usize)>,
 }
 
-/// What a store's text index said about one message and one TEXT (`text`) or BODY key.
-#[derive(Debug, Clone)]
-pub struct TextAnswer {
-    pub needle: Vec<u8>,
-    pub text: bool,
-    pub verdict: Verdict,
+/// What a store's text index said about the TEXT/BODY keys of a search.
+#[derive(Debug, Default)]
+pub struct TextAnswers {
+    /// (needle, is TEXT).
+    pub keys: Vec<(Vec<u8>, bool)>,
+    /// Per key, per message of the view (empty: the store has no index for that key).
+    pub verdicts: Vec<Vec<Verdict>>,
 }
 
 /// The TEXT and BODY keys of the criteria: (needle, is TEXT).
@@ -180,11 +181,14 @@ pub fn eval(key: &SearchKey<'_>, c: &Candidate<'_>, bounds: &Bounds) -> Option<b
 
 /// TEXT/BODY: the index's answer when it has a definite one, else the whole message.
 fn text_match(c: &Candidate<'_>, needle: &[u8], text: bool) -> Option<bool> {
-    let answer = c
-        .answers
-        .iter()
-        .find(|a| a.text == text && a.needle == needle);
-    match answer.map(|a| a.verdict) {
+    let answer = c.answers.and_then(|(answers, i)| {
+        let k = answers
+            .keys
+            .iter()
+            .position(|(n, t)| *t == text && n == needle)?;
+        answers.verdicts.get(k)?.get(i).copied()
+    });
+    match answer {
         Some(Verdict::Yes) => Some(true),
         Some(Verdict::No) => Some(false),
         _ => match (c.raw, c.whole) {
@@ -279,7 +283,7 @@ mod tests {
             raw: Some(MSG),
             whole: true,
             fields_only: false,
-            answers: &[],
+            answers: None,
         }
     }
 

@@ -118,10 +118,16 @@ pub(super) struct HeaderChunks<'a> {
     messages: Vec<(usize, MessageMeta)>,
     fields_only: bool,
     next: usize,
+    /// Chunks being read from the store's summaries.
+    ahead: VecDeque<(Vec<(usize, MessageMeta)>, Summaries)>,
 }
 
+type Summaries = JoinHandle<Vec<Option<Content>>>;
+
 /// Headers asked of the store at once.
-const CHUNK: usize = 512;
+const CHUNK: usize = 256;
+/// Chunks read at once (the machine's cores share them).
+const CHUNKS_AHEAD: usize = 2;
 
 impl<'a> HeaderChunks<'a> {
     pub(super) fn new(
@@ -136,24 +142,34 @@ impl<'a> HeaderChunks<'a> {
             messages: indexes.iter().map(|&i| (i, view.messages[i])).collect(),
             fields_only,
             next: 0,
+            ahead: VecDeque::new(),
+        }
+    }
+
+    /// Starts reading the following chunks from the store's summaries.
+    fn read_ahead(&mut self) {
+        while self.ahead.len() < CHUNKS_AHEAD && self.next < self.messages.len() {
+            let end = (self.next + CHUNK).min(self.messages.len());
+            let chunk = self.messages[self.next..end].to_vec();
+            self.next = end;
+            let (store, folder) = (self.authed.account.store.clone(), self.folder.clone());
+            let fields_only = self.fields_only;
+            let metas: Vec<MessageMeta> = chunk.iter().map(|(_, m)| *m).collect();
+            let job = tokio::task::spawn_blocking(move || {
+                summaries(&*store, &folder, &metas, fields_only)
+            });
+            self.ahead.push_back((chunk, job));
         }
     }
 
     /// The next chunk: (view index, header content or `None` when it cannot be read).
     pub(super) async fn next(&mut self) -> Option<Vec<(usize, Option<Content>)>> {
-        let end = (self.next + CHUNK).min(self.messages.len());
-        let chunk = self.messages[self.next..end].to_vec();
-        if chunk.is_empty() {
-            return None;
-        }
-        self.next = end;
-        let (store, folder) = (self.authed.account.store.clone(), self.folder.clone());
-        let fields_only = self.fields_only;
-        let metas: Vec<MessageMeta> = chunk.iter().map(|(_, m)| *m).collect();
-        let from_summaries =
-            tokio::task::spawn_blocking(move || summaries(&*store, &folder, &metas, fields_only))
-                .await
-                .unwrap_or_else(|_| chunk.iter().map(|_| None).collect());
+        self.read_ahead();
+        let (chunk, job) = self.ahead.pop_front()?;
+        self.read_ahead();
+        let from_summaries = job
+            .await
+            .unwrap_or_else(|_| chunk.iter().map(|_| None).collect());
         let missing: Vec<(usize, MessageMeta)> = chunk
             .iter()
             .zip(&from_summaries)

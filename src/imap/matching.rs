@@ -1,17 +1,23 @@
 //! Which messages of the selected folder match SEARCH criteria, reading as little as the
 //! answer needs: first the metadata and the store's text index answers (TEXT/BODY), then,
-//! for the messages still undecided, the header (from the store's summary when it keeps
-//! one), and only then the whole message. Loads run on blocking threads, a window of them
-//! at a time, so decryption uses every core; at most [`WINDOW`] messages are in memory.
+//! for the messages still undecided, the summary fields, then the header (from the store's
+//! summary when it keeps one), and only then the whole message. Loads run on blocking
+//! threads a window at a time (see `load`), so decryption uses every core and memory stays
+//! bounded.
 //!
 //! Also the header loads of SORT and THREAD ([`headers`]).
 
-use super::criteria::{self, Bounds, Candidate, TextAnswer};
+use std::collections::VecDeque;
+
+use imap_codec::imap_types::search::SearchKey;
+
+use super::criteria::{self, Bounds, Candidate, TextAnswers};
 use super::load::{HeaderChunks, Loads};
 use super::state::{Authed, Selected};
 use super::view::View;
-use crate::message::MessageMeta;
-use imap_codec::imap_types::search::SearchKey;
+
+/// Messages per text-index request.
+const TEXT_SLICE: usize = 4096;
 
 /// Indexes (in the view) of the messages that match `key`, ascending.
 pub(super) async fn matching(
@@ -27,7 +33,7 @@ pub(super) async fn matching(
         recent: &view.recent,
     };
     let answers = text_answers(authed, view, key).await;
-    let answers_of = |i: usize| answers.get(i).map_or(&[][..], |a| a.as_slice());
+    let answers_of = |i: usize| Some((&answers, i));
     let mut found = Vec::new();
     let mut undecided = Vec::new();
     for (i, meta) in view.messages.iter().enumerate() {
@@ -92,41 +98,40 @@ pub(super) async fn matching(
     found
 }
 
-/// The store index's answers for every TEXT/BODY key, per message (empty without index).
-async fn text_answers(
-    authed: &Authed,
-    view: &View,
-    key: &SearchKey<'static>,
-) -> Vec<Vec<TextAnswer>> {
-    let mut keys = Vec::new();
-    criteria::text_keys(key, &mut keys);
-    if keys.is_empty() {
-        return Vec::new();
-    }
-    let (store, folder) = (authed.account.store.clone(), view.folder.clone());
-    let metas: Vec<MessageMeta> = view.messages.clone();
-    let job = tokio::task::spawn_blocking(move || {
-        let mut out: Vec<Vec<TextAnswer>> = vec![Vec::new(); metas.len()];
-        for (needle, text) in keys {
-            let verdicts = match store.text_verdicts(&folder, &metas, &needle, text) {
-                Ok(Some(v)) if v.len() == metas.len() => v,
-                Ok(_) => continue,
-                Err(e) => {
+/// The store index's answers for every TEXT/BODY key (none without an index), asked in
+/// slices on two blocking threads.
+async fn text_answers(authed: &Authed, view: &View, key: &SearchKey<'static>) -> TextAnswers {
+    let mut answers = TextAnswers::default();
+    criteria::text_keys(key, &mut answers.keys);
+    for (needle, text) in answers.keys.clone() {
+        let mut verdicts = Vec::with_capacity(view.messages.len());
+        let mut jobs = VecDeque::new();
+        let mut slices = view.messages.chunks(TEXT_SLICE);
+        loop {
+            while jobs.len() < 2 {
+                let Some(slice) = slices.next() else { break };
+                let (store, folder) = (authed.account.store.clone(), view.folder.clone());
+                let (metas, needle) = (slice.to_vec(), needle.clone());
+                jobs.push_back(tokio::task::spawn_blocking(move || {
+                    store.text_verdicts(&folder, &metas, &needle, text)
+                }));
+            }
+            let Some(job) = jobs.pop_front() else { break };
+            match job.await {
+                Ok(Ok(Some(v))) => verdicts.extend(v),
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e, "text index unavailable: reading the messages");
-                    continue;
+                    break;
                 }
-            };
-            for (answers, verdict) in out.iter_mut().zip(verdicts) {
-                answers.push(TextAnswer {
-                    needle: needle.clone(),
-                    text,
-                    verdict,
-                });
+                _ => break,
             }
         }
-        out
-    });
-    job.await.unwrap_or_default()
+        if verdicts.len() != view.messages.len() {
+            verdicts.clear();
+        }
+        answers.verdicts.push(verdicts);
+    }
+    answers
 }
 
 /// The headers of the messages at `indexes`, in that order (`None`: unreadable).
