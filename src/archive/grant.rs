@@ -65,6 +65,8 @@ impl Archive {
             entitled: entitled.len() as u64,
             ..GrantReport::default()
         };
+        let all: std::collections::HashSet<u64> =
+            entitled.iter().chain(&envelopes).copied().collect();
         let mut todo = Vec::new();
         for id in entitled {
             if have.contains(&id) {
@@ -97,13 +99,14 @@ impl Archive {
             done += chunk.len() as u64;
             progress(done, total);
         }
-        if report.granted > 0 {
+        let keysets = self.grant_keysets(&target, &all, &keyrings, &epoch)?;
+        if report.granted > 0 || keysets > 0 {
             for folder in self.folders_for(user) {
                 self.spool.notify_change(super::change_key(&folder.key));
             }
         }
         tracing::info!(user = %user.id, granted = report.granted, already = report.already,
-            unreachable = report.unreachable, "archive grant");
+            unreachable = report.unreachable, summary_keysets = keysets, "archive grant");
         Ok(report)
     }
 

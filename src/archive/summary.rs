@@ -223,6 +223,49 @@ fn open(key: &LessSafeKey, item: u64, sealed: &[u8]) -> Option<Vec<u8>> {
     Some(body)
 }
 
+impl Archive {
+    /// Gives `target` (a grant's user) the summary keysets whose items it is all entitled
+    /// to and that `keyrings` open, so that its summaries serve the user again after a
+    /// password reset or to a later auditor. Returns how many keysets it was given.
+    pub(super) fn grant_keysets(
+        &self,
+        target: &str,
+        entitled: &std::collections::HashSet<u64>,
+        keyrings: &[Keyring],
+        epoch: &crate::crypto::epoch::Epoch,
+    ) -> Result<usize, ArchiveError> {
+        let recipient = epoch.recipient(target)?;
+        let txn = self.store.db.begin_read().map_err(super::dberror::err)?;
+        let mut grants = Vec::new();
+        for (id, items) in summarytables::keyset_items(&txn)? {
+            if !items.iter().all(|i| entitled.contains(i))
+                || summarytables::keyset_granted(&txn, id, target)?
+            {
+                continue;
+            }
+            let Some(bytes) = summarytables::keyset(&txn, id)? else {
+                continue;
+            };
+            let Some(stanzas) = rewrap::parse_stanzas(&bytes) else {
+                continue;
+            };
+            let file_key = keyrings
+                .iter()
+                .find_map(|k| age::Identity::unwrap_stanzas(k, &stanzas).and_then(Result::ok));
+            if let Some(file_key) = file_key {
+                let mut more = bytes.clone();
+                more.extend(rewrap::stanza_bytes(&recipient.stanza(&file_key)));
+                grants.push((id, more));
+            }
+        }
+        drop(txn);
+        let txn = self.store.db.begin_write().map_err(super::dberror::err)?;
+        summarytables::grant_keysets(&txn, target, &grants)?;
+        txn.commit().map_err(super::dberror::err)?;
+        Ok(grants.len())
+    }
+}
+
 /// A reader's side: the keysets it has unwrapped (or failed to), for one session.
 #[derive(Default)]
 pub struct SummaryReader {

@@ -1,12 +1,15 @@
 //! The archive database's summary tables, kept in step inside the store's filing and
 //! removal transactions. What they hold and how it is sealed is the `summary` module's side.
 
-use redb::{ReadTransaction, TableDefinition, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::dberror::{err, StoreError};
 
 /// keyset id -> the keyset's file key wrapped for each reader (age stanzas).
 const KEYSETS: TableDefinition<u64, &[u8]> = TableDefinition::new("summary-keysets");
+/// (keyset id, reader public key) -> (): the reader was given the keyset by a grant.
+const KEYSET_GRANTS: TableDefinition<(u64, &str), ()> =
+    TableDefinition::new("summary-keyset-grants");
 /// item -> (keyset id, sealed header).
 const HEADERS: TableDefinition<u64, (u64, &[u8])> = TableDefinition::new("summary-headers");
 /// item -> (keyset id, sealed fields: ENVELOPE and the summary header fields).
@@ -29,6 +32,7 @@ pub struct SealedSummary {
 /// Creates the tables (at open).
 pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(KEYSETS).map_err(err)?;
+    txn.open_table(KEYSET_GRANTS).map_err(err)?;
     txn.open_table(HEADERS).map_err(err)?;
     txn.open_table(FIELDS).map_err(err)?;
     txn.open_table(WORDS).map_err(err)?;
@@ -107,6 +111,44 @@ pub(super) fn read(
             }))
         })
         .collect()
+}
+
+/// The items summarised under each keyset.
+pub(super) fn keyset_items(
+    txn: &ReadTransaction,
+) -> Result<std::collections::HashMap<u64, Vec<u64>>, StoreError> {
+    let table = txn.open_table(HEADERS).map_err(err)?;
+    let mut out: std::collections::HashMap<u64, Vec<u64>> = Default::default();
+    for row in table.iter().map_err(err)? {
+        let (item, value) = row.map_err(err)?;
+        out.entry(value.value().0).or_default().push(item.value());
+    }
+    Ok(out)
+}
+
+/// Whether `reader` was already given keyset `id` by a grant.
+pub(super) fn keyset_granted(
+    txn: &ReadTransaction,
+    id: u64,
+    reader: &str,
+) -> Result<bool, StoreError> {
+    let table = txn.open_table(KEYSET_GRANTS).map_err(err)?;
+    Ok(table.get((id, reader)).map_err(err)?.is_some())
+}
+
+/// Gives `reader` keysets: (id, the keyset's stanzas with one more for the reader).
+pub(super) fn grant_keysets(
+    txn: &WriteTransaction,
+    reader: &str,
+    keysets: &[(u64, Vec<u8>)],
+) -> Result<(), StoreError> {
+    let mut table = txn.open_table(KEYSETS).map_err(err)?;
+    let mut granted = txn.open_table(KEYSET_GRANTS).map_err(err)?;
+    for (id, stanzas) in keysets {
+        table.insert(*id, stanzas.as_slice()).map_err(err)?;
+        granted.insert((*id, reader), ()).map_err(err)?;
+    }
+    Ok(())
 }
 
 /// A keyset's wrapped file key.

@@ -280,6 +280,17 @@ async fn a_recovery_grant_restores_history_and_keeps_catch_all_mail() {
         "the item from before the recovery key stays sealed"
     );
     assert!(read_all(&archive, &inbox, listed[0].uid, &identity).contains("Subject: after"));
+    // The grant gave bob's new key the summaries too (no fallback to reading the item).
+    let header = archive
+        .summary_header(
+            &inbox,
+            listed[0].uid,
+            &Keyring::new(identity.clone()),
+            &summary::SummaryReader::default(),
+        )
+        .unwrap()
+        .expect("the summary opens after the grant");
+    assert!(String::from_utf8_lossy(&header).contains("Subject: after"));
     let again = archive
         .grant(
             &bob,
@@ -317,6 +328,28 @@ async fn a_recovery_grant_restores_history_and_keeps_catch_all_mail() {
     let unknown = archive.list(UNKNOWN_FOLDER, &auditor).unwrap();
     assert_eq!(unknown.len(), 1);
     assert!(read_all(&archive, UNKNOWN_FOLDER, unknown[0].uid, &aid).contains("Subject: lost?"));
+    let summary_of = |folder: &str, uid: u32| {
+        archive
+            .summary_header(
+                folder,
+                uid,
+                &Keyring::new(aid.clone()),
+                &summary::SummaryReader::default(),
+            )
+            .unwrap()
+    };
+    assert!(summary_of(UNKNOWN_FOLDER, unknown[0].uid).is_some());
+    assert!(summary_of(&inbox, listed[0].uid).is_some());
+    // Bob's grant gave him only keysets whose items are all his: not the catch-all's.
+    let bobs = archive
+        .summary_header(
+            UNKNOWN_FOLDER,
+            unknown[0].uid,
+            &Keyring::new(identity.clone()),
+            &summary::SummaryReader::default(),
+        )
+        .unwrap();
+    assert!(bobs.is_none());
     // Bob still reads his item: the grant only added a reader.
     assert!(read_all(&archive, &inbox, listed[0].uid, &identity).contains("Subject: after"));
     spool.shutdown();
