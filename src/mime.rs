@@ -351,7 +351,7 @@ pub fn summary_header(header: &[u8]) -> Vec<u8> {
                 .position(|b| *b == b':')
                 .is_some_and(|colon| is_summary_field(line[..colon].trim_ascii()));
         }
-        if keep && line.trim_ascii() != b"" {
+        if keep {
             out.extend_from_slice(line);
         }
     }
@@ -476,10 +476,10 @@ mod tests {
 
     #[test]
     fn summary_header_keeps_the_summary_fields_exactly() {
-        let header = b"Received: from a\r\n by b\r\nSubject: one\r\n two\r\nX-Other: x\r\nfrom: A <a@x>\r\nTo: b@x,\r\n\tc@x\r\n\r\n";
+        let header = b"Received: from a\r\n by b\r\nSubject: one\r\n   \r\n two\r\nX-Other: x\r\nfrom: A <a@x>\r\nTo: b@x,\r\n\tc@x\r\n\r\n";
         assert_eq!(
             summary_header(header),
-            b"Subject: one\r\n two\r\nfrom: A <a@x>\r\nTo: b@x,\r\n\tc@x\r\n\r\n".to_vec()
+            b"Subject: one\r\n   \r\n two\r\nfrom: A <a@x>\r\nTo: b@x,\r\n\tc@x\r\n\r\n".to_vec()
         );
         let mut full = Vec::new();
         let mut mini = Vec::new();

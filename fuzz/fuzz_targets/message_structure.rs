@@ -1,6 +1,7 @@
 //! Arbitrary message bytes through the MIME structure parser, the ENVELOPE and
 //! BODYSTRUCTURE renderers, every part resolution, journal-report classification and the
-//! archive's skeleton: no panic, bounded work, originals inside the message.
+//! archive's skeleton, the summary header and the word index: no panic, bounded work,
+//! originals inside the message, and the index never contradicting the live search.
 
 #![no_main]
 
@@ -8,6 +9,7 @@ use journalgate::archive::skeleton::Skeleton;
 use journalgate::imap::structure;
 use journalgate::journal::{self, Classification};
 use journalgate::mime;
+use journalgate::textindex::{self, Tokens, Verdict};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|raw: &[u8]| {
@@ -25,6 +27,22 @@ fuzz_target!(|raw: &[u8]| {
         for o in &r.originals {
             let mapped = skeleton.range(&o.range);
             assert!(mapped.start <= mapped.end && mapped.end <= skeleton.total);
+        }
+    }
+    // The summary fields render the same ENVELOPE as the whole header.
+    let header = &raw[..mime::header_end(raw)];
+    let (mut full, mut mini) = (Vec::new(), Vec::new());
+    structure::envelope(header, &mut full);
+    structure::envelope(&mime::summary_header(header), &mut mini);
+    assert_eq!(full, mini);
+    // A definite index answer is the live search's answer.
+    let tokens = Tokens::of(raw);
+    for needle in raw.split(|b| b.is_ascii_whitespace()).take(8) {
+        for text in [false, true] {
+            match tokens.verdict(needle, text) {
+                Verdict::Maybe => {}
+                v => assert_eq!(v == Verdict::Yes, textindex::matches(raw, needle, text)),
+            }
         }
     }
     let root = mime::parse(raw);

@@ -177,6 +177,8 @@ fn tokenize(value: &[u8]) -> Vec<Token> {
                 tokens.push(Token::Special(b));
                 i += 1;
             }
+            // A stray closing parenthesis (no comment open): dropped.
+            b')' => i += 1,
             _ => {
                 let start = i;
                 while i < value.len() && !b" \t\r\n()\"<>@,:;.[]".contains(&value[i]) {
@@ -277,6 +279,14 @@ mod tests {
             mailbox: m.as_bytes().to_vec(),
             host: h.map(|s| s.as_bytes().to_vec()),
         }
+    }
+
+    #[test]
+    fn a_stray_closing_parenthesis_ends() {
+        // Found by the message_structure fuzz target: this looped, allocating without end.
+        let items = parse(b"\x08:C):\x0c\xda");
+        assert!(items.len() <= 3, "{items:?}");
+        assert_eq!(parse(b") a@b").len(), 1);
     }
 
     #[test]
