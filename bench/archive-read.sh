@@ -88,64 +88,27 @@ else N=10000; MAX_N=${MAX_N_ARG:-100000}; fi
 CONC=16
 AUDITOR=audit@contoso.example
 USER1=alice@contoso.example
-RUN_START=$(date +%s)
-RUN_BUDGET=${BENCH_BUDGET_SECS:-1800}
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cd "$ROOT"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-JG_SRC="${JG_BIN:-$CARGO_TARGET_DIR/release/journalgate}"
-LG_SRC="${LOADGEN_BIN:-$CARGO_TARGET_DIR/release/examples/loadgen}"
+# bench_init, log, run_logged, check_budget, time_left, free_port, jget, human_n, probe_machine,
+# the scratch filesystem, jg_config, jg_serve, dovecot_conf, report parts, ...
+. "$(dirname "$0")/lib.sh"
+bench_init archive-read 1800
+JG_SRC="${JG_BIN:-$JG}"
+LG_SRC="${LOADGEN_BIN:-$LG}"
 PY="$ROOT/bench/archive_read.py"
-# log, run_logged, check_budget, time_left, free_port, jget, human_n, probe_machine, ...
-BENCH_TAG=archive-read
-. "$ROOT/bench/lib.sh"
 
 [ "$(id -u)" = 0 ] || { echo "bench/archive-read.sh needs root (loop device, Dovecot, clear_refs)" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "python3 is needed" >&2; exit 1; }
 
 WORK=$(mktemp -d /tmp/jg-archive-read.XXXXXX)
-LOOP_DEV="" LOOP_IMG="" MOUNTED=0
-BG_PIDS=()
-SAMPLER_PID="" DC_PIDFILE="" JG_PID="" CUR_PID=""
+JG_PID="" CUR_PID=""
 
-stop_jg() {
-  local p=$JG_PID
-  if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then
-    kill -TERM "$p"
-    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-  fi
-  JG_PID=""
-}
-
-cleanup() {
-  local rc=$?
-  set +e
-  if [ -n "$CUR_PID" ]; then
-    kill -TERM "$CUR_PID" 2>/dev/null
-    for _ in $(seq 50); do kill -0 "$CUR_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$CUR_PID" 2>/dev/null
-    wait "$CUR_PID" 2>/dev/null
-  fi
-  for p in "${BG_PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+on_exit() { # (bench_exit, before WORK is removed)
+  stop_pid "$CUR_PID" 5
   stop_jg
   kill_dovecot
-  if [ "$KEEP" = 1 ]; then log "kept $WORK"; else rm -rf "${WORK:?}"/* 2>/dev/null; fi
-  if [ -n "$LOOP_DEV" ]; then
-    if [ "$MOUNTED" = 1 ]; then
-      umount "$WORK" 2>/dev/null || { sleep 1; umount "$WORK" 2>/dev/null; } || log "warning: could not unmount $WORK"
-    fi
-    losetup -d "$LOOP_DEV" 2>/dev/null || log "warning: could not detach $LOOP_DEV"
-  fi
-  [ -n "$LOOP_IMG" ] && [ "$KEEP" != 1 ] && rm -f "$LOOP_IMG"
-  [ "$KEEP" = 1 ] || rmdir "$WORK" 2>/dev/null
-  [ "$rc" = 0 ] || log "failed (exit $rc)"
-  exit $rc
 }
-trap cleanup EXIT
-trap 'log "interrupted"; exit 130' INT TERM HUP
+bench_traps
 
 fail() { log "ERROR: $*"; exit 1; }
 now() { date +%s.%N; }
@@ -157,8 +120,7 @@ secs_since() { awk -v a="$1" -v b="$(now)" 'BEGIN{ printf "%.3f", b - a }'; }
 KB_PER_REPORT=110
 
 # ------------------------------------------------------------------ filesystem
-if [ "$LOOPFS" = 1 ] && command -v mkfs.ext4 >/dev/null && command -v losetup >/dev/null; then
-  LOOP_IMG="$WORK.img"
+if scratch_fs_possible; then
   BIGGEST=$N; [ "$MAX_N" -gt "$BIGGEST" ] && BIGGEST=$MAX_N
   IMG_GB=$(( BIGGEST * KB_PER_REPORT / 1000000 + 6 ))
   HOST_FREE_GB=$(df -P --block-size=1G "$(dirname "$WORK")" | awk 'NR==2{print $4}')
@@ -167,15 +129,11 @@ if [ "$LOOPFS" = 1 ] && command -v mkfs.ext4 >/dev/null && command -v losetup >/
     IMG_GB=$(( HOST_FREE_GB - 4 ))
     log "note: only ${HOST_FREE_GB} GB free under $(dirname "$WORK"); the image is limited to ${IMG_GB} GB"
   fi
-  truncate -s "${IMG_GB}G" "$LOOP_IMG"
   # inode tables and journal written now, not by ext4lazyinit in the background of the run
-  mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$LOOP_IMG"
-  LOOP_DEV=$(losetup --find --show --direct-io=on "$LOOP_IMG")
-  mount "$LOOP_DEV" "$WORK"
-  MOUNTED=1
+  mount_scratch_fs "$IMG_GB" -E lazy_itable_init=0,lazy_journal_init=0
   FS_NOTE="a fresh journaled ext4 on $LOOP_DEV (direct I/O loop over the sparse image $LOOP_IMG, ${IMG_GB} GB; $(findmnt -no FSTYPE -T "$(dirname "$WORK.img")") underneath)"
 else
-  FS_NOTE="$(findmnt -no FSTYPE,OPTIONS -T /tmp 2>/dev/null | cut -c1-80) (the root filesystem)"
+  FS_NOTE=$(rootfs_note)
 fi
 chmod 755 "$WORK"            # Dovecot's user (nobody) must traverse it
 mkdir -p "$WORK/res" "$WORK/keys" "$WORK/bin"
@@ -190,15 +148,7 @@ probe_machine
 # ------------------------------------------------------------------ software
 if [ "$INSTALL" = 1 ] && { ! command -v dovecot >/dev/null || [ ! -x /usr/lib/dovecot/imap ]; }; then
   log "installing dovecot-core dovecot-imapd (Debian packages)"
-  POLICY_CREATED=0
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; POLICY_CREATED=1
-  fi
-  export DEBIAN_FRONTEND=noninteractive
-  timeout 600 apt-get -o DPkg::Lock::Timeout=300 update -q >/dev/null
-  timeout 600 apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends \
-    dovecot-core dovecot-imapd >"$WORK/apt.log" 2>&1 || { tail -20 "$WORK/apt.log"; exit 1; }
-  [ "$POLICY_CREATED" = 1 ] && rm -f /usr/sbin/policy-rc.d
+  apt_install dovecot-core dovecot-imapd
 fi
 command -v dovecot >/dev/null && [ -x /usr/lib/dovecot/imap ] \
   || fail "dovecot with imap is needed (apt install dovecot-core dovecot-imapd)"
@@ -231,33 +181,7 @@ D="$WORK/jg"
 mkdir -p "$D/data"
 SMTP_PORT=$(free_port) JG_IMAP=$(free_port)
 CFG="$D/journalgate.toml"
-cat >"$CFG" <<EOF
-hostname = "jg.bench.test"
-data_dir = "$D/data"
-[smtp]
-listen = ["127.0.0.1:$SMTP_PORT"]
-listen_tls = []
-[pop3]
-listen = []
-listen_tls = []
-[imap]
-listen = ["127.0.0.1:$JG_IMAP"]
-listen_tls = []
-[tls]
-source = "self-signed"
-[console]
-listen = ""
-[spool]
-min_free_bytes = 0
-[auth]
-failure_delay_ms = 200
-[log]
-format = "text"
-[archive]
-journal_sources = ["127.0.0.0/8"]
-intake_key_file = "$WORK/keys/intake.key"
-signing_key_file = "$WORK/keys/chain.key"
-EOF
+jg_config data_dir="$D/data" smtp="$SMTP_PORT" imap="$JG_IMAP" journal_sources=127.0.0.0/8 key_dir="$WORK/keys" >"$CFG"
 cp "$CFG" "$R/journalgate.toml"
 jgc() { "$JG" --config "$CFG" "$@" </dev/null; }          # not logged (polling)
 jgl() { run_logged "$JG" --config "$CFG" "$@" </dev/null; } # logged
@@ -270,15 +194,9 @@ JG_PASS=$(json_field "$D/auditor.json" password) || fail "no password in $(cat "
 [ -n "$JG_PASS" ] || fail "empty auditor password"
 
 log "starting journalgate (smtp $SMTP_PORT, imap+STARTTLS $JG_IMAP)"
-printf '%s\n' "$JG --config $CFG serve" >>"$CMDS"
-"$JG" --config "$CFG" serve >"$D/stdout" 2>"$D/stderr" </dev/null &
+jg_serve "$CFG" "$D"
 JG_PID=$!
-for _ in $(seq 300); do
-  grep -q 'journalgate ready' "$D/stdout" 2>/dev/null && break
-  kill -0 "$JG_PID" 2>/dev/null || break
-  sleep 0.1
-done
-grep -q 'journalgate ready' "$D/stdout" 2>/dev/null || { tail -20 "$D/stderr" >&2; fail "journalgate did not become ready"; }
+jg_wait_ready "$D" "$JG_PID" || { tail -20 "$D/stderr" >&2; fail "journalgate did not become ready"; }
 jgl mailbox create --name bench-journal --json >"$D/mailbox.json" || fail "mailbox create failed"
 MBX=$(json_field "$D/mailbox.json" address) || fail "mailbox create: $(cat "$D/mailbox.json")"
 
@@ -288,33 +206,12 @@ DC_USER=audit DC_PASS=benchpass
 mkdir -p "$DC/run" "$DC/state" "$DC/home/$DC_USER"
 chown nobody:nogroup "$DC/home" "$DC/home/$DC_USER"
 DC_IMAP=$(free_port)
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \
-  -days 2 -keyout "$DC/key.pem" -out "$DC/cert.pem" 2>/dev/null
-cat >"$DC/dovecot.conf" <<EOF
-# private benchmark instance (dovecot -c this file): nothing from /etc/dovecot is read.
-# No fts plugin: SEARCH is Dovecot's default substring search.
-instance_name = jgarchiveread
-base_dir = $DC/run
-state_dir = $DC/state
-log_path = $DC/dovecot.log
-protocols = imap
-listen = 127.0.0.1
-ssl = required
-ssl_cert = <$DC/cert.pem
-ssl_key = <$DC/key.pem
-ssl_dh = </usr/share/dovecot/dh.pem
-disable_plaintext_auth = yes
-auth_mechanisms = plain
-auth_username_format = %Ln
-mail_location = maildir:~/Maildir
-passdb {
-  driver = static
-  args = password=$DC_PASS
-}
-userdb {
-  driver = static
-  args = uid=nobody gid=nogroup home=$DC/home/%n allow_all_users=yes
-}
+dovecot_cert "$DC"
+{
+  echo "# private benchmark instance (dovecot -c this file): nothing from /etc/dovecot is read."
+  echo "# No fts plugin: SEARCH is Dovecot's default substring search."
+  dovecot_conf "$DC" instance=jgarchiveread protocols=imap password="$DC_PASS" ssl=required
+  cat <<EOF
 service imap-login {
   inet_listener imap {
     address = 127.0.0.1
@@ -333,17 +230,10 @@ service pop3-login {
   }
 }
 EOF
+} >"$DC/dovecot.conf"
 cp "$DC/dovecot.conf" "$R/dovecot.conf"
-DC_PIDFILE="$DC/run/master.pid"
 log "starting dovecot (imap+STARTTLS $DC_IMAP)"
-run_logged timeout 30 dovecot -c "$DC/dovecot.conf" >"$DC/start.log" 2>&1 </dev/null \
-  || { cat "$DC/start.log" "$DC/dovecot.log" >&2 2>/dev/null; fail "dovecot did not start"; }
-for _ in $(seq 100); do
-  [ -f "$DC_PIDFILE" ] && ss -Htln "sport = :$DC_IMAP" | grep -q . && break
-  sleep 0.1
-done
-DC_MASTER=$(tr -dc 0-9 <"$DC_PIDFILE" 2>/dev/null || true)
-[ -n "$DC_MASTER" ] || { cat "$DC/dovecot.log" >&2 2>/dev/null; fail "dovecot did not start"; }
+start_dovecot "$DC" "$DC_IMAP" || fail "dovecot did not start"
 MAILDIR="$DC/home/$DC_USER/Maildir"
 
 # ------------------------------------------------------------------ steps
@@ -553,15 +443,7 @@ ENV_TEXT=""
   echo "journalgate: the auditor's \`Unknown Addresses\`, items decrypted per message. Result counts are checked against each"
   echo "other and against what the templates hold."
   echo
-  if [ -s "$R/jg-errors.txt" ] || [ -s "$R/dc-errors.txt" ]; then
-    echo "## Server log excerpts (errors)"
-    echo
-    echo '```'
-    [ -s "$R/jg-errors.txt" ] && { echo "journalgate:"; cat "$R/jg-errors.txt"; }
-    [ -s "$R/dc-errors.txt" ] && { echo "dovecot:"; cat "$R/dc-errors.txt"; }
-    echo '```'
-    echo
-  fi
+  report_errors journalgate "$R/jg-errors.txt" dovecot "$R/dc-errors.txt"
   if ls "$R"/perf-*.txt >/dev/null 2>&1; then
     echo "## Where journalgate spends the time (perf record -F 999 -p PID, one extra untimed run of each operation at $(human_n "$N"))"
     echo

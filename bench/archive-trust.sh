@@ -65,41 +65,20 @@ USERS="alice bob carol dave erin"
 DOMAIN=contoso.example
 AUDITOR=audit@$DOMAIN
 USER_GRANTED=bob@$DOMAIN  # To on every report: entitled to all N originals
-RUN_START=$(date +%s)
-HZ=$(getconf CLK_TCK)
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cd "$ROOT"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-JG="$CARGO_TARGET_DIR/release/journalgate"
-LG="$CARGO_TARGET_DIR/release/examples/loadgen"
-# log, run_logged, free_port, jget, fmt*, human_n, hwm_mb, tree_cpu_ticks, report parts
-BENCH_TAG=archive-trust
-. "$ROOT/bench/lib.sh"
+# bench_init, log, run_logged, free_port, jget, fmt*, human_n, hwm_mb, tree_cpu_ticks, the
+# scratch filesystem, jg_config, jg_serve, stop_jg, report parts
+. "$(dirname "$0")/lib.sh"
+bench_init archive-trust
 
 [ "$(id -u)" = 0 ] || { echo "bench/archive-trust.sh needs root (loop device, /proc/PID/clear_refs)" >&2; exit 1; }
 GNU_TIME=""
 [ -x /usr/bin/time ] && /usr/bin/time -v true >/dev/null 2>&1 && GNU_TIME=/usr/bin/time
 
 WORK=$(mktemp -d /tmp/jg-archive-trust.XXXXXX)
-LOOP_DEV="" LOOP_IMG="" MOUNTED=0
-BG_PIDS=()
-SAMPLER_PID="" DC_PIDFILE="" JG_PID="" CUR_PID=""
+JG_PID="" CUR_PID=""
 
-stop_jg() {
-  local p=$JG_PID
-  if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then
-    kill -TERM "$p"
-    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-  fi
-  JG_PID=""
-}
-
-cleanup() {
-  local rc=$?
-  set +e
+on_exit() { # (bench_exit, before WORK is removed)
   # a timed command runs in its own process group (timeout's): end the whole group
   if [ -n "$CUR_PID" ]; then
     kill -TERM -- "-$CUR_PID" 2>/dev/null
@@ -107,36 +86,18 @@ cleanup() {
     kill -KILL -- "-$CUR_PID" 2>/dev/null
     wait "$CUR_PID" 2>/dev/null
   fi
-  for p in "${BG_PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
   stop_jg
-  if [ "$KEEP" = 1 ]; then log "kept $WORK"; else rm -rf "${WORK:?}"/*; fi
-  if [ -n "$LOOP_DEV" ]; then
-    if [ "$MOUNTED" = 1 ]; then
-      umount "$WORK" 2>/dev/null || { sleep 1; umount "$WORK" 2>/dev/null; } || log "warning: could not unmount $WORK"
-    fi
-    losetup -d "$LOOP_DEV" 2>/dev/null || log "warning: could not detach $LOOP_DEV"
-  fi
-  [ -n "$LOOP_IMG" ] && rm -f "$LOOP_IMG"
-  [ "$KEEP" = 1 ] || rmdir "$WORK" 2>/dev/null
-  [ "$rc" = 0 ] || log "failed (exit $rc)"
-  exit $rc
 }
-trap cleanup EXIT
-trap 'log "interrupted"; exit 130' INT TERM HUP
+bench_traps
 
-if [ "$LOOPFS" = 1 ] && command -v mkfs.ext4 >/dev/null && command -v losetup >/dev/null; then
-  LOOP_IMG="$WORK.img"
+if scratch_fs_possible; then
   # sparse; the run needs about 100 KB per report: the gateway mailbox's copy, the archive
   # item, its duplicate-merging copy, the envelope, and two exports on disk at a time
   IMG_GB=$(( N * 200 / 1000000 + 4 ))
-  truncate -s "${IMG_GB}G" "$LOOP_IMG"
-  mkfs.ext4 -q -F "$LOOP_IMG"
-  LOOP_DEV=$(losetup --find --show --direct-io=on "$LOOP_IMG")
-  mount "$LOOP_DEV" "$WORK"
-  MOUNTED=1
+  mount_scratch_fs "$IMG_GB"
   FS_NOTE="a fresh journaled ext4 on $LOOP_DEV (direct I/O loop over $LOOP_IMG, ${IMG_GB} GB sparse)"
 else
-  FS_NOTE="$(findmnt -no FSTYPE,OPTIONS -T /tmp 2>/dev/null | cut -c1-80) (the root filesystem)"
+  FS_NOTE=$(rootfs_note)
 fi
 chmod 700 "$WORK"
 mkdir -p "$WORK/res" "$WORK/keys"
@@ -306,33 +267,7 @@ D="$WORK/jg"
 mkdir -p "$D/data"
 SMTP_PORT=$(free_port)
 CFG="$D/journalgate.toml"
-cat >"$CFG" <<EOF
-hostname = "jg.bench.test"
-data_dir = "$D/data"
-[smtp]
-listen = ["127.0.0.1:$SMTP_PORT"]
-listen_tls = []
-[pop3]
-listen = []
-listen_tls = []
-[imap]
-listen = []
-listen_tls = []
-[tls]
-source = "self-signed"
-[console]
-listen = ""
-[spool]
-min_free_bytes = 0
-[auth]
-failure_delay_ms = 200
-[log]
-format = "text"
-[archive]
-journal_sources = ["127.0.0.0/8"]
-intake_key_file = "$WORK/keys/intake.key"
-signing_key_file = "$WORK/keys/chain.key"
-EOF
+jg_config data_dir="$D/data" smtp="$SMTP_PORT" journal_sources=127.0.0.0/8 key_dir="$WORK/keys" >"$CFG"
 cp "$CFG" "$R/journalgate.toml"
 jgc() { "$JG" --config "$CFG" "$@" </dev/null; }          # not logged (polling)
 jgl() { run_logged "$JG" --config "$CFG" "$@" </dev/null; } # logged
@@ -352,15 +287,9 @@ fi
 [ -n "$RECOVERY_KEY" ] && [ -s "$RECOVERY_KEY" ] || fail "no recovery key file in: $(cat "$R/recovery-init.result")"
 
 log "starting journalgate (smtp $SMTP_PORT)"
-printf '%s\n' "$JG --config $CFG serve" >>"$CMDS"
-"$JG" --config "$CFG" serve >"$D/stdout" 2>"$D/stderr" </dev/null &
+jg_serve "$CFG" "$D"
 JG_PID=$!
-for _ in $(seq 300); do
-  grep -q 'journalgate ready' "$D/stdout" 2>/dev/null && break
-  kill -0 "$JG_PID" 2>/dev/null || break
-  sleep 0.1
-done
-grep -q 'journalgate ready' "$D/stdout" 2>/dev/null || { tail -20 "$D/stderr" >&2; fail "journalgate did not become ready"; }
+jg_wait_ready "$D" "$JG_PID" || { tail -20 "$D/stderr" >&2; fail "journalgate did not become ready"; }
 MBX_JSON=$(jgl mailbox create --name bench-journal --json) || fail "mailbox create failed: $MBX_JSON"
 MBX=$(printf '%s' "$MBX_JSON" | sed -n 's/.*"address":"\([^"]*\)".*/\1/p')
 [ -n "$MBX" ] || fail "mailbox create: no address in $MBX_JSON"
@@ -576,14 +505,7 @@ OUT=$(results_file "archive-trust-$DATE$SUFFIX.md")
   echo
   echo "Load average at start: $LOAD_START; at end: $(cut -d' ' -f1-3 /proc/loadavg)."
   echo
-  if [ -s "$R/server-errors.txt" ]; then
-    echo "## Server log excerpts (errors)"
-    echo
-    echo '```'
-    cat "$R/server-errors.txt"
-    echo '```'
-    echo
-  fi
+  report_errors "" "$R/server-errors.txt"
   echo "## Raw JSON of each step"
   echo
   echo '```'

@@ -90,72 +90,36 @@ INGEST_SIZE=20000     # bytes per message of the ingest runs (a journal report's
 INGEST_C=8
 SAMPLE_MB=20          # mailboxes made by each method before choosing the faster
 CASE_TIMEOUT=600
-RUN_START=$(date +%s)
-RUN_BUDGET=${BENCH_BUDGET_SECS:-1200}
-HZ=$(getconf CLK_TCK)
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cd "$ROOT"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-JG_SRC="$CARGO_TARGET_DIR/release/journalgate"
-LG_SRC="$CARGO_TARGET_DIR/release/examples/loadgen"
-# log, run_logged, check_budget, free_port, jget, fmt*, human_n, samplers, report parts
-BENCH_TAG=console-bench
-. "$ROOT/bench/lib.sh"
+# bench_init, log, run_logged, check_budget, free_port, jget, fmt*, human_n, samplers, the
+# scratch filesystem, jg_config, jg_serve, stop_jg, report parts
+. "$(dirname "$0")/lib.sh"
+bench_init console-bench 1200
+JG_SRC=$JG LG_SRC=$LG
 
 command -v python3 >/dev/null || { echo "bench/console.sh needs python3" >&2; exit 1; }
 command -v curl >/dev/null || { echo "bench/console.sh needs curl" >&2; exit 1; }
 
 WORK=$(mktemp -d /tmp/jg-console.XXXXXX)
-LOOP_DEV="" LOOP_IMG=""
-if [ "$LOOPFS" = 1 ] && [ "$(id -u)" = 0 ] && command -v mkfs.ext4 >/dev/null && command -v losetup >/dev/null; then
-  LOOP_IMG="$WORK.img"
-  truncate -s 20G "$LOOP_IMG"
-  mkfs.ext4 -q -F "$LOOP_IMG"
-  LOOP_DEV=$(losetup --find --show --direct-io=on "$LOOP_IMG")
-  mount "$LOOP_DEV" "$WORK"
+JG_PID="" SCRAPER_PID=""
+
+on_exit() { # (bench_exit, before WORK is removed)
+  [ -n "$SCRAPER_PID" ] && kill "$SCRAPER_PID" 2>/dev/null
+  stop_jg
+  wait 2>/dev/null
+  [ "$KEEP" = 1 ] || rm -rf "$WORK".*.key 2>/dev/null
+}
+bench_traps
+
+if [ "$(id -u)" = 0 ] && scratch_fs_possible; then
+  mount_scratch_fs 20
   FS_NOTE="a fresh journaled ext4 on $LOOP_DEV (direct I/O loop over $LOOP_IMG, 20 GB sparse)"
 else
-  FS_NOTE="$(findmnt -no FSTYPE,OPTIONS -T /tmp 2>/dev/null | cut -c1-80) (the root filesystem)"
+  FS_NOTE=$(rootfs_note)
 fi
 mkdir -p "$WORK/res" "$WORK/bin" "$WORK/fill" "$WORK/mk"
 CMDS="$WORK/commands.txt"
 : >"$CMDS"
-
-BG_PIDS=()
-SAMPLER_PID="" JG_PID="" SCRAPER_PID=""
-
-stop_jg() {
-  local p=$JG_PID
-  if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then
-    kill -TERM "$p"
-    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-  fi
-  JG_PID=""
-}
-
-cleanup() {
-  local rc=$?
-  set +e
-  for p in "${BG_PIDS[@]}"; do kill "$p" 2>/dev/null; done
-  [ -n "$SCRAPER_PID" ] && kill "$SCRAPER_PID" 2>/dev/null
-  stop_jg
-  wait 2>/dev/null
-  if [ "$KEEP" = 1 ]; then log "kept $WORK"; else rm -rf "${WORK:?}"/* "$WORK"/.[!.]* 2>/dev/null; fi
-  if [ -n "$LOOP_DEV" ]; then
-    if [ "$KEEP" = 1 ]; then
-      log "the loop filesystem stays mounted on $WORK ($LOOP_DEV over $LOOP_IMG): umount, losetup -d and rm it by hand"
-    else
-      umount "$WORK" 2>/dev/null; losetup -d "$LOOP_DEV" 2>/dev/null; rm -f "$LOOP_IMG"
-    fi
-  fi
-  [ "$KEEP" = 1 ] || rm -rf "$WORK" "$WORK".*.key 2>/dev/null
-  exit $rc
-}
-trap cleanup EXIT
-trap 'log "interrupted"; exit 130' INT TERM
 
 settle() { sync; sleep 2; }
 now() { date +%s.%N; }
@@ -362,55 +326,23 @@ PYEOF
 D="$WORK/jg"
 mkdir -p "$D/data"
 CONF="$D/journalgate.toml"
-write_config() {
-cat >"$CONF" <<EOF
-hostname = "jg.bench.test"
-data_dir = "$D/data"
-[smtp]
-listen = ["127.0.0.1:$SMTP_PORT"]
-listen_tls = []
-max_connections = 2000
-max_connections_per_ip = 1000
-[pop3]
-listen = []
-listen_tls = []
-[imap]
-listen = []
-listen_tls = []
-[tls]
-source = "self-signed"
-[console]
-listen = "127.0.0.1:$CPORT"
-[spool]
-min_free_bytes = 0
-[auth]
-failure_delay_ms = 200
-[log]
-format = "text"
-EOF
-}
 # A port picked as free can be taken by other work before the server binds it: new ports, up
 # to 3 tries.
 for try in 1 2 3; do
   SMTP_PORT=$(free_port)
   CPORT=$(free_port)
-  write_config
+  jg_config data_dir="$D/data" smtp="$SMTP_PORT" smtp_max_connections=2000 smtp_max_connections_per_ip=1000 \
+    console="$CPORT" >"$CONF"
   log "starting journalgate (smtp $SMTP_PORT, console $CPORT)"
-  : >"$D/stdout"; : >"$D/stderr"
-  "$JG" --config "$CONF" serve >"$D/stdout" 2>"$D/stderr" </dev/null &
+  : >"$D/stderr"
+  jg_serve "$CONF" "$D"
   JG_PID=$!
-  for _ in $(seq 300); do
-    grep -q 'journalgate ready' "$D/stdout" 2>/dev/null && break
-    kill -0 "$JG_PID" 2>/dev/null || break
-    sleep 0.1
-  done
-  grep -q 'journalgate ready' "$D/stdout" 2>/dev/null && break
+  jg_wait_ready "$D" "$JG_PID" && break
   if grep -q 'Address already in use' "$D/stderr" && [ "$try" -lt 3 ]; then
     log "a port was taken meanwhile; again with others"; stop_jg; continue
   fi
   log "journalgate did not become ready:"; tail -20 "$D/stderr" >&2; exit 1
 done
-printf '%s\n' "$JG --config $CONF serve" >>"$CMDS"
 cp "$CONF" "$WORK/res/journalgate.toml"
 jg() { run_logged "$JG" --config "$CONF" "$@" </dev/null; }
 grep 'journalgate ready' "$D/stdout" >&2
@@ -791,14 +723,7 @@ OUT=$(results_file "console-$DATE$SUFFIX.md")
   echo
   echo "Load average at start: $LOAD_START; at end: $(cut -d' ' -f1-3 /proc/loadavg)."
   echo
-  if [ -s "$R/errors.txt" ]; then
-    echo "## Server log excerpts (errors)"
-    echo
-    echo '```'
-    cat "$R/errors.txt"
-    echo '```'
-    echo
-  fi
+  report_errors "" "$R/errors.txt"
   echo "## Mailbox creation (method, mailboxes, seconds, per second)"
   echo
   echo '```'

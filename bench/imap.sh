@@ -44,17 +44,11 @@ SIZE=20000
 CONC=32
 BATCH=500
 REPEAT=5
-RUN_START=$(date +%s)
-RUN_BUDGET=${BENCH_BUDGET_SECS:-720}
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cd "$ROOT"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-JG="$CARGO_TARGET_DIR/release/journalgate"
-LG="$CARGO_TARGET_DIR/release/examples/loadgen"
-# log, run_logged, check_budget, free_port, jget, fmt*, human_n, samplers, report parts
-BENCH_TAG=imap-bench
-. "$ROOT/bench/lib.sh"
+# bench_init, log, run_logged, check_budget, free_port, jget, fmt*, human_n, samplers,
+# apt_install, jg_config, jg_serve, stop_jg, dovecot_conf, report parts
+. "$(dirname "$0")/lib.sh"
+bench_init imap-bench 720
 
 [ "$(id -u)" = 0 ] || { echo "bench/imap.sh needs root (Dovecot drops privileges to nobody)" >&2; exit 1; }
 
@@ -64,30 +58,13 @@ mkdir -p "$WORK/res"
 CMDS="$WORK/commands.txt"
 : >"$CMDS"
 
-BG_PIDS=()
-JG_PID="" DC_PIDFILE="" SAMPLER_PID=""
+JG_PID=""
 
-stop_jg() {
-  if [ -n "$JG_PID" ] && kill -0 "$JG_PID" 2>/dev/null; then
-    kill -TERM "$JG_PID"
-    for _ in $(seq 100); do kill -0 "$JG_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$JG_PID" 2>/dev/null || true
-    wait "$JG_PID" 2>/dev/null || true
-  fi
-  JG_PID=""
-}
-
-cleanup() {
-  local rc=$?
-  set +e
-  for p in "${BG_PIDS[@]}"; do kill "$p" 2>/dev/null; done
+on_exit() { # (bench_exit, before WORK is removed)
   stop_jg
   kill_dovecot
-  if [ "$KEEP" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
-  exit $rc
 }
-trap cleanup EXIT
-trap 'log "interrupted"; exit 130' INT TERM
+bench_traps
 
 # like run_logged, but with the value of --pass masked in the log
 run_masked() {
@@ -109,15 +86,7 @@ probe_machine
 if [ "$INSTALL" = 1 ]; then
   if ! command -v dovecot >/dev/null || [ ! -x /usr/lib/dovecot/imap ] || [ ! -x /usr/lib/dovecot/lmtp ]; then
     log "installing dovecot-core dovecot-imapd dovecot-lmtpd (Debian packages)"
-    POLICY_CREATED=0
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; POLICY_CREATED=1
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    timeout 600 apt-get -o DPkg::Lock::Timeout=300 update -q >/dev/null
-    timeout 600 apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends \
-      dovecot-core dovecot-imapd dovecot-lmtpd >"$WORK/apt.log" 2>&1 || { tail -20 "$WORK/apt.log"; exit 1; }
-    [ "$POLICY_CREATED" = 1 ] && rm -f /usr/sbin/policy-rc.d
+    apt_install dovecot-core dovecot-imapd dovecot-lmtpd
   fi
 fi
 command -v dovecot >/dev/null && [ -x /usr/lib/dovecot/imap ] && [ -x /usr/lib/dovecot/lmtp ] \
@@ -141,41 +110,13 @@ RUN_START=$(date +%s)
 # ------------------------------------------------------------------ journalgate
 JGD="$WORK/journalgate"; mkdir -p "$JGD/data"
 JG_SMTP=$(free_port) JG_IMAPS=$(free_port)
-cat >"$JGD/journalgate.toml" <<EOF
-hostname = "jg.bench.test"
-data_dir = "$JGD/data"
-[smtp]
-listen = ["127.0.0.1:$JG_SMTP"]
-listen_tls = []
-[pop3]
-listen = []
-listen_tls = []
-[imap]
-listen = []
-listen_tls = ["127.0.0.1:$JG_IMAPS"]
-[tls]
-source = "self-signed"
-[console]
-listen = ""
-[spool]
-min_free_bytes = 0
-[auth]
-failure_delay_ms = 200
-[log]
-format = "text"
-EOF
+jg_config data_dir="$JGD/data" smtp="$JG_SMTP" imap_tls="$JG_IMAPS" >"$JGD/journalgate.toml"
 cp "$JGD/journalgate.toml" "$WORK/res/journalgate.toml"
 start_jg() {
   log "starting journalgate (smtp $JG_SMTP, imaps $JG_IMAPS)"
-  printf '%s\n' "$JG --config $JGD/journalgate.toml serve" >>"$CMDS"
-  : >"$JGD/stdout"
-  "$JG" --config "$JGD/journalgate.toml" serve >"$JGD/stdout" 2>>"$JGD/stderr" </dev/null &
+  jg_serve "$JGD/journalgate.toml" "$JGD"
   JG_PID=$!
-  for _ in $(seq 600); do
-    grep -q 'journalgate ready' "$JGD/stdout" 2>/dev/null && return 0
-    kill -0 "$JG_PID" 2>/dev/null || break
-    sleep 0.1
-  done
+  jg_wait_ready "$JGD" "$JG_PID" 60 && return 0
   log "journalgate did not become ready:"; tail -20 "$JGD/stderr" >&2
   return 1
 }
@@ -198,33 +139,11 @@ DC="$WORK/dovecot"
 mkdir -p "$DC/run" "$DC/state" "$DC/home"
 chown nobody:nogroup "$DC/home"
 DC_IMAPS=$(free_port) DC_LMTP=$(free_port)
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \
-  -days 2 -keyout "$DC/key.pem" -out "$DC/cert.pem" 2>/dev/null
-cat >"$DC/dovecot.conf" <<EOF
-# private benchmark instance (dovecot -c this file): nothing from /etc/dovecot is read
-instance_name = jgimapbench
-base_dir = $DC/run
-state_dir = $DC/state
-log_path = $DC/dovecot.log
-protocols = imap lmtp
-listen = 127.0.0.1
-ssl = required
-ssl_cert = <$DC/cert.pem
-ssl_key = <$DC/key.pem
-ssl_dh = </usr/share/dovecot/dh.pem
-disable_plaintext_auth = yes
-auth_mechanisms = plain
-auth_username_format = %Ln
-mail_location = maildir:~/Maildir
-mail_fsync = always
-passdb {
-  driver = static
-  args = password=benchpass
-}
-userdb {
-  driver = static
-  args = uid=nobody gid=nogroup home=$DC/home/%n allow_all_users=yes
-}
+dovecot_cert "$DC"
+{
+  echo "# private benchmark instance (dovecot -c this file): nothing from /etc/dovecot is read"
+  dovecot_conf "$DC" instance=jgimapbench protocols="imap lmtp" password=benchpass ssl=required fsync=always
+  cat <<EOF
 service imap-login {
   inet_listener imap {
     port = 0
@@ -253,17 +172,10 @@ service lmtp {
   }
 }
 EOF
+} >"$DC/dovecot.conf"
 cp "$DC/dovecot.conf" "$WORK/res/dovecot.conf"
-DC_PIDFILE="$DC/run/master.pid"
 log "starting dovecot (imaps $DC_IMAPS, lmtp $DC_LMTP)"
-run_logged timeout 30 dovecot -c "$DC/dovecot.conf" >"$DC/start.log" 2>&1 </dev/null \
-  || { cat "$DC/start.log" "$DC/dovecot.log" >&2 2>/dev/null; exit 1; }
-for _ in $(seq 100); do
-  [ -f "$DC_PIDFILE" ] && ss -Htln "sport = :$DC_IMAPS" | grep -q . && ss -Htln "sport = :$DC_LMTP" | grep -q . && break
-  sleep 0.1
-done
-DC_MASTER=$(tr -dc 0-9 <"$DC_PIDFILE" 2>/dev/null || true)
-[ -n "$DC_MASTER" ] || { log "dovecot did not start"; cat "$DC/dovecot.log" >&2 2>/dev/null; exit 1; }
+start_dovecot "$DC" "$DC_IMAPS" "$DC_LMTP" || { log "dovecot did not start"; exit 1; }
 
 # ------------------------------------------------------------------ case helpers
 fill_smtp() { # NAME ADDR TO COUNT [extra loadgen args...]
@@ -473,15 +385,7 @@ OUT=$(results_file "imap-results-$DATE$SUFFIX.md")
   echo
   cat "$TARGETS"
   echo
-  if [ -s "$R/jg-errors.txt" ] || [ -s "$R/dc-errors.txt" ]; then
-    echo "## Server log excerpts (errors)"
-    echo
-    echo '```'
-    [ -s "$R/jg-errors.txt" ] && { echo "journalgate:"; cat "$R/jg-errors.txt"; }
-    [ -s "$R/dc-errors.txt" ] && { echo "dovecot:"; cat "$R/dc-errors.txt"; }
-    echo '```'
-    echo
-  fi
+  report_errors journalgate "$R/jg-errors.txt" dovecot "$R/dc-errors.txt"
   report_appendix journalgate.toml dovecot.conf
 } >"$OUT"
 

@@ -68,73 +68,37 @@ WARM=20               # warm-up messages per system (also checks that each one w
 REPORT_SIZE=20000     # target size of one journal report (bytes)
 USERS="alice bob carol dave erin"
 AUDITOR=audit@contoso.example
-RUN_START=$(date +%s)
-RUN_BUDGET=${BENCH_BUDGET_SECS:-1200}
-HZ=$(getconf CLK_TCK)
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cd "$ROOT"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-JG="$CARGO_TARGET_DIR/release/journalgate"
-LG="$CARGO_TARGET_DIR/release/examples/loadgen"
-# log, run_logged, check_budget, free_port, jget, fmt*, human_n, tree_cpu_ticks, report parts
-BENCH_TAG=ingest-bench
-. "$ROOT/bench/lib.sh"
+# bench_init, log, run_logged, check_budget, free_port, jget, fmt*, human_n, tree_cpu_ticks,
+# apt_install, the scratch filesystem, jg_config, jg_serve, stop_pid, dovecot_conf, report parts
+. "$(dirname "$0")/lib.sh"
+bench_init ingest-bench 1200
 
 [ "$(id -u)" = 0 ] || { echo "bench/ingest.sh needs root (apt install, Postfix/Dovecot privilege drop)" >&2; exit 1; }
 
 WORK=$(mktemp -d /tmp/jg-ingest.XXXXXX)
-LOOP_DEV="" LOOP_IMG=""
-if [ "$LOOPFS" = 1 ] && command -v mkfs.ext4 >/dev/null && command -v losetup >/dev/null; then
-  LOOP_IMG="$WORK.img"
-  truncate -s 12G "$LOOP_IMG"
-  mkfs.ext4 -q -F "$LOOP_IMG"
-  LOOP_DEV=$(losetup --find --show --direct-io=on "$LOOP_IMG")
-  mount "$LOOP_DEV" "$WORK"
+if scratch_fs_possible; then
+  mount_scratch_fs 12
   FS_NOTE="a fresh journaled ext4 on $LOOP_DEV (direct I/O loop over $LOOP_IMG)"
 else
-  FS_NOTE="$(findmnt -no FSTYPE,OPTIONS -T /tmp 2>/dev/null | cut -c1-80) (the root filesystem)"
+  FS_NOTE=$(rootfs_note)
 fi
 chmod 755 "$WORK"            # postfix / dovecot users must traverse it
 mkdir -p "$WORK/res"
 CMDS="$WORK/commands.txt"
 : >"$CMDS"
 
-BG_PIDS=()
-PF_DIR="" DC_PIDFILE="" SAMPLER_PID=""
+PF_DIR=""
 declare -A JG_PID=() JG_DIR=() JG_SMTP=() WHY=()
 
-stop_jg() { # NAME
-  local p=${JG_PID[$1]:-}
-  if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then
-    kill -TERM "$p"
-    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-  fi
-  JG_PID[$1]=""
-}
+jg_stop() { stop_pid "${JG_PID[$1]:-}"; JG_PID[$1]=""; }   # NAME
 
-cleanup() {
-  local rc=$?
-  set +e
-  for p in "${BG_PIDS[@]}"; do kill "$p" 2>/dev/null; done
-  for n in "${!JG_PID[@]}"; do stop_jg "$n"; done
-  if [ -n "$PF_DIR" ] && [ -f "$PF_DIR/queue/pid/master.pid" ]; then
-    postfix -c "$PF_DIR/etc" abort >/dev/null 2>&1 </dev/null
-    local mp; mp=$(tr -dc 0-9 <"$PF_DIR/queue/pid/master.pid")
-    [ -n "$mp" ] && { sleep 0.5; pkill -KILL -P "$mp" 2>/dev/null; kill -KILL "$mp" 2>/dev/null; }
-  fi
+on_exit() { # (bench_exit, before WORK is removed)
+  for n in "${!JG_PID[@]}"; do jg_stop "$n"; done
+  stop_postfix "$PF_DIR"
   kill_dovecot
-  if [ "$KEEP" = 1 ]; then log "kept $WORK"; else rm -rf "${WORK:?}"/*; fi
-  if [ -n "$LOOP_DEV" ]; then
-    umount "$WORK" 2>/dev/null; losetup -d "$LOOP_DEV" 2>/dev/null; rm -f "$LOOP_IMG"
-  fi
-  [ "$KEEP" = 1 ] || rmdir "$WORK" 2>/dev/null
-  exit $rc
 }
-trap cleanup EXIT
-trap 'log "interrupted"; exit 130' INT TERM
+bench_traps
 
 settle() { sync; sleep 2; }
 now() { date +%s.%N; }
@@ -147,16 +111,7 @@ if [ "$INSTALL" = 1 ]; then
   if ! command -v postfix >/dev/null || ! command -v dovecot >/dev/null || [ ! -x /usr/lib/dovecot/lmtp ]; then
     log "installing postfix + dovecot (Debian packages)"
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-    # keep the packages' own services from being started by the install
-    POLICY_CREATED=0
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; POLICY_CREATED=1
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get -o DPkg::Lock::Timeout=300 update -q >/dev/null
-    apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends \
-      postfix dovecot-core dovecot-lmtpd >"$WORK/apt.log" 2>&1 || { tail -20 "$WORK/apt.log"; exit 1; }
-    [ "$POLICY_CREATED" = 1 ] && rm -f /usr/sbin/policy-rc.d
+    apt_install postfix dovecot-core dovecot-lmtpd
   fi
 fi
 
@@ -243,31 +198,7 @@ jg_start() { # NAME WITH_USERS(0|1)
   JG_DIR[$name]=$d
   mkdir -p "$d/data"
   port=$(free_port); JG_SMTP[$name]=$port
-  cat >"$d/journalgate.toml" <<EOF
-hostname = "jg.bench.test"
-data_dir = "$d/data"
-[smtp]
-listen = ["127.0.0.1:$port"]
-listen_tls = []
-[pop3]
-listen = []
-listen_tls = []
-[imap]
-listen = []
-listen_tls = []
-[tls]
-source = "self-signed"
-[console]
-listen = ""
-[spool]
-min_free_bytes = 0
-[auth]
-failure_delay_ms = 200
-[log]
-format = "text"
-[archive]
-journal_sources = ["127.0.0.0/8"]
-EOF
+  jg_config data_dir="$d/data" smtp="$port" journal_sources=127.0.0.0/8 >"$d/journalgate.toml"
   cp "$d/journalgate.toml" "$WORK/res/journalgate-$name.toml"
   if [ "$users" = 1 ]; then
     log "$name: adding 5 archive users, 1 auditor and the recovery key"
@@ -281,15 +212,9 @@ EOF
       || { WHY[$name]="archive recovery init failed"; return 1; }
   fi
   log "starting journalgate $name (smtp $port)"
-  printf '%s\n' "$JG --config $d/journalgate.toml serve" >>"$CMDS"
-  "$JG" --config "$d/journalgate.toml" serve >"$d/stdout" 2>"$d/stderr" </dev/null &
+  jg_serve "$d/journalgate.toml" "$d"
   JG_PID[$name]=$!
-  for _ in $(seq 300); do
-    grep -q 'journalgate ready' "$d/stdout" 2>/dev/null && break
-    kill -0 "${JG_PID[$name]}" 2>/dev/null || break
-    sleep 0.1
-  done
-  if ! grep -q 'journalgate ready' "$d/stdout" 2>/dev/null; then
+  if ! jg_wait_ready "$d" "${JG_PID[$name]}"; then
     log "journalgate $name did not become ready:"; tail -20 "$d/stderr" >&2
     WHY[$name]="did not start"; return 1
   fi
@@ -386,32 +311,17 @@ anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
 EOF
-  cat >"$DC/dovecot.conf" <<EOF
-# private benchmark instance (dovecot -c this file): nothing from /etc/dovecot is read
-instance_name = jgingest
-base_dir = $DC/run
-state_dir = $DC/state
-log_path = $DC/dovecot.log
-protocols = lmtp
-listen = 127.0.0.1
-ssl = no
-auth_username_format = %Ln
-mail_location = maildir:~/Maildir
-mail_fsync = always
-passdb {
-  driver = static
-  args = password=benchpass
-}
-userdb {
-  driver = static
-  args = uid=nobody gid=nogroup home=$DC/home/%n allow_all_users=yes
-}
+  {
+    echo "# private benchmark instance (dovecot -c this file): nothing from /etc/dovecot is read"
+    dovecot_conf "$DC" instance=jgingest protocols=lmtp password=benchpass fsync=always
+    cat <<EOF
 service lmtp {
   unix_listener lmtp {
     mode = 0666
   }
 }
 EOF
+  } >"$DC/dovecot.conf"
   cp "$PF_DIR/etc/main.cf" "$WORK/res/postfix-main.cf"; cp "$PF_DIR/etc/master.cf" "$WORK/res/postfix-master.cf"
   cp "$DC/dovecot.conf" "$WORK/res/dovecot.conf"
   DC_PIDFILE="$DC/run/master.pid"
@@ -575,7 +485,7 @@ done
 for s in A B; do
   [ -n "${JG_DIR[$s]:-}" ] || continue
   grep -iE 'error|panic' "${JG_DIR[$s]}/stderr" 2>/dev/null | head -10 >"$WORK/res/$s-errors.txt" || true
-  stop_jg "$s"
+  jg_stop "$s"
 done
 if [ -n "$PF_DIR" ]; then
   grep -E 'status=(deferred|bounced)|warning|fatal|panic' "$PF_DIR/maillog" 2>/dev/null | head -10 >"$WORK/res/C-errors.txt" || true
@@ -700,14 +610,7 @@ OUT=$(results_file "ingest-$DATE$SUFFIX.md")
   echo
   cat "$TARGETS"
   echo
-  if cat "$R"/*-errors.txt 2>/dev/null | grep -q .; then
-    echo "## Server log excerpts (errors)"
-    echo
-    echo '```'
-    for s in A B C; do [ -s "$R/$s-errors.txt" ] && { echo "$s:"; cat "$R/$s-errors.txt"; }; done
-    echo '```'
-    echo
-  fi
+  report_errors A "$R/A-errors.txt" B "$R/B-errors.txt" C "$R/C-errors.txt"
   echo "## Archive stats after each case (system B)"
   echo
   echo '```'

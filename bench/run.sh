@@ -45,17 +45,12 @@ SMALL=20000          # 20 KB
 BIG=5000000          # 5 MB
 CONCS="1 8 32"
 BIGC=4
-RUN_START=$(date +%s)
-RUN_BUDGET=${BENCH_BUDGET_SECS:-900}    # hard stop for the whole run (15 min): later cases are skipped
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cd "$ROOT"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-JG="$CARGO_TARGET_DIR/release/journalgate"
-LG="$CARGO_TARGET_DIR/release/examples/loadgen"
-# log, run_logged, check_budget, free_port, jget, fmt*, human_n, samplers, report parts
-BENCH_TAG=bench
-. "$ROOT/bench/lib.sh"
+# bench_init, log, run_logged, check_budget, free_port, jget, fmt*, human_n, samplers,
+# apt_install, jg_config, jg_serve, stop_pid, dovecot_conf, report parts
+. "$(dirname "$0")/lib.sh"
+# RUN_BUDGET: a hard stop for the whole run (15 min): later cases are skipped
+bench_init bench 900
 
 WORK=$(mktemp -d /tmp/jg-bench.XXXXXX)
 chmod 755 "$WORK"            # postfix / dovecot users must traverse it
@@ -63,29 +58,15 @@ mkdir -p "$WORK/res"
 CMDS="$WORK/commands.txt"
 : >"$CMDS"
 
-BG_PIDS=()
-JG_PID="" PF_DIR="" DC_PIDFILE="" SINK_PID="" SAMPLER_PID=""
+JG_PID="" PF_DIR="" SINK_PID=""
 
-cleanup() {
-  local rc=$?
-  set +e
-  for p in "${BG_PIDS[@]}"; do kill "$p" 2>/dev/null; done
+on_exit() { # (bench_exit, before WORK is removed)
   [ -n "$SINK_PID" ] && kill "$SINK_PID" 2>/dev/null
-  if [ -n "$JG_PID" ] && kill -0 "$JG_PID" 2>/dev/null; then
-    kill -TERM "$JG_PID"; for _ in $(seq 50); do kill -0 "$JG_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$JG_PID" 2>/dev/null
-  fi
-  if [ -n "$PF_DIR" ] && [ -f "$PF_DIR/queue/pid/master.pid" ]; then
-    postfix -c "$PF_DIR/etc" abort >/dev/null 2>&1 </dev/null
-    local mp; mp=$(tr -dc 0-9 <"$PF_DIR/queue/pid/master.pid")
-    [ -n "$mp" ] && { sleep 0.5; pkill -KILL -P "$mp" 2>/dev/null; kill -KILL "$mp" 2>/dev/null; }
-  fi
+  stop_pid "$JG_PID" 5
+  stop_postfix "$PF_DIR"
   kill_dovecot
-  if [ "$KEEP" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
-  exit $rc
 }
-trap cleanup EXIT
-trap 'log "interrupted"; exit 130' INT TERM
+bench_traps
 
 settle() { sync; sleep 2; }
 
@@ -98,16 +79,7 @@ if [ "$INSTALL" = 1 ] && [ "$SKIP_MTA$SKIP_CEIL" != 11 ]; then
      || [ ! -x /usr/lib/dovecot/lmtp ] || [ ! -x /usr/lib/dovecot/pop3 ]; then
     log "installing postfix + dovecot (Debian packages)"
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-    # keep the packages' own services from being started by the install
-    POLICY_CREATED=0
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; POLICY_CREATED=1
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get -o DPkg::Lock::Timeout=300 update -q >/dev/null
-    apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends \
-      postfix dovecot-core dovecot-lmtpd dovecot-pop3d >"$WORK/apt.log" 2>&1 || { tail -20 "$WORK/apt.log"; exit 1; }
-    [ "$POLICY_CREATED" = 1 ] && rm -f /usr/sbin/policy-rc.d
+    apt_install postfix dovecot-core dovecot-lmtpd dovecot-pop3d
   fi
 fi
 
@@ -152,40 +124,12 @@ fi
 if [ -z "$JG_SKIPPED_WHY" ]; then
   JGD="$WORK/journalgate"; mkdir -p "$JGD/data"
   JG_SMTP=$(free_port) JG_POP=$(free_port) JG_POPS=$(free_port)
-  cat >"$JGD/journalgate.toml" <<EOF
-hostname = "jg.bench.test"
-data_dir = "$JGD/data"
-[smtp]
-listen = ["127.0.0.1:$JG_SMTP"]
-listen_tls = []
-[pop3]
-listen = ["127.0.0.1:$JG_POP"]
-listen_tls = ["127.0.0.1:$JG_POPS"]
-[imap]
-listen = []
-listen_tls = []
-[tls]
-source = "self-signed"
-[console]
-listen = ""
-[spool]
-min_free_bytes = 0
-[auth]
-failure_delay_ms = 200
-[log]
-format = "text"
-EOF
+  jg_config data_dir="$JGD/data" smtp="$JG_SMTP" pop3="$JG_POP" pop3_tls="$JG_POPS" >"$JGD/journalgate.toml"
   cp "$JGD/journalgate.toml" "$WORK/res/journalgate.toml"
   log "starting journalgate (smtp $JG_SMTP, pop3s $JG_POPS)"
-  printf '%s\n' "$JG --config $JGD/journalgate.toml serve" >>"$CMDS"
-  "$JG" --config "$JGD/journalgate.toml" serve >"$JGD/stdout" 2>"$JGD/stderr" </dev/null &
+  jg_serve "$JGD/journalgate.toml" "$JGD"
   JG_PID=$!
-  for _ in $(seq 300); do
-    grep -q 'journalgate ready' "$JGD/stdout" 2>/dev/null && break
-    kill -0 "$JG_PID" 2>/dev/null || break
-    sleep 0.1
-  done
-  if ! grep -q 'journalgate ready' "$JGD/stdout" 2>/dev/null; then
+  if ! jg_wait_ready "$JGD" "$JG_PID"; then
     log "journalgate did not become ready:"; tail -20 "$JGD/stderr" >&2
     JG_SKIPPED_WHY="did not start"
   fi
@@ -213,8 +157,7 @@ if [ -z "$PD_SKIPPED_WHY" ]; then
   mkdir -p "$PF_DIR/etc" "$PF_DIR/queue" "$PF_DIR/data" "$DC/run" "$DC/state" "$DC/home"
   chown postfix:postfix "$PF_DIR/data"
   chown nobody:nogroup "$DC/home"
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \
-    -days 2 -keyout "$DC/key.pem" -out "$DC/cert.pem" 2>/dev/null
+  dovecot_cert "$DC"
   cat >"$PF_DIR/etc/main.cf" <<EOF
 # private benchmark instance: own config, queue and data directories
 compatibility_level = 3.6
@@ -260,31 +203,10 @@ anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
 EOF
-  cat >"$DC/dovecot.conf" <<EOF
-# private benchmark instance (dovecot -c this file): nothing from /etc/dovecot is read
-instance_name = jgbench
-base_dir = $DC/run
-state_dir = $DC/state
-log_path = $DC/dovecot.log
-protocols = pop3 lmtp
-listen = 127.0.0.1
-ssl = required
-ssl_cert = <$DC/cert.pem
-ssl_key = <$DC/key.pem
-ssl_dh = </usr/share/dovecot/dh.pem
-disable_plaintext_auth = yes
-auth_mechanisms = plain
-auth_username_format = %Ln
-mail_location = maildir:~/Maildir
-mail_fsync = always
-passdb {
-  driver = static
-  args = password=benchpass
-}
-userdb {
-  driver = static
-  args = uid=nobody gid=nogroup home=$DC/home/%n allow_all_users=yes
-}
+  {
+    echo "# private benchmark instance (dovecot -c this file): nothing from /etc/dovecot is read"
+    dovecot_conf "$DC" instance=jgbench protocols="pop3 lmtp" password=benchpass ssl=required fsync=always
+    cat <<EOF
 service pop3-login {
   inet_listener pop3 {
     port = 0
@@ -309,6 +231,7 @@ service lmtp {
   }
 }
 EOF
+  } >"$DC/dovecot.conf"
   cp "$PF_DIR/etc/main.cf" "$WORK/res/postfix-main.cf"; cp "$PF_DIR/etc/master.cf" "$WORK/res/postfix-master.cf"
   cp "$DC/dovecot.conf" "$WORK/res/dovecot.conf"
   DC_PIDFILE="$DC/run/master.pid"
@@ -586,15 +509,7 @@ OUT=$(results_file "results-$DATE$SUFFIX.md")
   echo
   cat "$TARGETS"
   echo
-  if [ -s "$R/jg-errors.txt" ] || [ -s "$R/pd-errors.txt" ]; then
-    echo "## Server log excerpts (errors)"
-    echo
-    echo '```'
-    [ -s "$R/jg-errors.txt" ] && { echo "journalgate:"; cat "$R/jg-errors.txt"; }
-    [ -s "$R/pd-errors.txt" ] && { echo "postfix/dovecot:"; cat "$R/pd-errors.txt"; }
-    echo '```'
-    echo
-  fi
+  report_errors journalgate "$R/jg-errors.txt" postfix/dovecot "$R/pd-errors.txt"
   report_appendix journalgate.toml postfix-main.cf postfix-master.cf dovecot.conf
 } >"$OUT"
 
