@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from jgharness import send_smtp
 from imapharness import (  # noqa: F401  (igw, make_igw are fixtures)
     RawIMAP, fetch_bodies, fill, igw, make_igw, quote, raw_login, uid_map,
 )
@@ -518,3 +519,27 @@ def test_literal_content_is_never_executed(igw, size):
         assert not executed, f"literal content ran as commands: {executed[:5]!r}"
         assert not any(re.match(rb"^\* \d+ EXPUNGE", r) for r in got), got
     assert_server_healthy(igw, mbx, bodies)
+
+
+def test_hostile_address_headers_render_envelopes_and_sort(igw):
+    """Header fields that once sent the address parser into an endless loop (a stray `)`,
+    control bytes, unbalanced groups and quotes): ENVELOPE, SORT, THREAD and SEARCH answer,
+    the session and the server stay healthy."""
+    mbx = igw.create_mailbox()
+    hostile = [
+        b"CC\r:\x08:C):\x0c\xda\n\x0c:):\x0c\xda\x03):\x0c\xda",
+        b"To: ) a@b.example\r\nFrom: ((( \"unclosed <x@y\r\nCc: g: ;;; , ) ) (",
+        b"From: \x00\x01)\x7f@@@::<<>>\r\nReply-To: grp:a@b,(c;\r\nTo: \"a)\" <)@)>",
+    ]
+    for i, head in enumerate(hostile):
+        msg = head + f"\r\nSubject: hostile {i}\r\n\r\nbody\r\n".encode()
+        send_smtp(igw, mbx["address"], msg)
+    with closing(raw_login(igw, mbx, select=True)) as c:
+        for cmd in ("FETCH 1:* (ENVELOPE)", "SORT (FROM CC TO SUBJECT) UTF-8 ALL",
+                    "THREAD REFERENCES UTF-8 ALL", "SEARCH FROM a CC b TO c",
+                    "FETCH 1:* (BODY.PEEK[HEADER.FIELDS (CC TO FROM)])"):
+            r = c.cmd(cmd)
+            assert r.ok, (cmd, r)
+        r = c.cmd("FETCH 1:* (ENVELOPE)")
+        assert len([u for u in r.untagged if b"ENVELOPE" in u]) == len(hostile), r
+        assert c.cmd("NOOP").ok
