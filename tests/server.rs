@@ -103,7 +103,7 @@ async fn imap_fetches_flags_and_expunges_what_smtp_delivered() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("literal expected: {head}"));
     assert!(
-        head.starts_with("* 2 FETCH (UID 2 FLAGS () BODY[] {"),
+        head.starts_with("* 2 FETCH (UID 2 FLAGS (\\Recent) BODY[] {"),
         "{head}"
     );
     let body = String::from_utf8(c.bytes(size).await).unwrap();
@@ -112,7 +112,7 @@ async fn imap_fetches_flags_and_expunges_what_smtp_delivered() {
 
     c.send("d STORE 1 +FLAGS (\\Deleted)\r\n").await;
     let store = c.until("d ").await;
-    assert_eq!(store[0], "* 1 FETCH (FLAGS (\\Deleted))");
+    assert_eq!(store[0], "* 1 FETCH (FLAGS (\\Deleted \\Recent))");
     c.send("e EXPUNGE\r\n").await;
     let expunge = c.until("e ").await;
     assert_eq!(expunge, vec!["* 1 EXPUNGE", "e OK EXPUNGE completed"]);
