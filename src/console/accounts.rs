@@ -127,6 +127,21 @@ impl Accounts {
         }
     }
 
+    /// Holds the accounts' lock (an exclusive `flock` on `console/.lock`) until dropped:
+    /// every read-modify-write of a file takes it, so concurrent requests, and the CLI
+    /// in another process, never lose each other's changes.
+    fn lock(&self) -> Result<std::fs::File, AccountError> {
+        fsutil::create_private_dir(&self.dir)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.join(".lock"))?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(std::io::Error::from)?;
+        Ok(file)
+    }
+
     fn write<T: Serialize>(&self, name: &str, value: &T) -> Result<(), AccountError> {
         fsutil::create_private_dir(&self.dir)?;
         let json = serde_json::to_vec_pretty(value).expect("serializes");
@@ -144,6 +159,7 @@ impl Accounts {
 
     /// Adds an administrator; returns the password (shown once).
     pub fn add_admin(&self, name: &str) -> Result<String, AccountError> {
+        let _lock = self.lock()?;
         check_name(name)?;
         let mut file = self.read::<AdminFile>("admins.json")?;
         if file.admins.iter().any(|a| a.name == name) {
@@ -161,6 +177,7 @@ impl Accounts {
 
     /// A new password for an administrator; returns it.
     pub fn reset_admin(&self, name: &str) -> Result<String, AccountError> {
+        let _lock = self.lock()?;
         let mut file = self.read::<AdminFile>("admins.json")?;
         let admin = file
             .admins
@@ -174,6 +191,7 @@ impl Accounts {
     }
 
     pub fn delete_admin(&self, name: &str) -> Result<(), AccountError> {
+        let _lock = self.lock()?;
         let mut file = self.read::<AdminFile>("admins.json")?;
         let before = file.admins.len();
         file.admins.retain(|a| a.name != name);
@@ -189,6 +207,7 @@ impl Accounts {
 
     /// Creates a token; returns it (shown once).
     pub fn create_token(&self, name: &str, read_only: bool) -> Result<String, AccountError> {
+        let _lock = self.lock()?;
         check_name(name)?;
         let mut file = self.read::<TokenFile>("tokens.json")?;
         if file.tokens.iter().any(|t| t.name == name) {
@@ -209,6 +228,7 @@ impl Accounts {
     }
 
     pub fn revoke_token(&self, name: &str) -> Result<(), AccountError> {
+        let _lock = self.lock()?;
         let mut file = self.read::<TokenFile>("tokens.json")?;
         let before = file.tokens.len();
         file.tokens.retain(|t| t.name != name);
@@ -220,6 +240,7 @@ impl Accounts {
 
     /// Notes that a token was used now (written at most once a minute per token).
     pub fn mark_used(&self, name: &str) -> Result<(), AccountError> {
+        let _lock = self.lock()?;
         let mut file = self.read::<TokenFile>("tokens.json")?;
         let now = chrono::Utc::now();
         let Some(token) = file.tokens.iter_mut().find(|t| t.name == name) else {
@@ -255,6 +276,28 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concurrent_changes_are_all_kept() {
+        let dir = std::env::temp_dir().join(format!("jg-acc-{}", crate::crypto::random_hex128()));
+        let accounts = Accounts::new(&dir);
+        accounts.create_token("first", true).unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let a = accounts.clone();
+                std::thread::spawn(move || {
+                    a.create_token(&format!("t{i}"), false).unwrap();
+                    for _ in 0..5 {
+                        a.mark_used("first").unwrap();
+                        assert!(a.tokens().unwrap().iter().any(|t| t.name == "first"));
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(accounts.tokens().unwrap().len(), 9);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     #[test]
     fn admins_and_tokens() {
