@@ -38,13 +38,11 @@ pub(super) async fn sort(
     tag: &Tag<'_>,
     request: SortRequest,
 ) {
-    let key = SearchKey::And(request.search);
-    if let Err((bad, text)) = checked(&Some(request.charset), &key) {
-        answer_refusal(conn, tag, bad, text);
+    let Some((found, fields)) =
+        matched_fields(conn, authed, selected, tag, request.charset, request.search).await
+    else {
         return;
-    }
-    let found = matching(authed, selected, &key).await;
-    let fields = sort_fields(authed, selected, &found).await;
+    };
     let items = sort_items(selected, &found, &fields);
     let order = sortkeys::sort(&items, &request.criteria);
     let numbers: Vec<u32> = order
@@ -72,13 +70,11 @@ pub(super) async fn thread(
     tag: &Tag<'_>,
     request: ThreadRequest,
 ) {
-    let key = SearchKey::And(request.search);
-    if let Err((bad, text)) = checked(&Some(request.charset), &key) {
-        answer_refusal(conn, tag, bad, text);
+    let Some((found, fields)) =
+        matched_fields(conn, authed, selected, tag, request.charset, request.search).await
+    else {
         return;
-    }
-    let found = matching(authed, selected, &key).await;
-    let fields = sort_fields(authed, selected, &found).await;
+    };
     let items = sort_items(selected, &found, &fields);
     let threads = match request.algorithm {
         ThreadingAlgorithm::OrderedSubject => thread::ordered_subject(&items),
@@ -96,6 +92,26 @@ pub(super) async fn thread(
     conn.line(format!("* THREAD{sep}{rendered}"));
     selected.sync(conn, authed, request.uid);
     conn.tagged(tag, "OK THREAD completed");
+}
+
+/// The messages matching a SORT or THREAD's search criteria and their sort fields; `None`
+/// (answered) when the charset or the strings are refused.
+async fn matched_fields(
+    conn: &mut Conn,
+    authed: &Authed,
+    selected: &Selected,
+    tag: &Tag<'_>,
+    charset: Charset<'static>,
+    search: Vec1<SearchKey<'static>>,
+) -> Option<(Vec<usize>, Vec<SortFields>)> {
+    let key = SearchKey::And(search);
+    if let Err((bad, text)) = checked(&Some(charset), &key) {
+        answer_refusal(conn, tag, bad, text);
+        return None;
+    }
+    let found = matching(authed, selected, &key).await;
+    let fields = sort_fields(authed, selected, &found).await;
+    Some((found, fields))
 }
 
 fn answer_refusal(conn: &mut Conn, tag: &Tag<'_>, bad: bool, text: &str) {
