@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::archive::{Access, ArchiveStore};
 use crate::audit::Event;
 use crate::auth::{self, AuthError};
+use crate::cluster::ClusterStore;
 use crate::context::State;
 use crate::mailbox::MailboxId;
 use crate::spool::{Collector, GatewayStore};
@@ -132,14 +133,25 @@ pub fn gateway(
         client,
         telemetry: state.telemetry.clone(),
     };
-    Account {
-        id: session.record.id.to_string(),
-        kind: Kind::Mailbox,
-        store: Arc::new(GatewayStore::new(
+    let id = session.record.id.to_string();
+    let store: Arc<dyn MailStore> = match &state.cluster {
+        Some(cluster) => Arc::new(ClusterStore::new(
+            cluster.clone(),
+            session.record,
+            session.identity,
+            collector,
+            state.spool.data_dir().join("tmp"),
+        )),
+        None => Arc::new(GatewayStore::new(
             state.spool.clone(),
             session.record,
             session.identity,
             collector,
         )),
+    };
+    Account {
+        id,
+        kind: Kind::Mailbox,
+        store,
     }
 }

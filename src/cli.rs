@@ -320,6 +320,16 @@ fn describe_user(u: &UserRecord) -> Value {
 
 fn mailbox(config: &Config, cmd: MailboxCommand) -> Result<i32> {
     let boxes = Mailboxes::new(&config.data_dir);
+    // In cluster mode a change made here is shared at once (and a mailbox made on another
+    // node is found here).
+    let _cluster = match config.storage.backend {
+        crate::config::Backend::S3 => {
+            let cluster = crate::cluster::Cluster::open(&config.storage, boxes.clone())?;
+            boxes.set_remote(cluster.registry.clone());
+            Some(cluster)
+        }
+        crate::config::Backend::Local => None,
+    };
     match cmd {
         MailboxCommand::Create {
             name,

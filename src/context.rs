@@ -25,6 +25,8 @@ pub type SessionCounts = Mutex<HashMap<String, usize>>;
 pub struct State {
     pub config: Config,
     pub spool: Arc<Spool>,
+    /// Cluster mode (`[storage] backend = "s3"`): gateway mailboxes in the object store.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// The per-user archive (None when `archive.enabled = false`).
     pub archive: Option<Arc<Archive>>,
     pub auth: Arc<Authenticator>,
@@ -62,6 +64,8 @@ pub struct State {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
+    #[error(transparent)]
     Spool(#[from] crate::spool::SpoolError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
@@ -82,6 +86,18 @@ impl State {
     /// every session when `true` is sent.
     pub fn open(config: Config) -> Result<(Arc<State>, watch::Sender<bool>), ServeError> {
         let spool = Spool::open(&config.data_dir)?;
+        let cluster = match config.storage.backend {
+            crate::config::Backend::S3 => {
+                let cluster = Arc::new(crate::cluster::Cluster::open(
+                    &config.storage,
+                    spool.mailboxes().clone(),
+                )?);
+                spool.set_remote(cluster.clone());
+                spool.mailboxes().set_remote(cluster.registry.clone());
+                Some(cluster)
+            }
+            crate::config::Backend::Local => None,
+        };
         let signing_key = crate::archive::load_signing_key(&config.archive, &config.data_dir)?;
         let audit = Auditor::start(AuditLog::open(&config.data_dir, Some(signing_key))?)
             .map_err(crate::audit::AuditError::from)?;
@@ -119,6 +135,7 @@ impl State {
             imap_per_ip: net::IpLimit::new(config.imap.max_connections_per_ip),
             imap_sessions: Default::default(),
             spool: spool.clone(),
+            cluster,
             tls: acceptor,
             resolver,
             acme,

@@ -12,6 +12,7 @@ pub mod archive;
 pub mod audit;
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod context;

@@ -114,6 +114,16 @@ pub struct Mailboxes {
     /// Records read by [`Mailboxes::list`], with the (inode, mtime, length) of their file:
     /// a record rewritten (always a new file) is read again.
     listed: Arc<Mutex<HashMap<MailboxId, (RecordStamp, MailboxRecord)>>>,
+    /// Asked for a mailbox this node does not have (cluster mode: the shared registry).
+    remote: Arc<std::sync::OnceLock<Arc<dyn Fetch>>>,
+}
+
+/// Fetches a mailbox this node does not know from elsewhere (the cluster's registry) and
+/// installs it with [`Mailboxes::install`]; `Ok(false)`: no such mailbox there either.
+pub trait Fetch: Send + Sync + std::fmt::Debug {
+    fn fetch(&self, id: &MailboxId) -> Result<bool, String>;
+    /// Shares this node's change of a mailbox at once (else the next sync does).
+    fn publish(&self, id: &MailboxId) -> Result<(), String>;
 }
 
 type RecordStamp = (u64, Option<std::time::SystemTime>, u64);
@@ -123,7 +133,52 @@ impl Mailboxes {
         Mailboxes {
             root: data_dir.join("mailboxes"),
             listed: Arc::default(),
+            remote: Arc::default(),
         }
+    }
+
+    /// Asks `remote` for mailboxes not found here, from now on (for every clone).
+    pub fn set_remote(&self, remote: Arc<dyn Fetch>) {
+        let _ = self.remote.set(remote);
+    }
+
+    /// Tells the cluster (if any) that a mailbox changed here.
+    fn published(&self, id: &MailboxId) {
+        if let Some(remote) = self.remote.get() {
+            if let Err(e) = remote.publish(id) {
+                tracing::warn!(mailbox = %id, error = %e, "cannot share the mailbox change with the cluster yet; the registry sync retries");
+            }
+        }
+    }
+
+    /// Installs (or replaces) a mailbox's record and wrapped key as another node made them.
+    pub fn install(&self, record: &MailboxRecord, identity: &[u8]) -> Result<(), MailboxError> {
+        fsutil::create_private_dir(&self.root)?;
+        let dir = self.dir(&record.id);
+        if dir.exists() {
+            fsutil::write_atomic(&dir.join(IDENTITY), identity, 0o600)?;
+            return write_record(&dir, record);
+        }
+        let staging = self.root.join(format!(".new-{}", record.id));
+        fsutil::create_private_dir(&staging.join(MESSAGES))?;
+        fsutil::write_atomic(&staging.join(IDENTITY), identity, 0o600)?;
+        write_record(&staging, record)?;
+        fs::rename(&staging, &dir)?;
+        fsutil::sync_dir(&self.root)?;
+        Ok(())
+    }
+
+    /// Removes this node's copy of a mailbox another node deleted.
+    pub fn uninstall(&self, id: &MailboxId) -> Result<(), MailboxError> {
+        let doomed = self.root.join(format!(".deleted-{id}"));
+        match fs::rename(self.dir(id), &doomed) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        fsutil::sync_dir(&self.root)?;
+        fs::remove_dir_all(&doomed)?;
+        Ok(())
     }
 
     /// A record for [`Mailboxes::list`]: the one read before while its file is the same.
@@ -183,10 +238,26 @@ impl Mailboxes {
         write_record(&staging, &record)?;
         fs::rename(&staging, self.dir(&id))?;
         fsutil::sync_dir(&self.root)?;
+        self.published(&id);
         Ok((record, password))
     }
 
     pub fn load(&self, id: &MailboxId) -> Result<MailboxRecord, MailboxError> {
+        match self.load_local(id) {
+            Err(MailboxError::NotFound(_)) if self.remote.get().is_some() => {
+                let remote = self.remote.get().expect("checked");
+                match remote.fetch(id) {
+                    Ok(true) => self.load_local(id),
+                    Ok(false) => Err(MailboxError::NotFound(id.clone())),
+                    Err(e) => Err(MailboxError::Io(std::io::Error::other(e))),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// This node's copy only (never asks the cluster).
+    pub fn load_local(&self, id: &MailboxId) -> Result<MailboxRecord, MailboxError> {
         let path = self.dir(id).join(RECORD);
         let text = fs::read_to_string(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => MailboxError::NotFound(id.clone()),
@@ -222,6 +293,7 @@ impl Mailboxes {
         let mut record = self.load(id)?;
         record.status = status;
         write_record(&self.dir(id), &record)?;
+        self.published(id);
         Ok(record)
     }
 
@@ -240,6 +312,7 @@ impl Mailboxes {
             record.description = description.to_owned();
         }
         write_record(&self.dir(id), &record)?;
+        self.published(id);
         Ok(record)
     }
 
@@ -254,6 +327,7 @@ impl Mailboxes {
             .map(|t| t.trim().to_ascii_lowercase())
             .filter(|t| !t.is_empty());
         write_record(&self.dir(id), &record)?;
+        self.published(id);
         Ok(record)
     }
 
@@ -290,6 +364,7 @@ impl Mailboxes {
         record.public_key = keys.public;
         record.key_generation += 1;
         write_record(&dir, &record)?;
+        self.published(id);
         Ok((record, password))
     }
 

@@ -112,6 +112,12 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     if let Some(acme) = &state.acme {
         tasks.push(tokio::spawn(acme.clone().run()));
     }
+    if let Some(cluster) = &state.cluster {
+        tasks.push(tokio::spawn(sync_registry(
+            cluster.clone(),
+            state.shutdown.clone(),
+        )));
+    }
     Ok(Running {
         state,
         listeners,
@@ -185,5 +191,43 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+/// Keeps this node's mailbox registry in step with the cluster's, every two seconds.
+async fn sync_registry(
+    cluster: Arc<crate::cluster::Cluster>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut failing = false;
+    loop {
+        let registry = cluster.registry.clone();
+        match tokio::task::spawn_blocking(move || registry.sync()).await {
+            Ok(Ok(report)) => {
+                if failing {
+                    tracing::info!("the cluster's object store answers again");
+                }
+                failing = false;
+                if report != Default::default() {
+                    tracing::info!(
+                        pushed = report.pushed,
+                        pulled = report.pulled,
+                        removed = report.removed,
+                        "mailbox registry synced"
+                    );
+                }
+            }
+            Ok(Err(e)) => {
+                if !failing {
+                    tracing::warn!(error = %e, "cannot sync the mailbox registry with the cluster");
+                }
+                failing = true;
+            }
+            Err(e) => tracing::error!(error = %e, "registry sync panicked"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = shutdown.changed() => return,
+        }
     }
 }

@@ -5,6 +5,8 @@
 
 mod console;
 pub use console::{AlertsConfig, ConsoleConfig, SmtpTls};
+mod storage;
+pub use storage::{Backend, StorageConfig};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -43,6 +45,7 @@ pub struct Config {
     pub spool: SpoolConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
+    pub storage: StorageConfig,
 }
 
 impl Default for Config {
@@ -61,6 +64,7 @@ impl Default for Config {
             spool: SpoolConfig::default(),
             auth: AuthConfig::default(),
             log: LogConfig::default(),
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -455,6 +459,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.storage.validate()?;
         let host = &self.hostname;
         let host_ok = !host.is_empty()
             && host.len() <= 253

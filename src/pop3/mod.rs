@@ -87,6 +87,8 @@ struct Maildrop {
 struct LockGuard {
     state: Arc<State>,
     id: MailboxId,
+    /// In cluster mode, the lock between nodes too (released when dropped).
+    _cluster: Option<crate::cluster::claim::Held>,
 }
 
 impl Drop for LockGuard {
@@ -462,11 +464,24 @@ impl Session {
             tracing::info!(client = %self.peer, mailbox = %id, "pop3 login refused: mailbox in use");
             return Err("-ERR [IN-USE] Mailbox is locked by another POP3 session\r\n".into());
         }
-        let guard = LockGuard {
+        let mut guard = LockGuard {
             state: self.state.clone(),
             id: id.clone(),
+            _cluster: None,
         };
         let unavailable = "-ERR [SYS/TEMP] Cannot open the mailbox, try again later\r\n";
+        if let Some(cluster) = &self.state.cluster {
+            guard._cluster = Some(self.cluster_lock(cluster, &id).map_err(|e| match e {
+                crate::cluster::ClaimError::Busy => {
+                    tracing::info!(client = %self.peer, mailbox = %id, "pop3 login refused: mailbox in use on another node");
+                    "-ERR [IN-USE] Mailbox is locked by another POP3 session\r\n".to_owned()
+                }
+                crate::cluster::ClaimError::Store(e) => {
+                    tracing::error!(mailbox = %id, error = %e, "cannot lock the mailbox in the cluster");
+                    unavailable.to_owned()
+                }
+            })?);
+        }
         let folder = account.store.folders().into_iter().next().ok_or_else(|| {
             tracing::error!(mailbox = %id, "the mailbox has no folder");
             unavailable.to_owned()
@@ -492,6 +507,22 @@ impl Session {
         Ok(format!(
             "+OK Mailbox open, {n} messages ({size} octets)\r\n"
         ))
+    }
+
+    /// The POP3 lock of a mailbox between the cluster's nodes (RFC 1939 exclusive access).
+    fn cluster_lock(
+        &self,
+        cluster: &crate::cluster::Cluster,
+        id: &MailboxId,
+    ) -> Result<crate::cluster::claim::Held, crate::cluster::ClaimError> {
+        let prefix = format!("mailboxes/{id}/lock/pop3");
+        let claim = crate::cluster::Claim::acquire(
+            &cluster.blobs,
+            &prefix,
+            &cluster.node,
+            std::time::Duration::ZERO,
+        )?;
+        Ok(claim.keep())
     }
 
     fn totals(&self) -> (usize, u64) {

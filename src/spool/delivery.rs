@@ -198,19 +198,39 @@ impl Delivery {
         .map_err(|e| SpoolError::Io(io::Error::other(e)))??;
 
         let mut waits = Vec::new();
-        for (dest, tmp, envelope_len, also_intake) in finished {
+        let mut uids = Vec::new();
+        let mut finished = finished.into_iter();
+        while let Some((dest, tmp, envelope_len, also_intake)) = finished.next() {
+            let meta = MessageMeta {
+                uid: 0,
+                size,
+                received,
+                envelope_len: envelope_len as u32,
+                flags: Flags::default(),
+                modseq: 0,
+            };
+            if let (Dest::Mailbox(mailbox), Some(remote)) = (&dest, spool.remote().cloned()) {
+                uids.push((mailbox.clone(), 0));
+                let mailbox = mailbox.clone();
+                let done = tokio::task::spawn_blocking(move || {
+                    let result = remote.deliver(&mailbox, &tmp, &meta);
+                    let _ = fs::remove_file(&tmp);
+                    result
+                })
+                .await;
+                if let Err(e) = done.map_err(|e| SpoolError::Io(io::Error::other(e)))? {
+                    for (_, tmp, _, _) in finished {
+                        let _ = fs::remove_file(tmp);
+                    }
+                    return Err(e);
+                }
+                continue;
+            }
             let (reply, wait) = oneshot::channel();
             let job = CommitJob {
                 dest: dest.clone(),
                 tmp: tmp.clone(),
-                meta: MessageMeta {
-                    uid: 0,
-                    size,
-                    received,
-                    envelope_len: envelope_len as u32,
-                    flags: Flags::default(),
-                    modseq: 0,
-                },
+                meta,
                 also_intake,
                 reply,
             };
@@ -220,7 +240,6 @@ impl Delivery {
             }
             waits.push((dest, wait));
         }
-        let mut uids = Vec::new();
         for (dest, wait) in waits {
             let uid = wait.await.map_err(|_| SpoolError::ShuttingDown)??;
             if let Dest::Mailbox(mailbox) = dest {

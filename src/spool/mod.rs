@@ -78,6 +78,36 @@ impl From<io::Error> for SpoolError {
     }
 }
 
+/// A store that takes gateway-mailbox copies instead of the local folders (the cluster's
+/// object store). `deliver` returns once the sealed file is durable there.
+pub trait Remote: Send + Sync {
+    fn deliver(
+        &self,
+        mailbox: &MailboxId,
+        sealed: &Path,
+        meta: &MessageMeta,
+    ) -> Result<(), SpoolError>;
+}
+
+/// The message inside a sealed spool file (or object): opened with the mailbox key, its
+/// envelope line checked and skipped.
+pub fn unseal<R: Read + Send + 'static>(
+    identity: &Identity,
+    sealed: R,
+    meta: &MessageMeta,
+) -> Result<impl Read + Send + use<R>, SpoolError> {
+    let mut reader = crypto::open(identity, BufReader::with_capacity(64 * 1024, sealed))?;
+    if meta.envelope_len > MAX_ENVELOPE_LEN {
+        return Err(CryptoError::Damaged("envelope too long".into()).into());
+    }
+    let mut envelope = vec![0u8; meta.envelope_len as usize];
+    reader.read_exact(&mut envelope)?;
+    if !envelope.starts_with(ENVELOPE_MAGIC) {
+        return Err(CryptoError::Damaged("missing envelope".into()).into());
+    }
+    Ok(reader.take(meta.size))
+}
+
 /// A mailbox a message is delivered to.
 pub struct Target {
     pub mailbox: MailboxId,
@@ -127,6 +157,9 @@ pub struct Spool {
     uids: Arc<Mutex<HashMap<MailboxId, UidState>>>,
     /// The archive intake, when the archive is on.
     intake: Arc<Mutex<Option<Arc<Intake>>>>,
+    /// Where gateway-mailbox copies go instead of the local folders (`[storage] backend =
+    /// "s3"`): set once at start.
+    remote: std::sync::OnceLock<Arc<dyn Remote>>,
     /// The modseq of each mailbox's last expunge (see `flags`), and of this start.
     expunged: Mutex<HashMap<MailboxId, u64>>,
     started: u64,
@@ -179,6 +212,7 @@ impl Spool {
             edits: Mutex::new(()),
             uids: Arc::new(Mutex::new(HashMap::new())),
             intake: Arc::new(Mutex::new(None)),
+            remote: std::sync::OnceLock::new(),
             fresh: Fresh::default(),
             totals: Arc::new(totals::Totals::default()),
             expunged: Mutex::new(HashMap::new()),
@@ -212,6 +246,16 @@ impl Spool {
     /// `intake.dir`.
     pub fn set_intake(&self, intake: Intake) {
         *self.intake.lock().unwrap() = Some(Arc::new(intake));
+    }
+
+    /// Sends gateway-mailbox copies to `remote` from now on (cluster mode).
+    pub fn set_remote(&self, remote: Arc<dyn Remote>) {
+        let _ = self.remote.set(remote);
+    }
+
+    /// The remote store of gateway mailboxes, in cluster mode.
+    pub fn remote(&self) -> Option<&Arc<dyn Remote>> {
+        self.remote.get()
     }
 
     /// Sends "this folder changed" to IMAP sessions (the archive uses it for its folders).
@@ -293,7 +337,8 @@ impl Spool {
         // One target (the usual journal rule): its copy also opens with the intake key and
         // is linked into the intake. Several: the intake gets its own copy, whose envelope
         // names every recipient.
-        let linked = intake.is_some() && targets.len() == 1;
+        // In cluster mode the mailbox copy leaves this node, so the intake keeps its own.
+        let linked = intake.is_some() && targets.len() == 1 && self.remote.get().is_none();
         if let (Some(intake), Some(first), false) = (&intake, targets.first(), linked) {
             let mut envelope = first.envelope.clone();
             envelope.rcpt_to = targets
@@ -429,16 +474,7 @@ impl Spool {
             io::ErrorKind::NotFound => SpoolError::NoSuchMessage,
             _ => SpoolError::from(e),
         })?;
-        let mut reader = crypto::open(identity, BufReader::with_capacity(64 * 1024, file))?;
-        if meta.envelope_len > MAX_ENVELOPE_LEN {
-            return Err(CryptoError::Damaged("envelope too long".into()).into());
-        }
-        let mut envelope = vec![0u8; meta.envelope_len as usize];
-        reader.read_exact(&mut envelope)?;
-        if !envelope.starts_with(ENVELOPE_MAGIC) {
-            return Err(CryptoError::Damaged("missing envelope".into()).into());
-        }
-        Ok(reader.take(meta.size))
+        unseal(identity, file, &meta)
     }
 
     /// Removes messages: unlink, fsync the folder, then update the index.
