@@ -82,6 +82,17 @@ pub enum ServeError {
 }
 
 impl State {
+    /// Messages and bytes waiting in a gateway mailbox (in cluster mode, in the store).
+    pub fn mailbox_totals(
+        &self,
+        id: &crate::mailbox::MailboxId,
+    ) -> Result<(u64, u64), crate::spool::SpoolError> {
+        match &self.cluster {
+            Some(cluster) => Ok(cluster.totals(id)),
+            None => self.spool.totals(id),
+        }
+    }
+
     /// Opens the spool and the certificate and builds the shared state. The sender stops
     /// every session when `true` is sent.
     pub fn open(config: Config) -> Result<(Arc<State>, watch::Sender<bool>), ServeError> {

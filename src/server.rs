@@ -194,15 +194,19 @@ async fn wait_for_signal() {
     }
 }
 
-/// Keeps this node's mailbox registry in step with the cluster's, every two seconds.
+/// Keeps this node's mailbox registry in step with the cluster's and its heartbeat and
+/// totals current, every two seconds.
 async fn sync_registry(
     cluster: Arc<crate::cluster::Cluster>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut failing = false;
+    let mut round = 0u64;
     loop {
-        let registry = cluster.registry.clone();
-        match tokio::task::spawn_blocking(move || registry.sync()).await {
+        let upkeep = cluster.clone();
+        let count = round % 5 == 0;
+        round += 1;
+        match tokio::task::spawn_blocking(move || upkeep.upkeep(count)).await {
             Ok(Ok(report)) => {
                 if failing {
                     tracing::info!("the cluster's object store answers again");

@@ -97,6 +97,16 @@ fi
 
 [ -x target/release/journalgate ] || { echo "target/release/journalgate missing (build first)" >&2; exit 1; }
 
+# ---------------------------------------------------------------- garage (cluster tests)
+# A 3-node Garage cluster on loopback backs tests/e2e/test_cluster.py. Built from crates.io
+# only when missing (about 10 minutes on 2 cores), with just the features the tests need.
+if ! command -v garage >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/garage" ]; then
+  log "cargo install garage (2.5.0, sqlite metadata only)"
+  export PATH="$HOME/.cargo/bin:$PATH"
+  cargo install garage --locked --version 2.5.0 --no-default-features --features sqlite,bundled-libs </dev/null ||
+    cargo install garage --locked --version 2.5.0 </dev/null
+fi
+
 # ---------------------------------------------------------------- end-to-end suite
 log "end-to-end tests (pytest, 2 workers)"
 exec python3 -m pytest -q tests/e2e -n 2 --timeout 300 -p no:cacheprovider -rfEs "$@" </dev/null

@@ -47,6 +47,8 @@ pub struct Listed {
     pub size: u64,
     /// Changes whenever the object is rewritten (its ETag, else its modification time).
     pub tag: String,
+    /// Unix seconds of its last write.
+    pub modified: i64,
 }
 
 #[derive(Clone)]
@@ -191,6 +193,7 @@ impl Blobs {
                         .e_tag
                         .clone()
                         .unwrap_or_else(|| meta.last_modified.to_rfc3339()),
+                    modified: meta.last_modified.timestamp(),
                 });
             }
             out.sort_by(|a, b| a.key.cmp(&b.key));

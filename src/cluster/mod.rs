@@ -12,6 +12,7 @@ pub mod blobs;
 pub mod claim;
 pub mod inbox;
 pub mod registry;
+pub mod status;
 mod store;
 
 use std::path::Path;
@@ -51,6 +52,7 @@ pub struct Cluster {
     mailboxes: Mailboxes,
     /// "Mailbox X changed" for this node's IMAP sessions.
     changes: broadcast::Sender<ChangeKey>,
+    pub status: status::Status,
 }
 
 fn secret(config: &StorageConfig) -> Result<String, ClusterError> {
@@ -105,6 +107,7 @@ impl Cluster {
             registry,
             mailboxes,
             changes: broadcast::channel(256).0,
+            status: status::Status::default(),
         }
     }
 
@@ -125,9 +128,26 @@ impl Cluster {
         let _ = self.changes.send(id.to_string());
     }
 
-    /// Whether the store answers now (one small listing).
-    pub fn reachable(&self) -> Result<(), BlobError> {
-        self.blobs.list("registry/nodes/").map(|_| ())
+    /// One round of upkeep (every two seconds): the registry sync, this node's heartbeat,
+    /// and (when `count`) the per-mailbox totals. The outcome is kept for the console.
+    pub fn upkeep(&self, count: bool) -> Result<registry::SyncReport, BlobError> {
+        let result = (|| {
+            let report = self.registry.sync()?;
+            self.status.heartbeat(&self.blobs, &self.node)?;
+            if count {
+                self.status.count(&self.blobs)?;
+            }
+            Ok(report)
+        })();
+        if let Err(e) = &result {
+            self.status.failed(&self.node, e);
+        }
+        result
+    }
+
+    /// Messages and bytes waiting in a gateway mailbox (as of the last count).
+    pub fn totals(&self, id: &MailboxId) -> (u64, u64) {
+        self.status.totals(id)
     }
 }
 

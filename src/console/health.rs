@@ -102,8 +102,7 @@ fn snapshot(state: &crate::context::State) -> Snapshot {
         .iter()
         .map(|r| {
             let (messages, bytes) = state
-                .spool
-                .totals(&r.id)
+                .mailbox_totals(&r.id)
                 .map(|(m, b)| (m as i64, b as i64))
                 .unwrap_or((0, 0));
             let activity = state.telemetry.activity.mailbox(r.id.as_str());
@@ -135,5 +134,6 @@ fn snapshot(state: &crate::context::State) -> Snapshot {
         certificate_expiry: expiry,
         disk_free: super::ops::disk_free(state) as i64,
         alerts: state.alerts.counts(),
+        cluster: state.cluster.as_ref().map(|c| c.status.get()),
     }
 }

@@ -160,7 +160,12 @@ fn schemas() -> Value {
             "disk": {"type": "object", "properties": {"free_bytes": s("integer"), "reserve_bytes": s("integer")}},
             "listeners": {"type": "array", "items": {"type": "object", "properties": {"protocol": s("string"), "addr": s("string")}}},
             "alerts": {"type": "array", "items": {"$ref": "#/components/schemas/Alert"}},
-            "recovery_key": s("boolean")
+            "recovery_key": s("boolean"),
+            "cluster": {"type": "object", "nullable": true, "properties": {
+                "node": s("string"), "store_up": s("boolean"), "last_sync": nullable("integer"),
+                "last_error": nullable("string"),
+                "nodes": {"type": "array", "items": {"type": "object", "properties": {"node": s("string"), "last_seen": s("integer")}}}
+            }}
         }}
     })
 }

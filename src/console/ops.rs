@@ -107,7 +107,7 @@ fn status_name(status: Status) -> &'static str {
 
 /// How a mailbox looks now: its record, what waits in it, and its activity.
 pub fn view(state: &State, record: &MailboxRecord) -> MailboxView {
-    let (messages, bytes) = match state.spool.totals(&record.id) {
+    let (messages, bytes) = match state.mailbox_totals(&record.id) {
         Ok(totals) => totals,
         Err(e) => {
             tracing::warn!(mailbox = %record.id, error = %e, "cannot list mailbox");
@@ -275,6 +275,8 @@ pub struct Overview {
     pub listeners: Vec<serde_json::Value>,
     pub alerts: Vec<crate::alerts::AlertView>,
     pub recovery_key: bool,
+    /// Cluster mode: the store, the registry sync and the nodes seen.
+    pub cluster: Option<crate::cluster::status::ClusterStatus>,
 }
 
 pub fn status(state: &Arc<State>) -> Result<Overview, OpError> {
@@ -305,6 +307,7 @@ pub fn status(state: &Arc<State>) -> Result<Overview, OpError> {
             .collect(),
         alerts: state.alerts.firing(),
         recovery_key,
+        cluster: state.cluster.as_ref().map(|c| c.status.get()),
     })
 }
 

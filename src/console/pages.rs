@@ -181,6 +181,15 @@ struct Dashboard {
     disk_free: u64,
     disk_reserve: u64,
     listeners: Vec<(String, String)>,
+    cluster: Option<ClusterBox>,
+}
+
+/// The dashboard's cluster card: this node, the store, the nodes seen (seconds ago).
+pub struct ClusterBox {
+    pub node: String,
+    pub store_up: bool,
+    pub last_error: String,
+    pub nodes: Vec<(String, i64)>,
 }
 
 pub async fn dashboard(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
@@ -257,6 +266,19 @@ pub async fn dashboard(State(app): State<Arc<App>>, headers: HeaderMap) -> Respo
                 )
             })
             .collect(),
+        cluster: overview.cluster.map(|c| {
+            let now = crate::cluster::status::unix_now();
+            ClusterBox {
+                node: c.node,
+                store_up: c.store_up,
+                last_error: c.last_error.unwrap_or_default(),
+                nodes: c
+                    .nodes
+                    .into_iter()
+                    .map(|n| (n.node, (now - n.last_seen).max(0)))
+                    .collect(),
+            }
+        }),
     };
     render(StatusCode::OK, &page)
 }

@@ -55,6 +55,8 @@ pub struct Snapshot {
     pub disk_free: i64,
     /// Firing alerts by name (several mailboxes may fire one alert).
     pub alerts: Vec<(String, i64)>,
+    /// Cluster mode only.
+    pub cluster: Option<crate::cluster::status::ClusterStatus>,
 }
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -238,6 +240,7 @@ impl Metrics {
         }
         let mut families = self.registry.gather();
         families.extend(archive_families(snapshot));
+        families.extend(cluster_families(snapshot));
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&families, &mut out)
@@ -278,6 +281,38 @@ fn archive_families(snapshot: &Snapshot) -> Vec<prometheus::proto::MetricFamily>
     registry.gather()
 }
 
+/// The cluster's gauges, made fresh for each scrape (they exist only in cluster mode).
+fn cluster_families(snapshot: &Snapshot) -> Vec<prometheus::proto::MetricFamily> {
+    let Some(cluster) = &snapshot.cluster else {
+        return Vec::new();
+    };
+    let registry = Registry::new();
+    let up = prometheus::IntGauge::new(
+        "journalgate_cluster_store_up",
+        "1 when the cluster's object store answered the last registry sync",
+    )
+    .expect("valid metric");
+    up.set(i64::from(cluster.store_up));
+    registry.register(Box::new(up)).expect("unique");
+    let synced = prometheus::IntGauge::new(
+        "journalgate_cluster_registry_synced_timestamp_seconds",
+        "When this node last synced the mailbox registry with the store",
+    )
+    .expect("valid metric");
+    synced.set(cluster.last_sync.unwrap_or(0));
+    registry.register(Box::new(synced)).expect("unique");
+    let nodes = gauge_vec(
+        "journalgate_cluster_node_last_seen_timestamp_seconds",
+        "Last heartbeat of each gateway node in the cluster",
+        &["node"],
+    );
+    for n in &cluster.nodes {
+        nodes.with_label_values(&[n.node.as_str()]).set(n.last_seen);
+    }
+    registry.register(Box::new(nodes)).expect("unique");
+    registry.gather()
+}
+
 /// Counts one open session until dropped.
 pub struct SessionGuard(prometheus::IntGauge);
 
@@ -310,6 +345,16 @@ mod tests {
             certificate_expiry: 1_800_000_000,
             disk_free: 1 << 30,
             alerts: vec![("mailbox_silent".into(), 1)],
+            cluster: Some(crate::cluster::status::ClusterStatus {
+                node: "node-a".into(),
+                store_up: true,
+                last_sync: Some(1_700_000_100),
+                last_error: None,
+                nodes: vec![crate::cluster::status::NodeSeen {
+                    node: "node-b".into(),
+                    last_seen: 1_700_000_099,
+                }],
+            }),
         });
         for needle in [
             "journalgate_smtp_messages_accepted_total{mailbox=\"mbx-1\"} 1",
@@ -328,6 +373,9 @@ mod tests {
             "journalgate_certificate_expiry_timestamp_seconds 1800000000",
             "journalgate_disk_free_bytes 1073741824",
             "journalgate_alerts_firing{alert=\"mailbox_silent\"} 1",
+            "journalgate_cluster_store_up 1",
+            "journalgate_cluster_registry_synced_timestamp_seconds 1700000100",
+            "journalgate_cluster_node_last_seen_timestamp_seconds{node=\"node-b\"} 1700000099",
         ] {
             assert!(text.contains(needle), "{needle} missing in\n{text}");
         }

@@ -18,6 +18,7 @@ import time
 import pytest
 
 from garageharness import Garage, available
+from consoleharness import console_gw  # noqa: F401 (fixture)
 from jgharness import (HOSTNAME, build_message, free_port, pop3_fetch_all, pop3_login,
                        send_smtp, unverified_ctx, wait_until)
 
@@ -258,3 +259,32 @@ def test_imap_uids_are_shared_and_never_reused(node):
     typ, data = m.uid("FETCH", "1", "(FLAGS)")
     m.logout()
     assert b"\\Seen" in data[0]
+
+
+def test_console_and_metrics_of_each_node_show_the_cluster(console_gw, garage):
+    a = console_gw(garage.storage_config("node-a"))
+    b = console_gw(garage.storage_config("node-b"))
+    mbx = a.create_mailbox(name="via console")
+    for i in range(3):
+        send_smtp(b.gw, address(mbx), build_message(subject=f"tok-c{i}", body=b"x" * 1000))
+
+    def both_see_it():
+        st = b.api_ok("GET", "status")
+        c = st.get("cluster") or {}
+        peers = {n["node"] for n in c.get("nodes", [])}
+        counted = [m for m in st["mailboxes"] if m["id"] == mbx["id"] and m["messages"] == 3]
+        return c.get("store_up") and {"node-a", "node-b"} <= peers and counted
+
+    wait_until(both_see_it, timeout=30, what="node b's status to show both nodes and the mail")
+    for con in (a, b):
+        m = con.metrics()
+        assert m.get("journalgate_cluster_store_up") == 1
+        assert m.get("journalgate_cluster_node_last_seen_timestamp_seconds", node="node-a") > 0
+        assert m.get("journalgate_cluster_node_last_seen_timestamp_seconds", node="node-b") > 0
+    wait_until(lambda: a.metrics().mailbox("journalgate_mailbox_messages", mbx) == 3,
+               timeout=30, what="node a's metrics to count the mail node b took")
+    _, page = a.login().page("/")
+    card = page.select("#cluster")
+    assert card, page
+    assert "node-a" in card[0].text() and "answering" in card[0].text()
+    assert {r.select("td")[0].text() for r in card[0].select("tr.peer")} >= {"node-a", "node-b"}
