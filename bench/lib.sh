@@ -287,6 +287,58 @@ start_dovecot() {
   DC_MASTER=$(tr -dc 0-9 <"$DC_PIDFILE" 2>/dev/null || true)
   [ -n "$DC_MASTER" ] || { cat "$dir/dovecot.log" >&2 2>/dev/null; return 1; }
 }
+# postfix_conf PF_DIR PORT LMTP_SOCKET: writes PF_DIR/etc/main.cf and master.cf of a private
+# Postfix (own config, queue and data directories under PF_DIR; maillog in PF_DIR/maillog)
+# that listens for SMTP on 127.0.0.1:PORT and hands every message for @bench.test to the
+# LMTP socket (a private Dovecot's).
+postfix_conf() {
+  local pf=$1 port=$2 lmtp=$3
+  cat >"$pf/etc/main.cf" <<EOF
+# private benchmark instance: own config, queue and data directories
+compatibility_level = 3.6
+config_directory = $pf/etc
+queue_directory = $pf/queue
+data_directory = $pf/data
+meta_directory = /etc/postfix
+maillog_file = $pf/maillog
+maillog_file_prefixes = $WORK
+myhostname = mta.bench.test
+mydomain = bench.test
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+alias_maps =
+alias_database =
+local_recipient_maps =
+biff = no
+smtpd_banner = \$myhostname ESMTP
+virtual_mailbox_domains = bench.test
+virtual_mailbox_maps = static:OK
+virtual_transport = lmtp:unix:$lmtp
+EOF
+  cat >"$pf/etc/master.cf" <<EOF
+127.0.0.1:$port inet n - n - - smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+lmtp      unix  -       -       n       -       -       lmtp
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+EOF
+}
 # stop_postfix DIR: (EXIT trap) ends the private Postfix under DIR at once, if it runs: abort,
 # then KILL its master and the master's children.
 stop_postfix() {

@@ -158,51 +158,7 @@ if [ -z "$PD_SKIPPED_WHY" ]; then
   chown postfix:postfix "$PF_DIR/data"
   chown nobody:nogroup "$DC/home"
   dovecot_cert "$DC"
-  cat >"$PF_DIR/etc/main.cf" <<EOF
-# private benchmark instance: own config, queue and data directories
-compatibility_level = 3.6
-config_directory = $PF_DIR/etc
-queue_directory = $PF_DIR/queue
-data_directory = $PF_DIR/data
-meta_directory = /etc/postfix
-maillog_file = $PF_DIR/maillog
-maillog_file_prefixes = $WORK
-myhostname = mta.bench.test
-mydomain = bench.test
-mydestination =
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-alias_maps =
-alias_database =
-local_recipient_maps =
-biff = no
-smtpd_banner = \$myhostname ESMTP
-virtual_mailbox_domains = bench.test
-virtual_mailbox_maps = static:OK
-virtual_transport = lmtp:unix:$DC/run/lmtp
-EOF
-  cat >"$PF_DIR/etc/master.cf" <<EOF
-127.0.0.1:$PF_SMTP inet n - n - - smtpd
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-lmtp      unix  -       -       n       -       -       lmtp
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-EOF
+  postfix_conf "$PF_DIR" "$PF_SMTP" "$DC/run/lmtp"
   {
     echo "# private benchmark instance (dovecot -c this file): nothing from /etc/dovecot is read"
     dovecot_conf "$DC" instance=jgbench protocols="pop3 lmtp" password=benchpass ssl=required fsync=always

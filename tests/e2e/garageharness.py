@@ -38,6 +38,9 @@ class Garage:
                 f'metadata_dir = "{d}/meta"\n'
                 f'data_dir = "{d}/data"\n'
                 'db_engine = "sqlite"\n'
+                # Durable like a production cluster: a write is acknowledged once the
+                # replicas of its quorum have synced it.
+                'metadata_fsync = true\ndata_fsync = true\n'
                 'replication_factor = 3\n'
                 f'rpc_bind_addr = "127.0.0.1:{n["rpc"]}"\n'
                 f'rpc_public_addr = "127.0.0.1:{n["rpc"]}"\n'
