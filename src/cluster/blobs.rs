@@ -16,6 +16,8 @@ use futures_util::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 
+/// Requests in flight at once for the `_many` calls.
+pub const PARALLEL: usize = 16;
 /// Files larger than this are uploaded as a multipart upload in parts of this size.
 pub const PART_SIZE: usize = 8 * 1024 * 1024;
 
@@ -212,9 +214,44 @@ impl Blobs {
         })
     }
 
-    pub fn copy(&self, from: &str, to: &str) -> Result<(), BlobError> {
-        let (store, from, to) = (self.store.clone(), Path::from(from), Path::from(to));
-        self.run(async move { Ok(store.copy(&from, &to).await?) })
+    /// Deletes objects, [`PARALLEL`] requests at a time (a store that syncs each write
+    /// answers one delete in tens of milliseconds).
+    pub fn delete_many(&self, keys: &[String]) -> Result<(), BlobError> {
+        let store = self.store.clone();
+        let paths: Vec<Path> = keys.iter().map(|k| Path::from(k.as_str())).collect();
+        self.run(async move {
+            let results: Vec<Result<(), BlobError>> = futures_util::stream::iter(paths)
+                .map(|path| {
+                    let store = store.clone();
+                    async move {
+                        match store.delete(&path).await {
+                            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                            Err(e) => Err(BlobError::from(e)),
+                        }
+                    }
+                })
+                .buffer_unordered(PARALLEL)
+                .collect()
+                .await;
+            results.into_iter().collect()
+        })
+    }
+
+    /// Reads several (small) objects, [`PARALLEL`] at a time, in the order asked.
+    pub fn get_many(&self, keys: &[String]) -> Result<Vec<Bytes>, BlobError> {
+        let store = self.store.clone();
+        let paths: Vec<Path> = keys.iter().map(|k| Path::from(k.as_str())).collect();
+        self.run(async move {
+            let results: Vec<Result<Bytes, BlobError>> = futures_util::stream::iter(paths)
+                .map(|path| {
+                    let store = store.clone();
+                    async move { Ok(store.get(&path).await?.bytes().await?) }
+                })
+                .buffered(PARALLEL)
+                .collect()
+                .await;
+            results.into_iter().collect()
+        })
     }
 }
 

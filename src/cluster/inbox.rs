@@ -1,20 +1,22 @@
 //! A gateway mailbox in the object store, shared by every node:
 //!
-//! - `mailboxes/<id>/new/<stem>`: delivered, not numbered yet. The `250` follows this one PUT,
-//!   which the store acknowledges once a write quorum of replicas has it.
-//! - `mailboxes/<id>/uid/<uid>.<stem>`: numbered (zero-padded UID, so listing order is UID
-//!   order). A reader numbers new messages under the mailbox's `number` lock: it reserves the
-//!   UIDs first (`uidnext/<n>`, never lowered), copies each `new/` object to its `uid/` name
-//!   and deletes the `new/` one. A crash in between leaves a `new/` object whose stem is
-//!   already numbered; the next pass only deletes it. UIDs are never reused.
+//! - `mailboxes/<id>/msg/<stem>`: a delivered report, sealed. The `250` follows this one PUT,
+//!   which the store acknowledges once a write quorum of replicas has it. It is never moved.
+//! - `mailboxes/<id>/map/<first uid>`: UIDs. A reader that finds messages no map names takes
+//!   the mailbox's `number` lock and writes one new map: `{"first": N, "stems": [...]}`, UIDs
+//!   N, N+1, ... for those messages in arrival order, N above every UID of every earlier map.
+//!   A map is written once (one PUT: numbering is all or nothing) and never changed, so nodes
+//!   cache them; one whose messages are all gone is deleted, except the newest, which keeps
+//!   UIDNEXT from going back. UIDs are never reused.
 //! - `mailboxes/<id>/flags.json`: flags, keywords and modseqs, changed under the `flags` lock.
 //!
 //! `<stem>` is `<ms>-<node>-<random>-g<key generation>.<received>.<size>.<envelope length>`:
-//! no address, subject or Message-ID. Objects sealed to an older key generation (before a
+//! no address, subject or Message-ID. Messages sealed to an older key generation (before a
 //! password reset) are not listed.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -71,11 +73,22 @@ pub struct Listing {
     pub unnumbered: usize,
 }
 
+/// Maps already read, by object key (maps never change once written).
+pub type MapCache = Mutex<HashMap<String, Arc<Vec<String>>>>;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct UidMap {
+    first: u32,
+    stems: Vec<String>,
+}
+
+#[derive(Clone, Copy)]
 pub struct Inbox<'a> {
     pub blobs: &'a Blobs,
     pub node: &'a str,
     pub id: &'a MailboxId,
     pub generation: u32,
+    pub maps: &'a MapCache,
 }
 
 fn now_ms() -> u128 {
@@ -83,6 +96,37 @@ fn now_ms() -> u128 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0)
+}
+
+/// One listing of a mailbox, its maps read.
+struct Scan {
+    /// Stem → object key, of every message object.
+    messages: HashMap<String, String>,
+    /// (first UID, map key, stems), by first UID.
+    maps: Vec<(u32, String, Arc<Vec<String>>)>,
+}
+
+impl Scan {
+    fn uid_next(&self) -> u32 {
+        self.maps
+            .iter()
+            .map(|(first, _, stems)| first + stems.len() as u32)
+            .max()
+            .unwrap_or(1)
+            .max(1)
+    }
+
+    fn unnumbered(&self) -> Vec<String> {
+        let named: HashSet<&String> = self.maps.iter().flat_map(|(_, _, s)| s.iter()).collect();
+        let mut out: Vec<String> = self
+            .messages
+            .keys()
+            .filter(|stem| !named.contains(stem))
+            .cloned()
+            .collect();
+        out.sort();
+        out
+    }
 }
 
 impl Inbox<'_> {
@@ -102,103 +146,126 @@ impl Inbox<'_> {
             meta.size,
             meta.envelope_len
         );
-        let key = format!("{}/new/{stem}", self.prefix());
+        let key = format!("{}/msg/{stem}", self.prefix());
         Ok(self.blobs.put_file(&key, sealed)?)
     }
 
     /// Numbers what arrived since the last listing, then lists the mailbox.
     pub fn list(&self) -> Result<Listing, InboxError> {
-        let listing = self.scan()?;
-        if listing.unnumbered == 0 {
-            return Ok(listing);
+        let mut scan = self.scan()?;
+        if !scan.unnumbered().is_empty() {
+            let _lock = Claim::acquire(
+                self.blobs,
+                &format!("{}/lock/number", self.prefix()),
+                self.node,
+                LOCK_WAIT,
+            )?;
+            // Again under the lock: another node may have numbered them meanwhile.
+            scan = self.scan()?;
+            let fresh = scan.unnumbered();
+            if !fresh.is_empty() {
+                let first = scan.uid_next();
+                let key = format!("{}/map/{first:010}", self.prefix());
+                let map = UidMap {
+                    first,
+                    stems: fresh,
+                };
+                self.blobs
+                    .put(&key, serde_json::to_vec(&map).expect("map serializes"))?;
+                self.maps
+                    .lock()
+                    .unwrap()
+                    .insert(key.clone(), Arc::new(map.stems.clone()));
+                scan.maps.push((first, key, Arc::new(map.stems)));
+            }
         }
-        let _lock = Claim::acquire(
-            self.blobs,
-            &format!("{}/lock/number", self.prefix()),
-            self.node,
-            LOCK_WAIT,
-        )?;
-        self.number()?;
-        self.scan()
+        Ok(self.listing(&scan))
     }
 
-    /// One listing of the mailbox's objects.
-    fn scan(&self) -> Result<Listing, InboxError> {
-        let prefix = self.prefix();
+    fn listing(&self, scan: &Scan) -> Listing {
         let generation = format!("-g{}.", self.generation);
-        let mut out = Listing {
-            messages: Vec::new(),
-            uid_next: 1,
-            unnumbered: 0,
-        };
-        for object in self.blobs.list(&format!("{prefix}/"))? {
-            let Some(rest) = object.key.strip_prefix(&prefix) else {
-                continue;
-            };
-            if rest.starts_with("/new/") {
-                out.unnumbered += 1;
-            } else if let Some(n) = rest.strip_prefix("/uidnext/") {
-                out.uid_next = out.uid_next.max(n.parse().unwrap_or(1));
-            } else if let Some(name) = rest.strip_prefix("/uid/") {
-                if !name.contains(&generation) {
+        let mut messages = Vec::new();
+        for (first, _, stems) in &scan.maps {
+            for (i, stem) in stems.iter().enumerate() {
+                let Some(key) = scan.messages.get(stem) else {
+                    continue;
+                };
+                if !stem.contains(&generation) {
                     continue;
                 }
-                if let Some(meta) = parse_numbered(name) {
-                    out.uid_next = out.uid_next.max(meta.uid + 1);
-                    out.messages.push(Numbered {
+                if let Some(meta) = parse_stem(first + i as u32, stem) {
+                    messages.push(Numbered {
                         meta,
-                        key: object.key.clone(),
+                        key: key.clone(),
                     });
                 }
             }
         }
-        Ok(out)
+        messages.sort_by_key(|m| m.meta.uid);
+        Listing {
+            messages,
+            uid_next: scan.uid_next(),
+            unnumbered: scan.unnumbered().len(),
+        }
     }
 
-    /// Moves `new/` objects to `uid/` names (the caller holds the `number` lock).
-    fn number(&self) -> Result<(), InboxError> {
+    /// One listing of the mailbox's objects, with its maps (from the cache, or read).
+    fn scan(&self) -> Result<Scan, InboxError> {
         let prefix = self.prefix();
-        let mut fresh = Vec::new();
-        let mut numbered = HashSet::new();
-        let mut next = 1u32;
+        let mut messages = HashMap::new();
+        let mut map_keys = Vec::new();
         for object in self.blobs.list(&format!("{prefix}/"))? {
             let rest = &object.key[prefix.len()..];
-            if let Some(stem) = rest.strip_prefix("/new/") {
-                fresh.push(stem.to_owned());
-            } else if let Some(n) = rest.strip_prefix("/uidnext/") {
-                next = next.max(n.parse().unwrap_or(1));
-            } else if let Some(name) = rest.strip_prefix("/uid/") {
-                if let Some((uid, stem)) = name.split_once('.') {
-                    next = next.max(uid.parse::<u32>().unwrap_or(0) + 1);
-                    numbered.insert(stem.to_owned());
+            if let Some(stem) = rest.strip_prefix("/msg/") {
+                messages.insert(stem.to_owned(), object.key.clone());
+            } else if let Some(first) = rest.strip_prefix("/map/") {
+                if let Ok(first) = first.parse::<u32>() {
+                    map_keys.push((first, object.key.clone()));
                 }
             }
         }
-        fresh.retain(|stem| {
-            let done = numbered.contains(stem);
-            if done {
-                let _ = self.blobs.delete(&format!("{prefix}/new/{stem}"));
-            }
-            !done
-        });
-        if fresh.is_empty() {
-            return Ok(());
+        map_keys.sort();
+        let missing: Vec<String> = {
+            let cache = self.maps.lock().unwrap();
+            map_keys
+                .iter()
+                .filter(|(_, k)| !cache.contains_key(k))
+                .map(|(_, k)| k.clone())
+                .collect()
+        };
+        let read = self.blobs.get_many(&missing)?;
+        let mut cache = self.maps.lock().unwrap();
+        for (key, bytes) in missing.iter().zip(read) {
+            let map: UidMap = serde_json::from_slice(&bytes)
+                .map_err(|e| InboxError::Damaged(format!("{key}: {e}")))?;
+            cache.insert(key.clone(), Arc::new(map.stems));
         }
-        let reserved = next + fresh.len() as u32;
-        self.blobs
-            .put(&format!("{prefix}/uidnext/{reserved:010}"), Vec::new())?;
-        for (i, stem) in fresh.iter().enumerate() {
-            let uid = next + i as u32;
-            let from = format!("{prefix}/new/{stem}");
-            self.blobs
-                .copy(&from, &format!("{prefix}/uid/{uid:010}.{stem}"))?;
-            self.blobs.delete(&from)?;
-        }
-        for old in self.blobs.list(&format!("{prefix}/uidnext/"))? {
-            if !old.key.ends_with(&format!("{reserved:010}")) {
-                let _ = self.blobs.delete(&old.key);
-            }
-        }
+        // Forget maps of this mailbox that are gone from the store.
+        let live: HashSet<&String> = map_keys.iter().map(|(_, k)| k).collect();
+        cache.retain(|k, _| !k.starts_with(&prefix) || live.contains(k));
+        let maps = map_keys
+            .into_iter()
+            .map(|(first, key)| {
+                let stems = cache.get(&key).cloned().unwrap_or_default();
+                (first, key, stems)
+            })
+            .collect();
+        Ok(Scan { messages, maps })
+    }
+
+    /// Deletes maps whose messages are all gone (never the newest: it holds UIDNEXT).
+    fn drop_empty_maps(&self) -> Result<(), InboxError> {
+        let scan = self.scan()?;
+        let newest = scan.maps.iter().map(|(first, _, _)| *first).max();
+        let empty: Vec<String> = scan
+            .maps
+            .iter()
+            .filter(|(first, _, stems)| {
+                Some(*first) != newest && stems.iter().all(|s| !scan.messages.contains_key(s))
+            })
+            .map(|(_, key, _)| key.clone())
+            .collect();
+        self.blobs.delete_many(&empty)?;
         Ok(())
     }
 
@@ -293,22 +360,21 @@ impl Inbox<'_> {
 
     /// Deletes messages; their flags go with them and the modseq rises.
     pub fn expunge(&self, doomed: &[Numbered]) -> Result<(), InboxError> {
-        for message in doomed {
-            self.blobs.delete(&message.key)?;
-        }
+        let keys: Vec<String> = doomed.iter().map(|m| m.key.clone()).collect();
+        self.blobs.delete_many(&keys)?;
         self.edit(|doc| {
             for message in doomed {
                 doc.flags.remove(&message.meta.uid);
             }
             doc.modseq = crate::message::next_modseq().max(doc.modseq + 1);
-        })
+        })?;
+        self.drop_empty_maps()
     }
 }
 
-/// `<uid>.<stem>` with stem `<id>.<received>.<size>.<envelope length>`.
-fn parse_numbered(name: &str) -> Option<MessageMeta> {
-    let mut parts = name.split('.');
-    let uid = parts.next()?.parse().ok().filter(|u| *u > 0)?;
+/// The metadata in a stem: `<id>.<received>.<size>.<envelope length>`.
+fn parse_stem(uid: u32, stem: &str) -> Option<MessageMeta> {
+    let mut parts = stem.split('.');
     let _id = parts.next()?;
     let meta = MessageMeta {
         uid,
@@ -318,7 +384,7 @@ fn parse_numbered(name: &str) -> Option<MessageMeta> {
         flags: Flags::default(),
         modseq: 1,
     };
-    parts.next().is_none().then_some(meta)
+    (uid > 0 && parts.next().is_none()).then_some(meta)
 }
 
 #[cfg(test)]
@@ -326,32 +392,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn numbered_names_parse_and_carry_no_more_than_sizes() {
-        let m =
-            parse_numbered("0000000007.0001700000000000-n1-abcdef012345-g1.1700000000.2048.120")
-                .unwrap();
+    fn stems_parse_and_carry_no_more_than_sizes() {
+        let m = parse_stem(7, "0001700000000000-n1-abcdef012345-g1.1700000000.2048.120").unwrap();
         assert_eq!(
             (m.uid, m.received, m.size, m.envelope_len),
             (7, 1700000000, 2048, 120)
         );
-        assert!(parse_numbered("0000000000.x.1.2.3").is_none());
-        assert!(parse_numbered("7.x.1.2").is_none());
+        assert!(parse_stem(0, "x.1.2.3").is_none());
+        assert!(parse_stem(7, "x.1.2").is_none());
     }
 
-    #[test]
-    fn delivering_numbering_and_expunging_keep_uids_rising() {
-        let store = std::sync::Arc::new(object_store::memory::InMemory::new());
-        let blobs = Blobs::new(store, Duration::from_secs(5)).unwrap();
-        let id = MailboxId::parse(&format!("mbx-{}", crate::crypto::random_hex128())).unwrap();
-        let inbox = Inbox {
-            blobs: &blobs,
-            node: "n1",
-            id: &id,
-            generation: 1,
-        };
-        let dir = tempfile_dir();
-        let file = dir.join("m");
-        std::fs::write(&file, b"sealed").unwrap();
+    fn deliver(inbox: &Inbox, file: &Path, n: usize) {
         let meta = MessageMeta {
             uid: 0,
             size: 6,
@@ -360,18 +411,58 @@ mod tests {
             flags: Flags::default(),
             modseq: 0,
         };
-        for _ in 0..3 {
-            inbox.deliver(&file, &meta).unwrap();
+        for _ in 0..n {
+            inbox.deliver(file, &meta).unwrap();
         }
+    }
+
+    fn uids(listing: &Listing) -> Vec<u32> {
+        listing.messages.iter().map(|m| m.meta.uid).collect()
+    }
+
+    #[test]
+    fn delivering_numbering_and_expunging_keep_uids_rising() {
+        let store = std::sync::Arc::new(object_store::memory::InMemory::new());
+        let blobs = Blobs::new(store, Duration::from_secs(5)).unwrap();
+        let id = MailboxId::parse(&format!("mbx-{}", crate::crypto::random_hex128())).unwrap();
+        let (maps, other_maps) = (MapCache::default(), MapCache::default());
+        let inbox = Inbox {
+            blobs: &blobs,
+            node: "n1",
+            id: &id,
+            generation: 1,
+            maps: &maps,
+        };
+        // Another node: its own cache of maps.
+        let other = Inbox {
+            node: "n2",
+            maps: &other_maps,
+            ..inbox
+        };
+        let dir = tempfile_dir();
+        let file = dir.join("m");
+        std::fs::write(&file, b"sealed").unwrap();
+        deliver(&inbox, &file, 3);
         let listed = inbox.list().unwrap();
-        let uids: Vec<u32> = listed.messages.iter().map(|m| m.meta.uid).collect();
-        assert_eq!(uids, vec![1, 2, 3]);
-        inbox.expunge(&listed.messages[2..]).unwrap();
-        inbox.deliver(&file, &meta).unwrap();
+        assert_eq!(uids(&listed), vec![1, 2, 3]);
+        assert_eq!(
+            uids(&other.list().unwrap()),
+            vec![1, 2, 3],
+            "the same UIDs everywhere"
+        );
+        other.expunge(&listed.messages[2..]).unwrap();
+        deliver(&other, &file, 1);
         let listed = inbox.list().unwrap();
-        let uids: Vec<u32> = listed.messages.iter().map(|m| m.meta.uid).collect();
-        assert_eq!(uids, vec![1, 2, 4], "UID 3 is never reused");
+        assert_eq!(uids(&listed), vec![1, 2, 4], "UID 3 is never reused");
         assert_eq!(listed.uid_next, 5);
+        // Expunging everything drops the older maps but keeps UIDNEXT.
+        inbox.expunge(&listed.messages).unwrap();
+        assert_eq!(
+            blobs.list(&format!("mailboxes/{id}/map/")).unwrap().len(),
+            1
+        );
+        deliver(&inbox, &file, 1);
+        assert_eq!(uids(&other.list().unwrap()), vec![5]);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -53,6 +53,8 @@ pub struct Cluster {
     /// "Mailbox X changed" for this node's IMAP sessions.
     changes: broadcast::Sender<ChangeKey>,
     pub status: status::Status,
+    /// UID maps read so far (they never change).
+    maps: inbox::MapCache,
 }
 
 fn secret(config: &StorageConfig) -> Result<String, ClusterError> {
@@ -108,6 +110,7 @@ impl Cluster {
             mailboxes,
             changes: broadcast::channel(256).0,
             status: status::Status::default(),
+            maps: inbox::MapCache::default(),
         }
     }
 
@@ -117,6 +120,7 @@ impl Cluster {
             node: &self.node,
             id,
             generation,
+            maps: &self.maps,
         }
     }
 

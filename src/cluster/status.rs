@@ -88,7 +88,7 @@ impl Status {
         Ok(())
     }
 
-    /// Counts what waits in every gateway mailbox (numbered or not).
+    /// Counts what waits in every gateway mailbox .
     pub fn count(&self, blobs: &Blobs) -> Result<(), BlobError> {
         let mut totals: HashMap<MailboxId, (u64, u64)> = HashMap::new();
         for object in blobs.list("mailboxes/")? {
@@ -100,7 +100,7 @@ impl Status {
             let Ok(id) = MailboxId::parse(id) else {
                 continue;
             };
-            if kind == "new" || kind == "uid" {
+            if kind == "msg" {
                 let size = message_size(name).unwrap_or(object.size);
                 let entry = totals.entry(id).or_default();
                 entry.0 += 1;

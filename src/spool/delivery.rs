@@ -64,13 +64,16 @@ impl Sink {
         writer.write_all(bytes).map_err(SpoolError::from)
     }
 
-    /// Finishes the age stream and makes the temp file durable.
-    fn finish(&mut self) -> Result<PathBuf, SpoolError> {
+    /// Finishes the age stream and, when `sync`, makes the temp file durable (a copy that
+    /// goes to the cluster's object store is made durable there instead).
+    fn finish(&mut self, sync: bool) -> Result<PathBuf, SpoolError> {
         let (path, writer) = self.file.take().expect("sink opened");
         let result = (|| {
             let buffered = writer.finish()?;
             let file = buffered.into_inner().map_err(|e| e.into_error())?;
-            file.sync_data()?;
+            if sync {
+                file.sync_data()?;
+            }
             Ok(())
         })();
         match result {
@@ -139,7 +142,7 @@ impl Delivery {
         let buffer = std::mem::take(&mut self.buffer);
         let spool = self.spool.clone();
         let tmp_dir = spool.tmp_dir.clone();
-        // Seal, write and fdatasync every copy off the async threads.
+        let remote = spool.remote().is_some();
         // Seal, write and fdatasync every copy off the async threads; several copies (a
         // mailbox and the archive intake) are synced in parallel, so they cost one wait.
         let finished = tokio::task::spawn_blocking(move || {
@@ -148,7 +151,8 @@ impl Delivery {
                     sink.open(&tmp_dir)?;
                 }
                 sink.write(&buffer)?;
-                sink.finish()
+                let leaves = remote && matches!(sink.dest, Dest::Mailbox(_));
+                sink.finish(!leaves)
             };
             let results: Vec<Result<PathBuf, SpoolError>> = if sinks.len() == 1 {
                 vec![finish(&mut sinks[0])]
