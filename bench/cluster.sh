@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # journalgate cluster benchmark: SMTP ingest of ~20 KB journal reports (C=1 and C=32) and
 # POP3 collection (download + delete), through one gateway node and through two gateway
-# nodes on a 3-node Garage cluster (replication factor 3, data and metadata fsync on),
+# nodes on a 3-node Garage cluster (replication factor 3, data and metadata fsync on, no
+# compression: the objects are sealed),
 # beside one node on the local back-end and Postfix + Dovecot, all in one run on loopback.
 #
-#   bench/cluster.sh            full run: 5,000 reports per case
+#   bench/cluster.sh            full run: 2,000 reports per case
 #   bench/cluster.sh --quick    sanity run: 500 reports per case
 #
 # Systems (the archive is off on every journalgate node: this measures the gateway path):
@@ -40,7 +41,7 @@ for a in "$@"; do
     *) echo "unknown argument: $a" >&2; exit 2 ;;
   esac
 done
-if [ "$QUICK" = 1 ]; then N=500 CASE_TIMEOUT=300; else N=5000 CASE_TIMEOUT=900; fi
+if [ "$QUICK" = 1 ]; then N=500 CASE_TIMEOUT=300; else N=2000 CASE_TIMEOUT=900; fi
 CONCS="1 32"
 REPORT_SIZE=20000
 

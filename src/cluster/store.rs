@@ -3,7 +3,7 @@
 //! fetched per open (small ones into memory, large ones through an unlinked temp file, so
 //! memory stays bounded).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::OpenOptions;
 use std::io::{Cursor, Seek};
 use std::os::unix::fs::OpenOptionsExt;
@@ -23,6 +23,11 @@ use crate::store::{ChangeKey, FlagUpdate, FolderInfo, MailStore, MessageReader, 
 
 /// Messages up to this size are fetched into memory; larger ones through a temp file.
 const IN_MEMORY: u64 = 1024 * 1024;
+/// Reading a message also fetches the next ones (in UID order, small ones), in parallel,
+/// up to this many bytes: a store answers each GET in tens of milliseconds, and an archiver
+/// reads messages one after another.
+const READ_AHEAD_BYTES: u64 = 8 * 1024 * 1024;
+const READ_AHEAD_COUNT: usize = 32;
 
 pub struct ClusterStore {
     cluster: Arc<Cluster>,
@@ -31,8 +36,10 @@ pub struct ClusterStore {
     session: Collector,
     /// Where large messages are fetched to (unlinked at once).
     tmp_dir: PathBuf,
-    /// UID → object, from the last listing.
-    keys: Mutex<HashMap<u32, String>>,
+    /// UID → (object, stored size), from the last listing, in UID order.
+    keys: Mutex<BTreeMap<u32, (String, u64)>>,
+    /// Messages fetched ahead (sealed bytes), taken by `open`.
+    ahead: Mutex<HashMap<u32, bytes::Bytes>>,
     collected: AtomicUsize,
 }
 
@@ -57,6 +64,7 @@ impl ClusterStore {
             session,
             tmp_dir,
             keys: Mutex::default(),
+            ahead: Mutex::default(),
             collected: AtomicUsize::new(0),
         }
     }
@@ -81,11 +89,47 @@ impl ClusterStore {
                     m.meta.flags = Flags(bits);
                     m.meta.modseq = modseq;
                 }
-                keys.insert(m.meta.uid, m.key.clone());
+                let stored = m.meta.size + u64::from(m.meta.envelope_len);
+                keys.insert(m.meta.uid, (m.key.clone(), stored));
                 m
             })
             .collect();
         Ok((messages, listing.uid_next))
+    }
+
+    /// A small message's sealed bytes: fetched ahead already, or fetched now together with
+    /// the next small ones.
+    fn small(&self, uid: u32, key: &str) -> Result<bytes::Bytes, StoreError> {
+        if let Some(bytes) = self.ahead.lock().unwrap().remove(&uid) {
+            return Ok(bytes);
+        }
+        let mut wanted = vec![(uid, key.to_owned())];
+        {
+            let keys = self.keys.lock().unwrap();
+            let ahead = self.ahead.lock().unwrap();
+            let mut budget = READ_AHEAD_BYTES;
+            for (&next, (next_key, stored)) in keys.range(uid + 1..) {
+                if wanted.len() > READ_AHEAD_COUNT || *stored > IN_MEMORY || *stored > budget {
+                    break;
+                }
+                if !ahead.contains_key(&next) {
+                    budget -= stored;
+                    wanted.push((next, next_key.clone()));
+                }
+            }
+        }
+        let keys: Vec<String> = wanted.iter().map(|(_, k)| k.clone()).collect();
+        let mut fetched = match self.cluster.blobs.get_many(&keys) {
+            Ok(all) => all.into_iter(),
+            // One of the others may be gone (expunged by another node): this one alone.
+            Err(_) => return self.cluster.blobs.get(key).map_err(missing),
+        };
+        let first = fetched.next().ok_or(StoreError::NoSuchMessage)?;
+        let mut ahead = self.ahead.lock().unwrap();
+        for ((next, _), bytes) in wanted.into_iter().skip(1).zip(fetched) {
+            ahead.insert(next, bytes);
+        }
+        Ok(first)
     }
 
     fn present(&self, uids: &[u32]) -> Result<Vec<Numbered>, StoreError> {
@@ -94,6 +138,13 @@ impl ClusterStore {
             .into_iter()
             .filter(|m| uids.contains(&m.meta.uid))
             .collect())
+    }
+}
+
+fn missing(e: super::BlobError) -> StoreError {
+    match e {
+        super::BlobError::NotFound => StoreError::NoSuchMessage,
+        e => StoreError::unavailable(e),
     }
 }
 
@@ -118,7 +169,7 @@ impl MailStore for ClusterStore {
 
     fn open(&self, _folder: &FolderInfo, meta: &MessageMeta) -> Result<MessageReader, StoreError> {
         let key = self.keys.lock().unwrap().get(&meta.uid).cloned();
-        let key = match key {
+        let (key, _) = match key {
             Some(k) => k,
             None => {
                 self.listing()?;
@@ -128,16 +179,12 @@ impl MailStore for ClusterStore {
                     .ok_or(StoreError::NoSuchMessage)?
             }
         };
-        let blobs = &self.cluster.blobs;
-        let missing = |e: super::BlobError| match e {
-            super::BlobError::NotFound => StoreError::NoSuchMessage,
-            e => StoreError::unavailable(e),
-        };
         if meta.size + u64::from(meta.envelope_len) <= IN_MEMORY {
-            let bytes = blobs.get(&key).map_err(missing)?;
+            let bytes = self.small(meta.uid, &key)?;
             let reader = crate::spool::unseal(&self.identity, Cursor::new(bytes), meta)?;
             return Ok(Box::new(reader));
         }
+        let blobs = &self.cluster.blobs;
         let path = self
             .tmp_dir
             .join(format!("{}.fetch", crate::crypto::random_hex128()));
@@ -195,6 +242,11 @@ impl MailStore for ClusterStore {
     fn expunge(&self, _folder: &FolderInfo, uids: &[u32]) -> Result<(), StoreError> {
         let doomed = self.present(uids)?;
         self.inbox().expunge(&doomed)?;
+        let mut ahead = self.ahead.lock().unwrap();
+        for m in &doomed {
+            ahead.remove(&m.meta.uid);
+        }
+        drop(ahead);
         self.cluster.changed(&self.record.id);
         let s = &self.session;
         s.telemetry

@@ -41,6 +41,8 @@ class Garage:
                 # Durable like a production cluster: a write is acknowledged once the
                 # replicas of its quorum have synced it.
                 'metadata_fsync = true\ndata_fsync = true\n'
+                # What journalgate stores is sealed: compressing it only costs CPU.
+                'compression_level = "none"\n'
                 'replication_factor = 3\n'
                 f'rpc_bind_addr = "127.0.0.1:{n["rpc"]}"\n'
                 f'rpc_public_addr = "127.0.0.1:{n["rpc"]}"\n'
