@@ -122,6 +122,11 @@ impl State {
                         "the archive has no recovery key: a password reset loses that user's archived history, and catch-all mail with no auditor is dropped; run `journalgate archive recovery init`"
                     );
                 }
+                if let Some(cluster) = &cluster {
+                    cluster
+                        .check_intake_key(&archive.intake_fingerprint())
+                        .map_err(crate::cluster::ClusterError::Store)?;
+                }
                 Some(archive)
             }
             false => None,

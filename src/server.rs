@@ -117,6 +117,14 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
             cluster.clone(),
             state.shutdown.clone(),
         )));
+        if let Some(intake) = state.spool.intake() {
+            tasks.push(tokio::spawn(pull_intake(
+                cluster.clone(),
+                intake,
+                state.config.data_dir.join("tmp"),
+                state.shutdown.clone(),
+            )));
+        }
     }
     Ok(Running {
         state,
@@ -231,6 +239,46 @@ async fn sync_registry(
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Cluster mode with the archive on: while this node holds the archive worker claim, moves
+/// the archive intake copies every node put in the store into this node's intake, every
+/// second (see `cluster::intake`).
+async fn pull_intake(
+    cluster: Arc<crate::cluster::Cluster>,
+    intake: Arc<crate::spool::Intake>,
+    tmp_dir: std::path::PathBuf,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let held = Arc::new(std::sync::Mutex::new(None));
+    let mut failing = false;
+    loop {
+        let (c, i, t, h) = (
+            cluster.clone(),
+            intake.clone(),
+            tmp_dir.clone(),
+            held.clone(),
+        );
+        let round = tokio::task::spawn_blocking(move || {
+            let mut held = h.lock().unwrap_or_else(|p| p.into_inner());
+            c.pull_intake(&mut held, &i, &t)
+        })
+        .await;
+        match round {
+            Ok(Ok(_)) => failing = false,
+            Ok(Err(e)) => {
+                if !failing {
+                    tracing::warn!(error = %e, "cannot pull the archive intake from the cluster");
+                }
+                failing = true;
+            }
+            Err(e) => tracing::error!(error = %e, "archive intake pull panicked"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = shutdown.changed() => return,
         }
     }

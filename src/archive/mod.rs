@@ -175,6 +175,14 @@ pub struct Archive {
 }
 
 impl Archive {
+    /// Names the intake key without revealing it (SHA-256 of its public half): every node
+    /// of a cluster must hold the same one.
+    pub fn intake_fingerprint(&self) -> String {
+        use sha2::Digest;
+        let public = self.intake_identity.to_public().to_string();
+        hex::encode(&sha2::Sha256::digest(public.as_bytes())[..16])
+    }
+
     /// Opens the archive under `data_dir/archive` and connects it to the spool's intake.
     pub fn open(config: &ArchiveConfig, spool: Arc<Spool>) -> Result<Arc<Archive>, ArchiveError> {
         let dir = spool.data_dir().join("archive");

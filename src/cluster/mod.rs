@@ -11,6 +11,7 @@
 pub mod blobs;
 pub mod claim;
 pub mod inbox;
+mod intake;
 pub mod registry;
 pub mod status;
 mod store;
@@ -172,5 +173,10 @@ impl Remote for Cluster {
             .map_err(|e| SpoolError::Io(std::io::Error::other(e)))?;
         self.changed(mailbox);
         Ok(())
+    }
+
+    fn deliver_intake(&self, sealed: &Path, name: &str) -> Result<(), SpoolError> {
+        Cluster::deliver_intake(self, sealed, name)
+            .map_err(|e| SpoolError::Io(std::io::Error::other(e)))
     }
 }

@@ -162,7 +162,7 @@ impl Committer {
 }
 
 /// `<unix>.<nanoseconds><random>.age`: sorting intake names is the order of arrival.
-fn intake_name() -> String {
+pub(crate) fn intake_name() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();

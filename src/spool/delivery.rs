@@ -151,8 +151,7 @@ impl Delivery {
                     sink.open(&tmp_dir)?;
                 }
                 sink.write(&buffer)?;
-                let leaves = remote && matches!(sink.dest, Dest::Mailbox(_));
-                sink.finish(!leaves)
+                sink.finish(!remote)
             };
             let results: Vec<Result<PathBuf, SpoolError>> = if sinks.len() == 1 {
                 vec![finish(&mut sinks[0])]
@@ -213,11 +212,15 @@ impl Delivery {
                 flags: Flags::default(),
                 modseq: 0,
             };
-            if let (Dest::Mailbox(mailbox), Some(remote)) = (&dest, spool.remote().cloned()) {
-                uids.push((mailbox.clone(), 0));
-                let mailbox = mailbox.clone();
+            if let Some(remote) = spool.remote().cloned() {
+                if let Dest::Mailbox(mailbox) = &dest {
+                    uids.push((mailbox.clone(), 0));
+                }
                 let done = tokio::task::spawn_blocking(move || {
-                    let result = remote.deliver(&mailbox, &tmp, &meta);
+                    let result = match &dest {
+                        Dest::Mailbox(mailbox) => remote.deliver(mailbox, &tmp, &meta),
+                        Dest::Intake => remote.deliver_intake(&tmp, &super::intake_name()),
+                    };
                     let _ = fs::remove_file(&tmp);
                     result
                 })

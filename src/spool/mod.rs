@@ -32,6 +32,7 @@ use crate::mailbox::{MailboxError, MailboxId, Mailboxes};
 use crate::message::{Envelope, MessageMeta};
 use check::clean_dir;
 pub use check::{check_files, scan_dir, DirScan, ReconcileReport};
+pub(crate) use commit::intake_name;
 #[cfg(test)]
 use commit::reserved_uidnext;
 use commit::{load_uid_state, Committer, UidState};
@@ -87,6 +88,8 @@ pub trait Remote: Send + Sync {
         sealed: &Path,
         meta: &MessageMeta,
     ) -> Result<(), SpoolError>;
+    /// The archive intake's copy, under its intake name.
+    fn deliver_intake(&self, sealed: &Path, name: &str) -> Result<(), SpoolError>;
 }
 
 /// The message inside a sealed spool file (or object): opened with the mailbox key, its
@@ -253,6 +256,11 @@ impl Spool {
         let _ = self.remote.set(remote);
     }
 
+    /// The archive intake, when the archive is on.
+    pub fn intake(&self) -> Option<Arc<Intake>> {
+        self.intake.lock().unwrap().clone()
+    }
+
     /// The remote store of gateway mailboxes, in cluster mode.
     pub fn remote(&self) -> Option<&Arc<dyn Remote>> {
         self.remote.get()
@@ -332,7 +340,8 @@ impl Spool {
             .lock()
             .unwrap()
             .clone()
-            .filter(|intake| (intake.wants_copy)());
+            // In cluster mode the node that files the archive decides (its users are its own).
+            .filter(|intake| self.remote.get().is_some() || (intake.wants_copy)());
         let mut sinks: Vec<Sink> = Vec::new();
         // One target (the usual journal rule): its copy also opens with the intake key and
         // is linked into the intake. Several: the intake gets its own copy, whose envelope

@@ -108,13 +108,23 @@ class Garage:
         out = p.stdout.strip()
         return out if p.returncode == 0 and "@" in out else None
 
-    def storage_config(self, node_id: str, endpoint_node: int = 0) -> dict:
-        return {"storage": {
-            "backend": "s3", "endpoint": self.endpoint(endpoint_node), "region": "garage",
-            "bucket": self.bucket, "access_key_id": self.key_id,
-            "secret_access_key_file": str(self.base / "s3-secret"), "node_id": node_id,
-            "request_timeout_secs": 5,
-        }}
+    def new_bucket(self, name: str) -> str:
+        """Another bucket for the same key (a test that needs a store of its own)."""
+        self.cli("bucket", "create", name)
+        self.cli("bucket", "allow", "--read", "--write", "--owner", name, "--key", "journalgate")
+        return name
+
+    def storage_config(self, node_id: str, endpoint_node: int = 0, bucket: str | None = None) -> dict:
+        return {
+            "storage": {
+                "backend": "s3", "endpoint": self.endpoint(endpoint_node), "region": "garage",
+                "bucket": bucket or self.bucket, "access_key_id": self.key_id,
+                "secret_access_key_file": str(self.base / "s3-secret"), "node_id": node_id,
+                "request_timeout_secs": 5,
+            },
+            # Every node of a cluster seals archive copies to the same intake key.
+            "archive": {"intake_key_file": str(self.base / "intake.key")},
+        }
 
     def stop(self):
         for n in self.nodes:

@@ -18,7 +18,10 @@ import time
 import pytest
 
 from garageharness import Garage, available
+from archiveharness import (add_user, archive_gw, folder_messages, imap_user,  # noqa: F401
+                            journal_report, make_original)
 from consoleharness import console_gw  # noqa: F401 (fixture)
+from imapharness import make_igw  # noqa: F401 (fixture)
 from jgharness import (HOSTNAME, build_message, free_port, pop3_fetch_all, pop3_login,
                        send_smtp, unverified_ctx, wait_until)
 
@@ -288,3 +291,34 @@ def test_console_and_metrics_of_each_node_show_the_cluster(console_gw, garage):
     assert card, page
     assert "node-a" in card[0].text() and "answering" in card[0].text()
     assert {r.select("td")[0].text() for r in card[0].select("tr.peer")} >= {"node-a", "node-b"}
+
+
+def test_archive_copies_go_through_the_store_to_the_node_that_files_the_archive(archive_gw, garage):
+    bucket = garage.new_bucket("archive-test")
+    # Every node seals archive copies to the same intake key (the filing node opens them):
+    # storage_config gives each node the cluster's.
+    a = archive_gw(overrides=garage.storage_config("arch-a", bucket=bucket))
+    alice = add_user(a, "alice@contoso.example")
+    wait_until(lambda: "files the cluster's archive intake" in a.log_text(), timeout=30,
+               what="node a to take the archive worker claim")
+    # A node with another intake key is refused at start.
+    odd = archive_gw(overrides=garage.storage_config("arch-odd", bucket=bucket), start=False,
+                     archive={"intake_key_file": str(garage.base / "another-intake.key")})
+    with pytest.raises(AssertionError, match="intake key"):
+        odd.start()
+    b = archive_gw(overrides=garage.storage_config("arch-b", bucket=bucket))
+    report = journal_report(original=make_original(subject="tok-archived-via-b"))
+    send_smtp(b, [a.jmbx["address"]], report, sender="journal@contoso.example")
+    b.kill9()  # right after the 250: the archive's copy is in the store, not only on b
+
+    def alice_has_it():
+        c = imap_user(a, alice["login"], alice["password"])
+        try:
+            # alice sent the original: her Sent folder
+            return any(b"tok-archived-via-b" in m for m in folder_messages(c, "Sent").values())
+        finally:
+            with contextlib.suppress(Exception):
+                c.logout()
+
+    wait_until(alice_has_it, timeout=60, what="alice's archive on node a to hold the report")
+    assert "files the cluster's archive intake" not in b.log_text()
