@@ -209,12 +209,9 @@ async fn sync_registry(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut failing = false;
-    let mut round = 0u64;
     loop {
         let upkeep = cluster.clone();
-        let count = round % 5 == 0;
-        round += 1;
-        match tokio::task::spawn_blocking(move || upkeep.upkeep(count)).await {
+        match tokio::task::spawn_blocking(move || upkeep.upkeep()).await {
             Ok(Ok(report)) => {
                 if failing {
                     tracing::info!("the cluster's object store answers again");

@@ -134,13 +134,15 @@ impl Cluster {
     }
 
     /// One round of upkeep (every two seconds): the registry sync, this node's heartbeat,
-    /// and (when `count`) the per-mailbox totals. The outcome is kept for the console.
-    pub fn upkeep(&self, count: bool) -> Result<registry::SyncReport, BlobError> {
+    /// and the per-mailbox totals; a mailbox whose totals moved is announced to this node's
+    /// IMAP sessions (mail delivered or deleted through another node). The outcome is kept
+    /// for the console.
+    pub fn upkeep(&self) -> Result<registry::SyncReport, BlobError> {
         let result = (|| {
             let report = self.registry.sync()?;
             self.status.heartbeat(&self.blobs, &self.node)?;
-            if count {
-                self.status.count(&self.blobs)?;
+            for id in self.status.count(&self.blobs)? {
+                self.changed(&id);
             }
             Ok(report)
         })();

@@ -88,8 +88,9 @@ impl Status {
         Ok(())
     }
 
-    /// Counts what waits in every gateway mailbox .
-    pub fn count(&self, blobs: &Blobs) -> Result<(), BlobError> {
+    /// Counts what waits in every gateway mailbox; returns the mailboxes whose count or
+    /// size changed since the last count (mail that came in, or went, through any node).
+    pub fn count(&self, blobs: &Blobs) -> Result<Vec<MailboxId>, BlobError> {
         let mut totals: HashMap<MailboxId, (u64, u64)> = HashMap::new();
         for object in blobs.list("mailboxes/")? {
             let mut parts = object.key.split('/').skip(1);
@@ -107,8 +108,15 @@ impl Status {
                 entry.1 += size;
             }
         }
-        *self.totals.lock().unwrap() = totals;
-        Ok(())
+        let mut kept = self.totals.lock().unwrap();
+        let mut changed: Vec<MailboxId> = totals
+            .iter()
+            .filter(|(id, t)| kept.get(*id) != Some(*t))
+            .map(|(id, _)| id.clone())
+            .collect();
+        changed.extend(kept.keys().filter(|id| !totals.contains_key(*id)).cloned());
+        *kept = totals;
+        Ok(changed)
     }
 }
 

@@ -322,3 +322,28 @@ def test_archive_copies_go_through_the_store_to_the_node_that_files_the_archive(
 
     wait_until(alice_has_it, timeout=60, what="alice's archive on node a to hold the report")
     assert "files the cluster's archive intake" not in b.log_text()
+
+
+def test_imap_idle_on_one_node_sees_mail_that_came_through_the_other(node):
+    a, b = node("node-a"), node("node-b")
+    mbx = a.create_mailbox()
+    send_smtp(a, address(mbx), build_message(subject="tok-first"))
+    m = imap_login(a, mbx)
+    try:
+        m.select("INBOX")
+        tag = m._new_tag().decode()
+        m.send(f"{tag} IDLE\r\n".encode())
+        assert m.readline().startswith(b"+")
+        send_smtp(b, address(mbx), build_message(subject="tok-second"))
+        deadline = time.monotonic() + 20
+        seen = b""
+        m.sock.settimeout(20)
+        while b"2 EXISTS" not in seen and time.monotonic() < deadline:
+            seen += m.readline()
+        assert b"* 2 EXISTS" in seen, seen
+        m.send(b"DONE\r\n")
+        while not m.readline().startswith(tag.encode()):
+            pass
+    finally:
+        with contextlib.suppress(Exception):
+            m.logout()
