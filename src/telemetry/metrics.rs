@@ -236,12 +236,12 @@ fn mailbox_families(mailboxes: &[MailboxGauges]) -> Vec<MetricFamily> {
                 .iter()
                 .filter_map(|m| {
                     let value = pick(m)?;
-                    let mut label = LabelPair::new();
+                    let mut label = LabelPair::default();
                     label.set_name("mailbox".into());
                     label.set_value(m.id.clone());
-                    let mut gauge = prometheus::proto::Gauge::new();
+                    let mut gauge = prometheus::proto::Gauge::default();
                     gauge.set_value(value as f64);
-                    let mut metric = Metric::new();
+                    let mut metric = Metric::default();
                     metric.set_label(vec![label]);
                     metric.set_gauge(gauge);
                     Some(metric)
@@ -251,7 +251,7 @@ fn mailbox_families(mailboxes: &[MailboxGauges]) -> Vec<MetricFamily> {
             if metrics.is_empty() {
                 return None;
             }
-            let mut family = MetricFamily::new();
+            let mut family = MetricFamily::default();
             family.set_name(name.into());
             family.set_help(help.into());
             family.set_field_type(MetricType::GAUGE);
