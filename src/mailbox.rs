@@ -124,6 +124,8 @@ pub trait Fetch: Send + Sync + std::fmt::Debug {
     fn fetch(&self, id: &MailboxId) -> Result<bool, String>;
     /// Shares this node's change of a mailbox at once (else the next sync does).
     fn publish(&self, id: &MailboxId) -> Result<(), String>;
+    /// Deletes a mailbox everywhere (before this node deletes its copy).
+    fn withdraw(&self, id: &MailboxId) -> Result<(), String>;
 }
 
 type RecordStamp = (u64, Option<std::time::SystemTime>, u64);
@@ -336,6 +338,12 @@ impl Mailboxes {
         let record = self.load(id)?;
         if record.status != Status::Suspended {
             return Err(MailboxError::NotSuspended(id.clone()));
+        }
+        // In a cluster, gone from every node first: a failure leaves it whole everywhere.
+        if let Some(remote) = self.remote.get() {
+            remote
+                .withdraw(id)
+                .map_err(|e| MailboxError::Io(std::io::Error::other(e)))?;
         }
         // Unpublish with one rename first, so a crash never leaves a half-deleted mailbox.
         let doomed = self.root.join(format!(".deleted-{id}"));

@@ -1,7 +1,8 @@
 //! The mailbox registry shared by the nodes: each mailbox's record and password-wrapped key
 //! under `registry/mailboxes/<id>/`. A node's `data_dir/mailboxes` is a copy, kept in step
 //! by [`Registry::sync`] (every few seconds: what changed here goes up, what changed there
-//! comes down, a deletion on either side is carried over); a mailbox asked for before the
+//! comes down); a deletion leaves a tombstone (`registry/deleted/<id>`), so a node that was
+//! down when it happened removes its copy instead of bringing it back; a mailbox asked for before the
 //! next sync is fetched on the spot ([`Fetch`]), so a mailbox created on one node receives
 //! mail on every node at once.
 
@@ -12,6 +13,8 @@ use super::blobs::{BlobError, Blobs};
 use crate::mailbox::{Fetch, MailboxId, MailboxRecord, Mailboxes};
 
 const PREFIX: &str = "registry/mailboxes";
+/// `registry/deleted/<id>`: a mailbox deleted for good (no node may bring it back).
+const DELETED: &str = "registry/deleted";
 
 #[derive(Debug)]
 pub struct Registry {
@@ -105,9 +108,22 @@ impl Registry {
         Ok(())
     }
 
+    /// Mailboxes deleted for good.
+    fn tombstones(&self) -> Result<std::collections::HashSet<MailboxId>, BlobError> {
+        Ok(self
+            .blobs
+            .list(&format!("{DELETED}/"))?
+            .iter()
+            .filter_map(|o| {
+                MailboxId::parse(o.key.strip_prefix(DELETED)?.trim_start_matches('/')).ok()
+            })
+            .collect())
+    }
+
     /// Brings this node's copy and the store into step.
     pub fn sync(&self) -> Result<SyncReport, BlobError> {
         let mut report = SyncReport::default();
+        let deleted = self.tombstones()?;
         let mut remote_ids: HashMap<MailboxId, String> = HashMap::new();
         for object in self.blobs.list(&format!("{PREFIX}/"))? {
             let rest = &object.key[PREFIX.len() + 1..];
@@ -125,13 +141,23 @@ impl Registry {
             .map(|r| r.id)
             .collect();
         for id in &local_ids {
+            if deleted.contains(id) {
+                // Deleted on another node (perhaps while this one was down).
+                self.mailboxes
+                    .uninstall(id)
+                    .map_err(|e| BlobError::Store(e.to_string()))?;
+                self.forget(id);
+                report.removed += 1;
+                continue;
+            }
             let Some((record, identity, both)) = self.local(id) else {
                 continue;
             };
             let agreed = self.synced.lock().unwrap().get(id).cloned();
             match (remote_ids.contains_key(id), agreed) {
-                // Made here, or changed here since the last sync: up it goes.
-                (false, None) => {
+                // Made here, or missing from the store without a tombstone (never deleted:
+                // a deletion always leaves one): up it goes.
+                (false, _) => {
                     self.push(&record, &identity)?;
                     report.pushed += 1;
                 }
@@ -140,15 +166,6 @@ impl Registry {
                     report.pushed += 1;
                     // The next listing shows our own write under a new tag: not a change.
                     self.tags.lock().unwrap().remove(id);
-                }
-                // Deleted elsewhere.
-                (false, Some(_)) => {
-                    self.mailboxes
-                        .uninstall(id)
-                        .map_err(|e| BlobError::Store(e.to_string()))?;
-                    self.synced.lock().unwrap().remove(id);
-                    report.removed += 1;
-                    continue;
                 }
                 // Changed elsewhere (its tag moved): take the store's copy.
                 (true, _) => {
@@ -174,13 +191,18 @@ impl Registry {
             self.synced.lock().unwrap().insert(id.clone(), both);
         }
         for id in remote_ids.keys() {
+            if deleted.contains(id) {
+                // Pushed again by a node that had not seen the deletion yet.
+                self.purge(id)?;
+                continue;
+            }
             if local_ids.contains(id) {
                 continue;
             }
             let known = self.synced.lock().unwrap().remove(id).is_some();
             if known {
-                // Deleted here: delete it everywhere.
-                self.purge(id)?;
+                // Deleted here behind the cluster's back: delete it everywhere.
+                Fetch::withdraw(self, id).map_err(BlobError::Store)?;
                 report.removed += 1;
             } else if self.pull(id)? {
                 report.pulled += 1;
@@ -190,13 +212,34 @@ impl Registry {
     }
 }
 
+impl Registry {
+    fn forget(&self, id: &MailboxId) {
+        self.synced.lock().unwrap().remove(id);
+        self.tags.lock().unwrap().remove(id);
+    }
+}
+
 fn agreed_is(synced: &Mutex<HashMap<MailboxId, Vec<u8>>>, id: &MailboxId, both: &[u8]) -> bool {
     synced.lock().unwrap().get(id).is_some_and(|a| a == both)
 }
 
 impl Fetch for Registry {
     fn fetch(&self, id: &MailboxId) -> Result<bool, String> {
+        match self.blobs.get(&format!("{DELETED}/{id}")) {
+            Ok(_) => return Ok(false),
+            Err(BlobError::NotFound) => {}
+            Err(e) => return Err(e.to_string()),
+        }
         self.pull(id).map_err(|e| e.to_string())
+    }
+
+    fn withdraw(&self, id: &MailboxId) -> Result<(), String> {
+        self.blobs
+            .put(&format!("{DELETED}/{id}"), Vec::new())
+            .map_err(|e| e.to_string())?;
+        self.purge(id).map_err(|e| e.to_string())?;
+        self.forget(id);
+        Ok(())
     }
 
     fn publish(&self, id: &MailboxId) -> Result<(), String> {

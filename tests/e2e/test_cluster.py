@@ -347,3 +347,28 @@ def test_imap_idle_on_one_node_sees_mail_that_came_through_the_other(node):
     finally:
         with contextlib.suppress(Exception):
             m.logout()
+
+
+def test_a_deleted_mailbox_stays_deleted_on_every_node(node):
+    a, b = node("node-a"), node("node-b")
+    mbx = a.create_mailbox()
+    send_smtp(b, address(mbx), build_message(subject="tok-doomed"))  # b knows it now
+    other = a.create_mailbox()
+    send_smtp(b, address(other), build_message(subject="tok-other"))
+    b.stop()  # down while the mailbox is deleted on a
+    a.cli("mailbox", "suspend", mbx["id"])
+    a.cli("mailbox", "delete", mbx["id"])
+    with pytest.raises(smtplib.SMTPRecipientsRefused):
+        send_smtp(a, address(mbx), build_message(subject="tok-late"))
+    b.start()
+
+    def gone_from_b():
+        ids = [m["id"] for m in b.cli("mailbox", "list")["mailboxes"]]
+        return mbx["id"] not in ids and other["id"] in ids
+
+    wait_until(gone_from_b, timeout=20, what="node b to drop the deleted mailbox")
+    with pytest.raises(smtplib.SMTPRecipientsRefused):
+        send_smtp(b, address(mbx), build_message(subject="tok-late"))
+    time.sleep(3)  # a few syncs: b must not have pushed it back
+    assert mbx["id"] not in [m["id"] for m in a.cli("mailbox", "list")["mailboxes"]]
+    assert [token_of(m) for _, m in pop3_fetch_all(b, other)] == ["tok-other"]
