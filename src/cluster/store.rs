@@ -8,7 +8,6 @@ use std::fs::OpenOptions;
 use std::io::{Cursor, Seek};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
@@ -18,7 +17,7 @@ use super::Cluster;
 use crate::crypto::Identity;
 use crate::mailbox::MailboxRecord;
 use crate::message::{FlagOp, Flags, MessageMeta};
-use crate::spool::Collector;
+use crate::spool::{inbox_folder, key_is_current, Collection, Collector};
 use crate::store::{ChangeKey, FlagUpdate, FolderInfo, MailStore, MessageReader, StoreError};
 
 /// Messages up to this size are fetched into memory; larger ones through a temp file.
@@ -33,14 +32,13 @@ pub struct ClusterStore {
     cluster: Arc<Cluster>,
     record: MailboxRecord,
     identity: Identity,
-    session: Collector,
+    collection: Collection,
     /// Where large messages are fetched to (unlinked at once).
     tmp_dir: PathBuf,
     /// UID → (object, stored size), from the last listing, in UID order.
     keys: Mutex<BTreeMap<u32, (String, u64)>>,
     /// Messages fetched ahead (sealed bytes), taken by `open`.
     ahead: Mutex<HashMap<u32, bytes::Bytes>>,
-    collected: AtomicUsize,
 }
 
 impl From<InboxError> for StoreError {
@@ -59,13 +57,12 @@ impl ClusterStore {
     ) -> ClusterStore {
         ClusterStore {
             cluster,
+            collection: Collection::new(&record.id, session),
             record,
             identity,
-            session,
             tmp_dir,
             keys: Mutex::default(),
             ahead: Mutex::default(),
-            collected: AtomicUsize::new(0),
         }
     }
 
@@ -150,13 +147,7 @@ fn missing(e: super::BlobError) -> StoreError {
 
 impl MailStore for ClusterStore {
     fn folders(&self) -> Vec<FolderInfo> {
-        vec![FolderInfo {
-            name: "INBOX".into(),
-            key: self.record.id.to_string(),
-            special_use: None,
-            read_only: false,
-            keeps_flags: true,
-        }]
+        vec![inbox_folder(&self.record)]
     }
 
     fn list(&self, _folder: &FolderInfo) -> Result<Vec<MessageMeta>, StoreError> {
@@ -248,17 +239,12 @@ impl MailStore for ClusterStore {
         }
         drop(ahead);
         self.cluster.changed(&self.record.id);
-        let s = &self.session;
-        s.telemetry
-            .deleted(self.record.id.as_str(), s.protocol, s.client, doomed.len());
+        self.collection.deleted(doomed.len());
         Ok(())
     }
 
     fn fetched(&self, _folder: &FolderInfo, uids: &[u32]) {
-        self.collected.fetch_add(uids.len(), Ordering::Relaxed);
-        let s = &self.session;
-        s.telemetry
-            .collected(self.record.id.as_str(), s.protocol, s.client, uids.len());
+        self.collection.fetched(uids.len());
     }
 
     fn watch(&self) -> broadcast::Receiver<ChangeKey> {
@@ -270,20 +256,6 @@ impl MailStore for ClusterStore {
     }
 
     fn still_valid(&self) -> bool {
-        match self.cluster.mailboxes.load(&self.record.id) {
-            Ok(current) => current.key_generation == self.record.key_generation,
-            Err(_) => false,
-        }
-    }
-}
-
-impl Drop for ClusterStore {
-    fn drop(&mut self) {
-        let n = self.collected.load(Ordering::Relaxed);
-        if n > 0 {
-            let s = &self.session;
-            s.telemetry
-                .collection(self.record.id.as_str(), s.protocol, s.client, n);
-        }
+        key_is_current(&self.cluster.mailboxes, &self.record)
     }
 }

@@ -1,5 +1,7 @@
 //! A gateway mailbox as a [`MailStore`]: one folder, `INBOX`, that the archiver reads, flags
-//! and expunges; opened with the mailbox key unwrapped at login.
+//! and expunges; opened with the mailbox key unwrapped at login. Also what every gateway
+//! mailbox store shares (the cluster's `ClusterStore` too): the folder, the key check and the
+//! collection bookkeeping ([`Collection`]).
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,9 +20,7 @@ pub struct GatewayStore {
     spool: Arc<Spool>,
     record: MailboxRecord,
     identity: Identity,
-    session: Collector,
-    /// Messages downloaded in this session.
-    collected: AtomicUsize,
+    collection: Collection,
 }
 
 /// Who collects: recorded as the mailbox's last collection, and in the activity stream.
@@ -28,6 +28,68 @@ pub struct Collector {
     pub protocol: &'static str,
     pub client: IpAddr,
     pub telemetry: Arc<Telemetry>,
+}
+
+/// A collecting session's bookkeeping, for every gateway-mailbox store (local or cluster):
+/// each download and deletion goes to the activity stream, and one "collection" event for
+/// everything downloaded when the session ends.
+pub struct Collection {
+    mailbox: String,
+    session: Collector,
+    /// Messages downloaded in this session.
+    collected: AtomicUsize,
+}
+
+impl Collection {
+    pub fn new(mailbox: &crate::mailbox::MailboxId, session: Collector) -> Collection {
+        Collection {
+            mailbox: mailbox.to_string(),
+            session,
+            collected: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn fetched(&self, n: usize) {
+        self.collected.fetch_add(n, Ordering::Relaxed);
+        let s = &self.session;
+        s.telemetry
+            .collected(&self.mailbox, s.protocol, s.client, n);
+    }
+
+    pub fn deleted(&self, n: usize) {
+        let s = &self.session;
+        s.telemetry.deleted(&self.mailbox, s.protocol, s.client, n);
+    }
+}
+
+impl Drop for Collection {
+    fn drop(&mut self) {
+        let n = self.collected.load(Ordering::Relaxed);
+        if n > 0 {
+            let s = &self.session;
+            s.telemetry
+                .collection(&self.mailbox, s.protocol, s.client, n);
+        }
+    }
+}
+
+/// The one folder of a gateway mailbox.
+pub fn inbox_folder(record: &MailboxRecord) -> FolderInfo {
+    FolderInfo {
+        name: "INBOX".into(),
+        key: record.id.to_string(),
+        special_use: None,
+        read_only: false,
+        keeps_flags: true,
+    }
+}
+
+/// Whether the key a session opened `record` with is still the mailbox's (no password reset
+/// or deletion since).
+pub fn key_is_current(mailboxes: &crate::mailbox::Mailboxes, record: &MailboxRecord) -> bool {
+    mailboxes
+        .load(&record.id)
+        .is_ok_and(|current| current.key_generation == record.key_generation)
 }
 
 impl GatewayStore {
@@ -39,10 +101,9 @@ impl GatewayStore {
     ) -> GatewayStore {
         GatewayStore {
             spool,
+            collection: Collection::new(&record.id, session),
             record,
             identity,
-            session,
-            collected: AtomicUsize::new(0),
         }
     }
 
@@ -62,13 +123,7 @@ impl From<SpoolError> for StoreError {
 
 impl MailStore for GatewayStore {
     fn folders(&self) -> Vec<FolderInfo> {
-        vec![FolderInfo {
-            name: "INBOX".into(),
-            key: self.record.id.to_string(),
-            special_use: None,
-            read_only: false,
-            keeps_flags: true,
-        }]
+        vec![inbox_folder(&self.record)]
     }
 
     fn list(&self, _folder: &FolderInfo) -> Result<Vec<MessageMeta>, StoreError> {
@@ -120,17 +175,12 @@ impl MailStore for GatewayStore {
 
     fn expunge(&self, _folder: &FolderInfo, uids: &[u32]) -> Result<(), StoreError> {
         self.spool.expunge(&self.record.id, uids)?;
-        let s = &self.session;
-        s.telemetry
-            .deleted(self.record.id.as_str(), s.protocol, s.client, uids.len());
+        self.collection.deleted(uids.len());
         Ok(())
     }
 
     fn fetched(&self, _folder: &FolderInfo, uids: &[u32]) {
-        self.collected.fetch_add(uids.len(), Ordering::Relaxed);
-        let s = &self.session;
-        s.telemetry
-            .collected(self.record.id.as_str(), s.protocol, s.client, uids.len());
+        self.collection.fetched(uids.len());
     }
 
     fn watch(&self) -> broadcast::Receiver<ChangeKey> {
@@ -142,21 +192,6 @@ impl MailStore for GatewayStore {
     }
 
     fn still_valid(&self) -> bool {
-        match self.spool.mailboxes().load(&self.record.id) {
-            Ok(current) => current.key_generation == self.record.key_generation,
-            Err(_) => false,
-        }
-    }
-}
-
-impl Drop for GatewayStore {
-    /// One activity event for everything the session downloaded.
-    fn drop(&mut self) {
-        let n = self.collected.load(Ordering::Relaxed);
-        if n > 0 {
-            let s = &self.session;
-            s.telemetry
-                .collection(self.record.id.as_str(), s.protocol, s.client, n);
-        }
+        key_is_current(self.spool.mailboxes(), &self.record)
     }
 }

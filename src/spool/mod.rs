@@ -38,7 +38,7 @@ use commit::reserved_uidnext;
 use commit::{load_uid_state, Committer, UidState};
 pub use delivery::Delivery;
 use delivery::{envelope_line, Sink};
-pub use mailstore::{Collector, GatewayStore};
+pub use mailstore::{inbox_folder, key_is_current, Collection, Collector, GatewayStore};
 
 /// Messages up to this size are sealed in one go after the last byte arrives; larger ones
 /// are streamed to disk as they arrive, so memory stays bounded.
