@@ -331,6 +331,10 @@ pub const SUMMARY_FIELDS: [&str; 11] = [
     "References",
 ];
 
+/// The header fields that SEARCH's header keys other than HEADER and the SENT dates read:
+/// kept apart so that such a search opens only these.
+pub const SEARCH_FIELDS: [&str; 5] = ["Subject", "From", "To", "Cc", "Bcc"];
+
 /// Whether `name` is one of [`SUMMARY_FIELDS`].
 pub fn is_summary_field(name: &[u8]) -> bool {
     SUMMARY_FIELDS
@@ -341,6 +345,21 @@ pub fn is_summary_field(name: &[u8]) -> bool {
 /// The [`SUMMARY_FIELDS`] lines of a header block, exactly as they are (continuation lines
 /// included), in their order, and the blank line.
 pub fn summary_header(header: &[u8]) -> Vec<u8> {
+    header_lines(header, is_summary_field)
+}
+
+/// The [`SEARCH_FIELDS`] lines of a header block, like [`summary_header`].
+pub fn search_header(header: &[u8]) -> Vec<u8> {
+    header_lines(header, |name| {
+        SEARCH_FIELDS
+            .iter()
+            .any(|f| f.as_bytes().eq_ignore_ascii_case(name))
+    })
+}
+
+/// The lines of the fields whose name `keep` accepts, continuation lines included, in
+/// their order, and the blank line.
+fn header_lines(header: &[u8], keep_field: impl Fn(&[u8]) -> bool) -> Vec<u8> {
     let mut out = Vec::new();
     let mut keep = false;
     for line in header.split_inclusive(|b| *b == b'\n') {
@@ -349,7 +368,7 @@ pub fn summary_header(header: &[u8]) -> Vec<u8> {
             keep = line
                 .iter()
                 .position(|b| *b == b':')
-                .is_some_and(|colon| is_summary_field(line[..colon].trim_ascii()));
+                .is_some_and(|colon| keep_field(line[..colon].trim_ascii()));
         }
         if keep {
             out.extend_from_slice(line);

@@ -172,6 +172,16 @@ pub trait MailStore: Send + Sync {
         Ok(vec![None; metas.len()])
     }
 
+    /// The header lines of [`crate::mime::SEARCH_FIELDS`] of several messages (`None`: not
+    /// kept apart; read the summary fields). Blocking.
+    fn search_fields(
+        &self,
+        _folder: &FolderInfo,
+        metas: &[MessageMeta],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        Ok(vec![None; metas.len()])
+    }
+
     /// [`MailStore::header`] of several messages at once (one lookup of the folder).
     fn headers(
         &self,

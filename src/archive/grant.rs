@@ -57,9 +57,9 @@ impl Archive {
         let target = user.public_key.clone();
         let have = self.store.readable(&target)?;
         let keyrings: Vec<Keyring> = unlock.iter().cloned().map(Keyring::new).collect();
-        let mut openable = std::collections::HashSet::new();
+        let mut openable = super::itemset::ItemSet::new();
         for keyring in &keyrings {
-            openable.extend(self.store.readable(keyring.public())?);
+            openable.union(&self.store.readable(keyring.public())?);
         }
         let mut report = GrantReport {
             entitled: entitled.len() as u64,
@@ -69,9 +69,9 @@ impl Archive {
             entitled.iter().chain(&envelopes).copied().collect();
         let mut todo = Vec::new();
         for id in entitled {
-            if have.contains(&id) {
+            if have.contains(id) {
                 report.already += 1;
-            } else if openable.contains(&id) {
+            } else if openable.contains(id) {
                 todo.push(id);
             } else {
                 report.unreachable += 1;
@@ -81,7 +81,7 @@ impl Archive {
         todo.extend(
             envelopes
                 .into_iter()
-                .filter(|id| !have.contains(id) && openable.contains(id)),
+                .filter(|id| !have.contains(*id) && openable.contains(*id)),
         );
         let epoch = Epoch::new();
         let total = todo.len() as u64;

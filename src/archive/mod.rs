@@ -26,6 +26,7 @@ mod flagtables;
 mod grant;
 pub mod holds;
 mod integrity;
+mod itemset;
 pub mod pack;
 pub use grant::{GrantReport, GRANT_BATCH};
 mod keys;

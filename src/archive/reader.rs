@@ -118,32 +118,39 @@ impl Archive {
     /// flags (an auditor added later, or a user after a password reset, cannot open older
     /// items).
     pub fn list(&self, folder: &str, user: &UserRecord) -> Result<Vec<MessageMeta>, ArchiveError> {
+        Ok(self.listed(folder, user)?.0)
+    }
+
+    /// [`Archive::list`] with the item behind each message (same order).
+    pub(super) fn listed(
+        &self,
+        folder: &str,
+        user: &UserRecord,
+    ) -> Result<(Vec<MessageMeta>, Vec<u64>), ArchiveError> {
         let readable = self.store.readable(&user.public_key)?;
         let flags = self.store.folder_flags(&user.id, folder)?;
-        Ok(self
-            .folder_entries(folder)?
-            .into_iter()
-            .filter(|e| readable.contains(&e.item))
-            .map(|e: Entry| {
-                let (flags, modseq) = flags.of(e.uid);
-                MessageMeta {
-                    uid: e.uid,
-                    size: e.size,
-                    received: e.received,
-                    envelope_len: 0,
-                    flags,
-                    modseq,
-                }
-            })
-            .collect())
+        let mut flags_of = flags.walk();
+        let entries = self.folder_entries(folder)?;
+        let mut metas = Vec::with_capacity(entries.len());
+        let mut items = Vec::with_capacity(entries.len());
+        for e in entries.into_iter().filter(|e| readable.contains(e.item)) {
+            let (flags, modseq) = flags_of(e.uid);
+            metas.push(MessageMeta {
+                uid: e.uid,
+                size: e.size,
+                received: e.received,
+                envelope_len: 0,
+                flags,
+                modseq,
+            });
+            items.push(e.item);
+        }
+        Ok((metas, items))
     }
 
     /// RFC 7162 HIGHESTMODSEQ of a folder as `user` sees it.
     pub fn highest_modseq(&self, folder: &str, user: &UserRecord) -> Result<u64, ArchiveError> {
-        let flags = self.store.folder_flags(&user.id, folder)?;
-        let filed = flags.filed.values().copied().max().unwrap_or(1);
-        let changed = flags.user.values().map(|(_, m)| *m).max().unwrap_or(0);
-        Ok(filed.max(changed).max(flags.floor).max(1))
+        Ok(self.store.highest_modseq(&user.id, folder)?)
     }
 
     /// (UIDVALIDITY, UIDNEXT) of a folder.
@@ -266,6 +273,17 @@ pub struct ArchiveStore {
     keyring: Keyring,
     access: Access,
     summaries: super::summary::SummaryReader,
+    /// The items behind the UIDs of the folder listed last (what IMAP has selected), so
+    /// that FETCH and SEARCH map UIDs to items without a lookup each.
+    listing: std::sync::Mutex<Listing>,
+}
+
+/// A folder's UIDs and the items behind them, ascending by UID.
+#[derive(Default)]
+struct Listing {
+    folder: String,
+    uids: Vec<u32>,
+    items: Vec<u64>,
 }
 
 /// Where a session's folder openings and fetches are recorded, and from which client.
@@ -291,7 +309,29 @@ impl ArchiveStore {
             keyring: Keyring::new(identity),
             access,
             summaries: Default::default(),
+            listing: Default::default(),
         }
+    }
+
+    /// The items behind UIDs of a folder (`u64::MAX` for a UID not in it): from the
+    /// listing when it is this folder's, else by keyed lookups.
+    fn items_of(&self, folder: &FolderInfo, uids: &[u32]) -> Result<Vec<u64>, ArchiveError> {
+        {
+            let listing = self.listing.lock().unwrap_or_else(|p| p.into_inner());
+            if listing.folder == folder.key {
+                let found: Option<Vec<u64>> = uids
+                    .iter()
+                    .map(|uid| {
+                        let i = listing.uids.binary_search(uid).ok()?;
+                        Some(listing.items[i])
+                    })
+                    .collect();
+                if let Some(items) = found {
+                    return Ok(items);
+                }
+            }
+        }
+        self.archive.items_of(&folder.key, uids)
     }
 
     fn event(&self, action: &str) -> crate::audit::Event {
@@ -326,7 +366,13 @@ impl MailStore for ArchiveStore {
     }
 
     fn list(&self, folder: &FolderInfo) -> Result<Vec<MessageMeta>, MailStoreError> {
-        Ok(self.archive.list(&folder.key, &self.user)?)
+        let (metas, items) = self.archive.listed(&folder.key, &self.user)?;
+        *self.listing.lock().unwrap_or_else(|p| p.into_inner()) = Listing {
+            folder: folder.key.clone(),
+            uids: metas.iter().map(|m| m.uid).collect(),
+            items,
+        };
+        Ok(metas)
     }
 
     fn numbers(&self, folder: &FolderInfo) -> Result<(u32, u32), MailStoreError> {
@@ -359,10 +405,10 @@ impl MailStore for ArchiveStore {
         folder: &FolderInfo,
         metas: &[MessageMeta],
     ) -> Result<Vec<Option<Vec<u8>>>, MailStoreError> {
-        let uids: Vec<u32> = metas.iter().map(|m| m.uid).collect();
+        let items = self.items_of(folder, &uids_of(metas))?;
         Ok(self
             .archive
-            .summary_headers(&folder.key, &uids, &self.keyring, &self.summaries)?)
+            .summary_headers(&items, &self.keyring, &self.summaries)?)
     }
 
     fn fields(
@@ -370,10 +416,21 @@ impl MailStore for ArchiveStore {
         folder: &FolderInfo,
         metas: &[MessageMeta],
     ) -> Result<Vec<Option<crate::store::Fields>>, MailStoreError> {
-        let uids: Vec<u32> = metas.iter().map(|m| m.uid).collect();
+        let items = self.items_of(folder, &uids_of(metas))?;
         Ok(self
             .archive
-            .summary_fields(&folder.key, &uids, &self.keyring, &self.summaries)?)
+            .summary_fields(&items, &self.keyring, &self.summaries)?)
+    }
+
+    fn search_fields(
+        &self,
+        folder: &FolderInfo,
+        metas: &[MessageMeta],
+    ) -> Result<Vec<Option<Vec<u8>>>, MailStoreError> {
+        let items = self.items_of(folder, &uids_of(metas))?;
+        Ok(self
+            .archive
+            .summary_search(&items, &self.keyring, &self.summaries)?)
     }
 
     fn text_verdicts(
@@ -383,10 +440,9 @@ impl MailStore for ArchiveStore {
         needle: &[u8],
         text: bool,
     ) -> Result<Option<Vec<crate::textindex::Verdict>>, MailStoreError> {
-        let uids: Vec<u32> = metas.iter().map(|m| m.uid).collect();
+        let items = self.items_of(folder, &uids_of(metas))?;
         Ok(Some(self.archive.summary_verdicts(
-            &folder.key,
-            &uids,
+            &items,
             needle,
             text,
             &self.keyring,
@@ -405,15 +461,21 @@ impl MailStore for ArchiveStore {
         let (done, refused) = store
             .set_user_flags(&self.user.id, &folder.key, uids, op, unchanged_since)
             .map_err(ArchiveError::from)?;
-        let listed = self.list(folder)?;
+        // The listing says which entries the user can read; one keyed lookup each.
+        let items = self.items_of(folder, &done.iter().map(|d| d.0).collect::<Vec<_>>())?;
         let updated = done
             .into_iter()
-            .filter_map(|(uid, flags, modseq)| {
-                let i = listed.binary_search_by_key(&uid, |m| m.uid).ok()?;
+            .zip(items)
+            .filter(|(_, item)| *item != u64::MAX)
+            .filter_map(|((uid, flags, modseq), _)| {
+                let e = self.archive.entry(&folder.key, uid).ok()?;
                 Some(MessageMeta {
+                    uid,
+                    size: e.size,
+                    received: e.received,
+                    envelope_len: 0,
                     flags,
                     modseq,
-                    ..listed[i]
                 })
             })
             .collect();
@@ -463,11 +525,13 @@ impl MailStore for ArchiveStore {
     }
 
     fn fetched(&self, folder: &FolderInfo, uids: &[u32]) {
-        let items: Vec<u64> = uids
-            .iter()
-            .filter_map(|uid| self.archive.entry(&folder.key, *uid).ok())
-            .map(|e| e.item)
-            .collect();
+        let items: Vec<u64> = match self.items_of(folder, uids) {
+            Ok(items) => items.into_iter().filter(|i| *i != u64::MAX).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot name the fetched items in the audit trail");
+                Vec::new()
+            }
+        };
         for chunk in items.chunks(ITEMS_PER_EVENT) {
             self.access.auditor.record(
                 self.event("archive.fetch")
@@ -483,4 +547,8 @@ impl MailStore for ArchiveStore {
             .iter()
             .any(|u| u.id == self.user.id && u.key_generation == self.user.key_generation)
     }
+}
+
+fn uids_of(metas: &[MessageMeta]) -> Vec<u32> {
+    metas.iter().map(|m| m.uid).collect()
 }

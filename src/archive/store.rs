@@ -506,10 +506,10 @@ impl Store {
     }
 
     /// The items sealed to a public key (what its owner can read).
-    pub fn readable(&self, key: &str) -> Result<std::collections::HashSet<u64>, StoreError> {
+    pub fn readable(&self, key: &str) -> Result<super::itemset::ItemSet, StoreError> {
         let txn = self.db.begin_read().map_err(err)?;
         let table = txn.open_table(SEALED_TO).map_err(err)?;
-        let mut out = std::collections::HashSet::new();
+        let mut out = super::itemset::ItemSet::new();
         for row in table.range((key, 0)..=(key, u64::MAX)).map_err(err)? {
             out.insert(row.map_err(err)?.0.value().1);
         }

@@ -94,6 +94,8 @@ pub(super) struct Plain {
     pub(super) header: Vec<u8>,
     /// `[u32 LE envelope length][ENVELOPE][summary header fields]`.
     pub(super) fields: Vec<u8>,
+    /// The [`crate::mime::SEARCH_FIELDS`] lines.
+    pub(super) search: Vec<u8>,
     pub(super) words: Option<Vec<u8>>,
     pub(super) keys: Vec<String>,
 }
@@ -119,6 +121,7 @@ impl Plain {
         Some(Plain {
             header: header.to_vec(),
             fields,
+            search: crate::mime::search_header(header),
             words,
             keys: keys.to_vec(),
         })
@@ -156,6 +159,7 @@ impl Archive {
             stanzas: keyset.stanzas.clone(),
             header: seal(&plain.header),
             fields: seal(&plain.fields),
+            search: seal(&plain.search),
             words: plain.words.as_deref().map(seal),
         })
     }
@@ -326,28 +330,35 @@ impl Archive {
             .flatten())
     }
 
-    /// The headers of the messages behind a folder's UIDs, from their summaries.
+    /// The headers of items, from their summaries.
     pub fn summary_headers(
         &self,
-        folder: &str,
-        uids: &[u32],
+        items: &[u64],
         keyring: &Keyring,
         reader: &SummaryReader,
     ) -> Result<Vec<Option<Vec<u8>>>, ArchiveError> {
-        let items = self.items_of(folder, uids)?;
-        reader.open_all(&self.store, keyring, &items, Part::Header)
+        reader.open_all(&self.store, keyring, items, Part::Header)
     }
 
-    /// The ENVELOPE and summary header fields of the messages behind a folder's UIDs.
+    /// The [`crate::mime::SEARCH_FIELDS`] lines of items' headers, from their summaries
+    /// (`None` also for items filed before these were kept).
+    pub fn summary_search(
+        &self,
+        items: &[u64],
+        keyring: &Keyring,
+        reader: &SummaryReader,
+    ) -> Result<Vec<Option<Vec<u8>>>, ArchiveError> {
+        reader.open_all(&self.store, keyring, items, Part::Search)
+    }
+
+    /// The ENVELOPE and summary header fields of items.
     pub fn summary_fields(
         &self,
-        folder: &str,
-        uids: &[u32],
+        items: &[u64],
         keyring: &Keyring,
         reader: &SummaryReader,
     ) -> Result<Vec<Option<Fields>>, ArchiveError> {
-        let items = self.items_of(folder, uids)?;
-        let opened = reader.open_all(&self.store, keyring, &items, Part::Fields)?;
+        let opened = reader.open_all(&self.store, keyring, items, Part::Fields)?;
         Ok(opened
             .into_iter()
             .map(|f| {
@@ -361,17 +372,15 @@ impl Archive {
             .collect())
     }
 
-    /// The word index's verdicts on `needle` for the messages of a folder by UID.
+    /// The word index's verdicts on `needle` for items.
     pub fn summary_verdicts(
         &self,
-        folder: &str,
-        uids: &[u32],
+        wanted: &[u64],
         needle: &[u8],
         text: bool,
         keyring: &Keyring,
         reader: &SummaryReader,
     ) -> Result<Vec<Verdict>, ArchiveError> {
-        let wanted = self.items_of(folder, uids)?;
         let mut out = Vec::with_capacity(wanted.len());
         // A few hundred word lists in memory at a time.
         for items in wanted.chunks(WORDS_AT_ONCE) {

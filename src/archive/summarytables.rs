@@ -14,6 +14,8 @@ const KEYSET_GRANTS: TableDefinition<(u64, &str), ()> =
 const HEADERS: TableDefinition<u64, (u64, &[u8])> = TableDefinition::new("summary-headers");
 /// item -> (keyset id, sealed fields: ENVELOPE and the summary header fields).
 const FIELDS: TableDefinition<u64, (u64, &[u8])> = TableDefinition::new("summary-fields");
+/// item -> (keyset id, sealed SEARCH header fields: `mime::SEARCH_FIELDS`).
+const SEARCH: TableDefinition<u64, (u64, &[u8])> = TableDefinition::new("summary-search");
 /// item -> (keyset id, sealed word index).
 const WORDS: TableDefinition<u64, (u64, &[u8])> = TableDefinition::new("summary-words");
 
@@ -25,6 +27,7 @@ pub struct SealedSummary {
     pub stanzas: std::sync::Arc<[u8]>,
     pub header: Vec<u8>,
     pub fields: Vec<u8>,
+    pub search: Vec<u8>,
     /// Absent for messages too large to index.
     pub words: Option<Vec<u8>>,
 }
@@ -35,6 +38,7 @@ pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(KEYSET_GRANTS).map_err(err)?;
     txn.open_table(HEADERS).map_err(err)?;
     txn.open_table(FIELDS).map_err(err)?;
+    txn.open_table(SEARCH).map_err(err)?;
     txn.open_table(WORDS).map_err(err)?;
     Ok(())
 }
@@ -47,6 +51,7 @@ pub(super) fn record(
     let mut keysets = txn.open_table(KEYSETS).map_err(err)?;
     let mut headers = txn.open_table(HEADERS).map_err(err)?;
     let mut fields = txn.open_table(FIELDS).map_err(err)?;
+    let mut search = txn.open_table(SEARCH).map_err(err)?;
     let mut words = txn.open_table(WORDS).map_err(err)?;
     let mut written = std::collections::HashSet::new();
     for (item, s) in summaries {
@@ -59,6 +64,9 @@ pub(super) fn record(
         fields
             .insert(*item, (s.keyset, s.fields.as_slice()))
             .map_err(err)?;
+        search
+            .insert(*item, (s.keyset, s.search.as_slice()))
+            .map_err(err)?;
         if let Some(w) = &s.words {
             words.insert(*item, (s.keyset, w.as_slice())).map_err(err)?;
         }
@@ -70,10 +78,12 @@ pub(super) fn record(
 pub(super) fn forget(txn: &WriteTransaction, items: &[u64]) -> Result<(), StoreError> {
     let mut headers = txn.open_table(HEADERS).map_err(err)?;
     let mut fields = txn.open_table(FIELDS).map_err(err)?;
+    let mut search = txn.open_table(SEARCH).map_err(err)?;
     let mut words = txn.open_table(WORDS).map_err(err)?;
     for item in items {
         headers.remove(*item).map_err(err)?;
         fields.remove(*item).map_err(err)?;
+        search.remove(*item).map_err(err)?;
         words.remove(*item).map_err(err)?;
     }
     Ok(())
@@ -87,6 +97,7 @@ pub(super) type Sealed = (u64, Vec<u8>);
 pub enum Part {
     Header,
     Fields,
+    Search,
     Words,
 }
 
@@ -99,6 +110,7 @@ pub(super) fn read(
     let table = match part {
         Part::Header => txn.open_table(HEADERS),
         Part::Fields => txn.open_table(FIELDS),
+        Part::Search => txn.open_table(SEARCH),
         Part::Words => txn.open_table(WORDS),
     }
     .map_err(err)?;

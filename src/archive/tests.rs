@@ -457,9 +457,16 @@ async fn summaries_open_for_readers_only_and_answer_like_the_message() {
         header,
         whole.as_bytes()[..crate::mime::header_end(whole.as_bytes())]
     );
+    let item = archive.items_of(&inbox, &[uid]).unwrap();
+    let search = archive.summary_search(&item, &bob_keys, &reader).unwrap();
+    assert_eq!(
+        search,
+        vec![Some(b"Subject: Quarterly figures\r\n\r\n".to_vec())],
+        "only the SEARCH fields"
+    );
     let verdicts = |needle: &str, text: bool| {
         archive
-            .summary_verdicts(&inbox, &[uid], needle.as_bytes(), text, &bob_keys, &reader)
+            .summary_verdicts(&item, needle.as_bytes(), text, &bob_keys, &reader)
             .unwrap()
     };
     use crate::textindex::Verdict;
@@ -475,6 +482,8 @@ async fn summaries_open_for_readers_only_and_answer_like_the_message() {
         .summary_header(&inbox, uid, &carol_keys, &other)
         .unwrap();
     assert!(got.is_none());
+    let got = archive.summary_search(&item, &carol_keys, &other).unwrap();
+    assert_eq!(got, vec![None]);
     // Nothing of the header or the words is in the database in the clear.
     drop(archive);
     let db = fs::read(dir.join("archive/archive.redb")).unwrap();

@@ -26,8 +26,8 @@ pub struct Candidate<'a> {
     pub raw: Option<&'a [u8]>,
     /// `raw` is the whole message, not only its header.
     pub whole: bool,
-    /// `raw` holds only the header fields of [`mime::SUMMARY_FIELDS`].
-    pub fields_only: bool,
+    /// `raw` holds only these header fields (for example [`mime::SUMMARY_FIELDS`]).
+    pub only: Option<&'static [&'static str]>,
     /// The store index's answers to TEXT/BODY keys, and this message's place in them.
     pub answers: Option<(&'a TextAnswers, usize)>,
 }
@@ -115,7 +115,12 @@ pub fn matches(key: &SearchKey<'_>, c: &Candidate<'_>, bounds: &Bounds) -> bool 
 pub fn eval(key: &SearchKey<'_>, c: &Candidate<'_>, bounds: &Bounds) -> Option<bool> {
     use SearchKey::*;
     let flags = c.meta.flags;
-    let header = |f: &dyn Fn() -> bool| c.raw.map(|_| f());
+    let has = |name: &[u8]| match c.only {
+        None => true,
+        Some(kept) => kept.iter().any(|f| f.as_bytes().eq_ignore_ascii_case(name)),
+    };
+    // A header key: unknown without the header or without the field.
+    let header = |name: &[u8], f: &dyn Fn() -> bool| c.raw.filter(|_| has(name)).map(|_| f());
     Some(match key {
         And(keys) => {
             let mut unknown = false;
@@ -160,18 +165,17 @@ pub fn eval(key: &SearchKey<'_>, c: &Candidate<'_>, bounds: &Bounds) -> Option<b
         Before(d) => internal_date(c.meta) < *d.as_ref(),
         On(d) => internal_date(c.meta) == *d.as_ref(),
         Since(d) => internal_date(c.meta) >= *d.as_ref(),
-        SentBefore(d) => header(&|| sent_date(c).is_some_and(|s| s < *d.as_ref()))?,
-        SentOn(d) => header(&|| sent_date(c).is_some_and(|s| s == *d.as_ref()))?,
-        SentSince(d) => header(&|| sent_date(c).is_some_and(|s| s >= *d.as_ref()))?,
-        From(s) => header(&|| header_contains(c, "From", s.as_ref()))?,
-        To(s) => header(&|| header_contains(c, "To", s.as_ref()))?,
-        Cc(s) => header(&|| header_contains(c, "Cc", s.as_ref()))?,
-        Bcc(s) => header(&|| header_contains(c, "Bcc", s.as_ref()))?,
-        Subject(s) => header(&|| header_contains(c, "Subject", s.as_ref()))?,
-        Header(name, _) if c.fields_only && !mime::is_summary_field(name.as_ref()) => return None,
-        Header(name, value) => {
-            header(&|| header_contains(c, &String::from_utf8_lossy(name.as_ref()), value.as_ref()))?
-        }
+        SentBefore(d) => header(b"Date", &|| sent_date(c).is_some_and(|s| s < *d.as_ref()))?,
+        SentOn(d) => header(b"Date", &|| sent_date(c).is_some_and(|s| s == *d.as_ref()))?,
+        SentSince(d) => header(b"Date", &|| sent_date(c).is_some_and(|s| s >= *d.as_ref()))?,
+        From(s) => header(b"From", &|| header_contains(c, "From", s.as_ref()))?,
+        To(s) => header(b"To", &|| header_contains(c, "To", s.as_ref()))?,
+        Cc(s) => header(b"Cc", &|| header_contains(c, "Cc", s.as_ref()))?,
+        Bcc(s) => header(b"Bcc", &|| header_contains(c, "Bcc", s.as_ref()))?,
+        Subject(s) => header(b"Subject", &|| header_contains(c, "Subject", s.as_ref()))?,
+        Header(name, value) => header(name.as_ref(), &|| {
+            header_contains(c, &String::from_utf8_lossy(name.as_ref()), value.as_ref())
+        })?,
         Body(s) => text_match(c, s.as_ref(), false)?,
         Text(s) => text_match(c, s.as_ref(), true)?,
         #[allow(unreachable_patterns)]
@@ -282,7 +286,7 @@ mod tests {
             meta,
             raw: Some(MSG),
             whole: true,
-            fields_only: false,
+            only: None,
             answers: None,
         }
     }
@@ -345,5 +349,50 @@ mod tests {
         assert!(matches(&SearchKey::SentOn(d("2026-03-03")), &c, &b));
         assert!(matches(&SearchKey::SentBefore(d("2026-03-04")), &c, &b));
         assert!(!matches(&SearchKey::SentSince(d("2026-03-04")), &c, &b));
+    }
+
+    #[test]
+    fn a_header_part_answers_only_for_its_fields() {
+        let meta = MessageMeta {
+            uid: 1,
+            size: 100,
+            received: 0,
+            envelope_len: 0,
+            flags: Flags::default(),
+            modseq: 1,
+        };
+        let (keywords, recent) = (Vec::new(), std::collections::HashSet::new());
+        let b = Bounds {
+            exists: 1,
+            largest_uid: 1,
+            keywords: &keywords,
+            recent: &recent,
+        };
+        let header = mime::search_header(&MSG[..mime::header_end(MSG)]);
+        assert!(
+            !header.windows(5).any(|w| w == b"Date:"),
+            "only the SEARCH fields"
+        );
+        let c = Candidate {
+            seq: 1,
+            meta: &meta,
+            raw: Some(&header),
+            whole: false,
+            only: Some(&mime::SEARCH_FIELDS[..]),
+            answers: None,
+        };
+        assert_eq!(eval(&SearchKey::Subject(astr("grüße")), &c, &b), Some(true));
+        assert_eq!(eval(&SearchKey::To(astr("carol")), &c, &b), Some(true));
+        assert_eq!(eval(&SearchKey::Cc(astr("x")), &c, &b), Some(false));
+        let header_key = |name: &str| SearchKey::Header(astr(name), astr(""));
+        assert_eq!(eval(&header_key("from"), &c, &b), Some(true));
+        assert_eq!(eval(&header_key("date"), &c, &b), None, "not kept: unknown");
+        assert_eq!(eval(&header_key("x-none"), &c, &b), None);
+        let date = imap_codec::imap_types::datetime::NaiveDate::try_from(
+            NaiveDate::parse_from_str("2026-03-03", "%Y-%m-%d").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(eval(&SearchKey::SentOn(date), &c, &b), None);
+        assert_eq!(eval(&SearchKey::Text(astr("body")), &c, &b), None);
     }
 }

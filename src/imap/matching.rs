@@ -8,6 +8,7 @@
 //! Also the header loads of SORT and THREAD ([`headers`]).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use imap_codec::imap_types::search::SearchKey;
 
@@ -15,9 +16,14 @@ use super::criteria::{self, Bounds, Candidate, TextAnswers};
 use super::load::{HeaderChunks, Loads};
 use super::state::{Authed, Selected};
 use super::view::View;
+use crate::message::MessageMeta;
+use crate::mime;
+use crate::store::{FolderInfo, MailStore};
 
 /// Messages per text-index request.
 const TEXT_SLICE: usize = 4096;
+/// Messages judged per blocking job on their summaries.
+const JUDGE_CHUNK: usize = 1024;
 
 /// Indexes (in the view) of the messages that match `key`, ascending.
 pub(super) async fn matching(
@@ -26,38 +32,32 @@ pub(super) async fn matching(
     key: &SearchKey<'static>,
 ) -> Vec<usize> {
     let view = &selected.view;
-    let bounds = Bounds {
+    let answers = Arc::new(text_answers(authed, view, key).await);
+    let (mut found, mut undecided) = decide_by_metadata(view, key, &answers);
+    // The store's summaries, judged on blocking threads: the SEARCH fields, then the
+    // summary fields.
+    let judge = Arc::new(Judge {
+        key: key.clone(),
         exists: view.exists(),
         largest_uid: view.messages.last().map(|m| m.uid).unwrap_or(0),
-        keywords: &view.keywords,
-        recent: &view.recent,
-    };
-    let answers = text_answers(authed, view, key).await;
-    let answers_of = |i: usize| Some((&answers, i));
-    let mut found = Vec::new();
-    let mut undecided = Vec::new();
-    for (i, meta) in view.messages.iter().enumerate() {
-        let c = Candidate {
-            seq: i as u32 + 1,
-            meta,
-            raw: None,
-            whole: false,
-            fields_only: false,
-            answers: answers_of(i),
-        };
-        match criteria::eval(key, &c, &bounds) {
-            Some(true) => found.push(i),
-            Some(false) => {}
-            None => undecided.push(i),
-        }
-    }
-    // The summary fields, then the whole header.
-    for fields_only in [true, false] {
+        keywords: view.keywords.clone(),
+        recent: view.recent.clone(),
+        answers: answers.clone(),
+    });
+    for want in [Want::Search, Want::Fields] {
         if undecided.is_empty() {
             break;
         }
+        let (yes, still) = decide_by_summaries(authed, view, undecided, want, &judge).await;
+        found.extend(yes);
+        undecided = still;
+    }
+    let bounds = judge.bounds();
+    let answers_of = |i: usize| Some((&*answers, i));
+    // The whole header.
+    if !undecided.is_empty() {
         let mut still = Vec::new();
-        let mut chunks = HeaderChunks::new(authed, view, &undecided, fields_only);
+        let mut chunks = HeaderChunks::new(authed, view, &undecided, false);
         while let Some(chunk) = chunks.next().await {
             for (i, header) in chunk {
                 let Some(header) = header else { continue };
@@ -66,7 +66,7 @@ pub(super) async fn matching(
                     meta: &view.messages[i],
                     raw: Some(&header.raw),
                     whole: false,
-                    fields_only: header.fields_only,
+                    only: header.fields_only.then_some(&mime::SUMMARY_FIELDS[..]),
                     answers: answers_of(i),
                 };
                 match criteria::eval(key, &c, &bounds) {
@@ -87,7 +87,7 @@ pub(super) async fn matching(
             meta: &view.messages[i],
             raw: Some(&content.raw),
             whole: content.whole,
-            fields_only: false,
+            only: None,
             answers: answers_of(i),
         };
         if criteria::matches(key, &c, &bounds) {
@@ -96,6 +96,149 @@ pub(super) async fn matching(
     }
     found.sort_unstable();
     found
+}
+
+/// What the metadata and the text index decide: (matching, undecided) view indexes.
+fn decide_by_metadata(
+    view: &View,
+    key: &SearchKey<'static>,
+    answers: &TextAnswers,
+) -> (Vec<usize>, Vec<usize>) {
+    let bounds = Bounds {
+        exists: view.exists(),
+        largest_uid: view.messages.last().map(|m| m.uid).unwrap_or(0),
+        keywords: &view.keywords,
+        recent: &view.recent,
+    };
+    let (mut found, mut undecided) = (Vec::new(), Vec::new());
+    for (i, meta) in view.messages.iter().enumerate() {
+        let c = Candidate {
+            seq: i as u32 + 1,
+            meta,
+            raw: None,
+            whole: false,
+            only: None,
+            answers: Some((answers, i)),
+        };
+        match criteria::eval(key, &c, &bounds) {
+            Some(true) => found.push(i),
+            Some(false) => {}
+            None => undecided.push(i),
+        }
+    }
+    (found, undecided)
+}
+
+/// Which summary a stage reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    /// The [`mime::SEARCH_FIELDS`] lines.
+    Search,
+    /// The [`mime::SUMMARY_FIELDS`] lines.
+    Fields,
+}
+
+/// A search as the blocking threads judge it (owned: it crosses threads).
+struct Judge {
+    key: SearchKey<'static>,
+    exists: u32,
+    largest_uid: u32,
+    keywords: Vec<String>,
+    recent: std::collections::HashSet<u32>,
+    answers: Arc<TextAnswers>,
+}
+
+impl Judge {
+    fn bounds(&self) -> Bounds<'_> {
+        Bounds {
+            exists: self.exists,
+            largest_uid: self.largest_uid,
+            keywords: &self.keywords,
+            recent: &self.recent,
+        }
+    }
+
+    /// Judges a chunk on its summaries: (matching, undecided) view indexes. Blocking.
+    fn chunk(
+        &self,
+        store: &dyn MailStore,
+        folder: &FolderInfo,
+        chunk: &[(usize, MessageMeta)],
+        want: Want,
+    ) -> (Vec<usize>, Vec<usize>) {
+        let metas: Vec<MessageMeta> = chunk.iter().map(|(_, m)| *m).collect();
+        let headers: Vec<Option<Vec<u8>>> = match want {
+            Want::Search => store.search_fields(folder, &metas),
+            Want::Fields => store
+                .fields(folder, &metas)
+                .map(|f| f.into_iter().map(|f| f.map(|f| f.header)).collect()),
+        }
+        .unwrap_or_else(|_| vec![None; metas.len()]);
+        let only = match want {
+            Want::Search => &mime::SEARCH_FIELDS[..],
+            Want::Fields => &mime::SUMMARY_FIELDS[..],
+        };
+        let bounds = self.bounds();
+        let (mut found, mut undecided) = (Vec::new(), Vec::new());
+        for ((i, meta), header) in chunk.iter().zip(headers) {
+            let Some(header) = header else {
+                undecided.push(*i);
+                continue;
+            };
+            let c = Candidate {
+                seq: *i as u32 + 1,
+                meta,
+                raw: Some(&header),
+                whole: false,
+                only: Some(only),
+                answers: Some((&self.answers, *i)),
+            };
+            match criteria::eval(&self.key, &c, &bounds) {
+                Some(true) => found.push(*i),
+                Some(false) => {}
+                None => undecided.push(*i),
+            }
+        }
+        (found, undecided)
+    }
+}
+
+/// Judges `undecided` on the store's `want` summaries, [`JUDGE_CHUNK`] messages per
+/// blocking job, two jobs at a time: (matching, still undecided) view indexes.
+async fn decide_by_summaries(
+    authed: &Authed,
+    view: &View,
+    undecided: Vec<usize>,
+    want: Want,
+    judge: &Arc<Judge>,
+) -> (Vec<usize>, Vec<usize>) {
+    let (mut found, mut still) = (Vec::new(), Vec::new());
+    let mut chunks = undecided.chunks(JUDGE_CHUNK);
+    let mut jobs = VecDeque::new();
+    loop {
+        while jobs.len() < 2 {
+            let Some(chunk) = chunks.next() else { break };
+            let chunk: Vec<(usize, MessageMeta)> =
+                chunk.iter().map(|&i| (i, view.messages[i])).collect();
+            let (store, folder) = (authed.account.store.clone(), view.folder.clone());
+            let judge = judge.clone();
+            jobs.push_back(tokio::task::spawn_blocking(move || {
+                judge.chunk(&*store, &folder, &chunk, want)
+            }));
+        }
+        let Some(job) = jobs.pop_front() else { break };
+        match job.await {
+            Ok((yes, maybe)) => {
+                found.extend(yes);
+                still.extend(maybe);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "a search job failed: reading the messages");
+                return (Vec::new(), undecided);
+            }
+        }
+    }
+    (found, still)
 }
 
 /// The store index's answers for every TEXT/BODY key (none without an index), asked in

@@ -104,7 +104,17 @@ def test_search_fetch_and_sort_from_summaries_match_the_messages(archive_gw):
                  sorted([uid["multipart"], uid["qp"]])),
                 (("SUBJECT", f"quarterly{tag}"), [uid["plain"]]),
                 (("FROM", "alice"), every),
+                (("TO", "bob"), every),
+                (("CC", "bob"), []),
                 (("TEXT", tag), every),
+                # the SEARCH fields part alone, then with the Date of the summary fields,
+                # then a field only the whole header has
+                (("SUBJECT", f"quarterly{tag}", "SENTSINCE", "1-Jan-2000"), [uid["plain"]]),
+                (("SUBJECT", f"quarterly{tag}", "SENTBEFORE", "1-Jan-2000"), []),
+                (("HEADER", "Message-ID", "@"), every),
+                (("HEADER", "Content-Type", "multipart/mixed"), [uid["multipart"]]),
+                (("NOT", "HEADER", "Content-Transfer-Encoding", "quoted-printable"),
+                 sorted(set(every) - {uid["qp"]})),
             ]
             for criteria, want in checks:
                 assert uid_search(c, *criteria) == want, (login, criteria, gw.log_tail())
