@@ -86,10 +86,25 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     if needle.is_empty() {
         return true;
     }
+    if needle.len() > haystack.len() {
+        return false;
+    }
+    if haystack.len().saturating_mul(needle.len()) <= SMALL_SEARCH {
+        // A header value: compare in place at each place the first byte occurs (in
+        // either case), without lower-cased copies. Bounded: haystack × needle is small.
+        let (lower, upper) = (needle[0].to_ascii_lowercase(), needle[0].to_ascii_uppercase());
+        let starts = &haystack[..=haystack.len() - needle.len()];
+        return memchr::memchr2_iter(lower, upper, starts)
+            .any(|i| haystack[i..i + needle.len()].eq_ignore_ascii_case(needle));
+    }
     let needle = needle.to_ascii_lowercase();
     let hay = haystack.to_ascii_lowercase();
     memchr::memmem::find(&hay, &needle).is_some()
 }
+
+/// Above this haystack × needle length, [`contains`] uses a linear-time search on
+/// lower-cased copies instead of comparing at each candidate place.
+const SMALL_SEARCH: usize = 1 << 16;
 
 /// Live matching of `SEARCH BODY` (`text` false) or `SEARCH TEXT` (`text` true).
 pub fn matches(raw: &[u8], needle: &[u8], text: bool) -> bool {
@@ -191,6 +206,20 @@ fn words<'a>(texts: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn contains_ignores_ascii_case_small_and_large() {
+        for hay in [b"Quarterly Figures".to_vec(), b"x".repeat(70_000)] {
+            let mut hay = hay;
+            hay.extend_from_slice(b" End of QUARTER");
+            assert!(contains(&hay, b"quarter"));
+            assert!(contains(&hay, b"END OF"));
+            assert!(contains(&hay, b""));
+            assert!(!contains(&hay, b"quarters"));
+            assert!(!contains(b"ab", b"abc"));
+        }
+        assert!(contains(b"Gr\xc3\xbc\xc3\x9fe", b"\xc3\xbc"), "bytes above ASCII as they are");
+    }
 
     const MSG: &[u8] = b"From: Alice <alice@example.com>\r\nSubject: Quarterly figures\r\n\
 MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\
