@@ -92,7 +92,10 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     if haystack.len().saturating_mul(needle.len()) <= SMALL_SEARCH {
         // A header value: compare in place at each place the first byte occurs (in
         // either case), without lower-cased copies. Bounded: haystack × needle is small.
-        let (lower, upper) = (needle[0].to_ascii_lowercase(), needle[0].to_ascii_uppercase());
+        let (lower, upper) = (
+            needle[0].to_ascii_lowercase(),
+            needle[0].to_ascii_uppercase(),
+        );
         let starts = &haystack[..=haystack.len() - needle.len()];
         return memchr::memchr2_iter(lower, upper, starts)
             .any(|i| haystack[i..i + needle.len()].eq_ignore_ascii_case(needle));
@@ -218,7 +221,10 @@ mod tests {
             assert!(!contains(&hay, b"quarters"));
             assert!(!contains(b"ab", b"abc"));
         }
-        assert!(contains(b"Gr\xc3\xbc\xc3\x9fe", b"\xc3\xbc"), "bytes above ASCII as they are");
+        assert!(
+            contains(b"Gr\xc3\xbc\xc3\x9fe", b"\xc3\xbc"),
+            "bytes above ASCII as they are"
+        );
     }
 
     const MSG: &[u8] = b"From: Alice <alice@example.com>\r\nSubject: Quarterly figures\r\n\

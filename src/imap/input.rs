@@ -31,6 +31,8 @@ pub(super) enum Extra {
     Return(Vec<String>),
     /// LIST-STATUS: the STATUS items to send after each listed mailbox.
     ListStatus(String),
+    /// CANCELUPDATE (RFC 5267 §4.3.5), carried by a NOOP: the tags of the contexts to end.
+    CancelUpdate(Vec<String>),
 }
 
 impl Extra {
@@ -63,7 +65,10 @@ pub(super) fn bad_input(conn: &mut Conn, error: ServerError) -> Option<(Command<
             return None;
         }
     };
-    if let Some(rewritten) = rewrite_list_extended(&bytes).or_else(|| rewrite_return(&bytes)) {
+    if let Some(rewritten) = rewrite_list_extended(&bytes)
+        .or_else(|| rewrite_return(&bytes))
+        .or_else(|| rewrite_cancel_update(&bytes))
+    {
         return Some(rewritten);
     }
     conn.errors += 1;
@@ -161,19 +166,97 @@ fn rewrite_return(raw: &[u8]) -> Option<(Command<'static>, Extra)> {
     };
     let inner = after.strip_prefix('(')?;
     let end = inner.find(')')?;
-    let options: Vec<String> = inner[..end]
-        .split_ascii_whitespace()
-        .map(str::to_ascii_uppercase)
-        .collect();
-    let known = ["MIN", "MAX", "ALL", "COUNT"];
-    if options.iter().any(|o| !known.contains(&o.as_str())) {
-        return None;
-    }
+    let options = return_options(&inner[..end])?;
     let rewritten = format!("{tag} {uid}{verb} {}", inner[end + 1..].trim_start());
     let (_, command) = CommandCodec::default()
         .decode_static(rewritten.as_bytes())
         .ok()?;
     Some((command, Extra::Return(options)))
+}
+
+/// The RETURN options of ESEARCH / ESORT (RFC 4731) and CONTEXT (RFC 5267), upper case,
+/// `PARTIAL` joined with its range (`PARTIAL 1:100`; RFC 9394's `-1:-100` too); `None`
+/// when one is unknown or malformed, or when more than one PARTIAL or ALL is given.
+fn return_options(text: &str) -> Option<Vec<String>> {
+    let mut words = text.split_ascii_whitespace();
+    let mut options = Vec::new();
+    while let Some(word) = words.next() {
+        let word = word.to_ascii_uppercase();
+        match word.as_str() {
+            "MIN" | "MAX" | "ALL" | "COUNT" | "UPDATE" | "CONTEXT" => options.push(word),
+            "PARTIAL" => {
+                let range = words.next()?;
+                partial_range(range)?;
+                options.push(format!("PARTIAL {range}"));
+            }
+            _ => return None,
+        }
+    }
+    let whole = options
+        .iter()
+        .filter(|o| *o == "ALL" || o.starts_with("PARTIAL"))
+        .count();
+    (whole <= 1).then_some(options)
+}
+
+/// A PARTIAL range as 1-based positions from the first result (`from` ≤ `to`), or, for a
+/// negative range, from the last (`-1` is the last result); `None` when malformed.
+pub(super) fn partial_range(text: &str) -> Option<(bool, u32, u32)> {
+    let (a, b) = text.split_once(':')?;
+    let negative = a.starts_with('-');
+    if negative != b.starts_with('-') {
+        return None;
+    }
+    let number = |t: &str| {
+        let digits = t.strip_prefix('-').unwrap_or(t);
+        let ok = !digits.is_empty() && digits.bytes().all(|c| c.is_ascii_digit());
+        ok.then(|| digits.parse::<u32>().ok())
+            .flatten()
+            .filter(|n| *n > 0)
+    };
+    let (a, b) = (number(a)?, number(b)?);
+    Some((negative, a.min(b), a.max(b)))
+}
+
+/// `tag CANCELUPDATE "t1" "t2" ...` (RFC 5267 §4.3.5) becomes `tag NOOP` and
+/// [`Extra::CancelUpdate`] with the tags.
+fn rewrite_cancel_update(raw: &[u8]) -> Option<(Command<'static>, Extra)> {
+    let text = std::str::from_utf8(raw).ok()?;
+    let text = text.trim_end_matches(['\r', '\n']);
+    let (tag, rest) = text.split_once(' ')?;
+    let (verb, mut rest) = rest.split_once(' ')?;
+    if !verb.eq_ignore_ascii_case("CANCELUPDATE") {
+        return None;
+    }
+    let mut tags = Vec::new();
+    loop {
+        let (quoted, after) = quoted_string(rest)?;
+        tags.push(quoted);
+        match after.strip_prefix(' ') {
+            Some(more) => rest = more,
+            None if after.is_empty() => break,
+            None => return None,
+        }
+    }
+    let (_, command) = CommandCodec::default()
+        .decode_static(format!("{tag} NOOP\r\n").as_bytes())
+        .ok()?;
+    Some((command, Extra::CancelUpdate(tags)))
+}
+
+/// A quoted string at the start of `text` (RFC 3501 `quoted`) and what follows it.
+fn quoted_string(text: &str) -> Option<(String, &str)> {
+    let mut chars = text.strip_prefix('"')?.char_indices();
+    let mut out = String::new();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => return Some((out, &text[i + 2..])),
+            '\\' => out.push(chars.next()?.1),
+            '\r' | '\n' => return None,
+            c => out.push(c),
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -208,7 +291,42 @@ mod tests {
         let (c, _) = rewrite_return(b"a3 SORT RETURN (ALL) (SUBJECT) UTF-8 ALL\r\n").unwrap();
         assert!(matches!(c.body, CommandBody::Sort { .. }));
         assert!(rewrite_return(b"a4 SEARCH RETURN (SAVE) ALL\r\n").is_none());
+        let (_, extra) =
+            rewrite_return(b"a6 UID SEARCH RETURN (update Partial 10:1 COUNT) ALL\r\n").unwrap();
+        let want = ["UPDATE", "PARTIAL 10:1", "COUNT"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(extra, Extra::Return(want));
+        for bad in [
+            &b"a7 SEARCH RETURN (PARTIAL 1:10 ALL) ALL\r\n"[..],
+            b"a8 SEARCH RETURN (PARTIAL 0:10) ALL\r\n",
+            b"a9 SEARCH RETURN (PARTIAL 1:*) ALL\r\n",
+            b"b1 SEARCH RETURN (PARTIAL -1:10) ALL\r\n",
+            b"b2 SEARCH RETURN (PARTIAL) ALL\r\n",
+            b"b3 SEARCH RETURN (PARTIAL 1:2 PARTIAL 3:4) ALL\r\n",
+        ] {
+            assert!(
+                rewrite_return(bad).is_none(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(partial_range("-1:-100"), Some((true, 1, 100)));
+        assert_eq!(partial_range("500:400"), Some((false, 400, 500)));
         assert!(rewrite_return(b"a5 FETCH 1 FLAGS\r\n").is_none());
+    }
+
+    #[test]
+    fn cancel_update_is_rewritten() {
+        let (c, extra) = rewrite_cancel_update(b"b4 CANCELUPDATE \"B01\" \"x\\\"y\"\r\n").unwrap();
+        assert!(matches!(c.body, CommandBody::Noop));
+        assert_eq!(
+            extra,
+            Extra::CancelUpdate(vec!["B01".into(), "x\"y".into()])
+        );
+        assert!(rewrite_cancel_update(b"b5 CANCELUPDATE\r\n").is_none());
+        assert!(rewrite_cancel_update(b"b6 CANCELUPDATE B01\r\n").is_none());
+        assert!(rewrite_cancel_update(b"b7 CANCELUPDATE \"B01\"x\r\n").is_none());
     }
 
     #[test]

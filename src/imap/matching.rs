@@ -19,6 +19,7 @@ use super::view::View;
 use crate::message::MessageMeta;
 use crate::mime;
 use crate::store::{FolderInfo, MailStore};
+use crate::textindex::Verdict;
 
 /// Messages per text-index request.
 const TEXT_SLICE: usize = 4096;
@@ -31,9 +32,19 @@ pub(super) async fn matching(
     selected: &Selected,
     key: &SearchKey<'static>,
 ) -> Vec<usize> {
-    let view = &selected.view;
-    let answers = Arc::new(text_answers(authed, view, key).await);
-    let (mut found, mut undecided) = decide_by_metadata(view, key, &answers);
+    let all = (0..selected.view.messages.len()).collect();
+    matching_among(authed, &selected.view, key, all).await
+}
+
+/// The view indexes among `among` (ascending) of the messages that match `key`, ascending.
+pub(super) async fn matching_among(
+    authed: &Authed,
+    view: &View,
+    key: &SearchKey<'static>,
+    among: Vec<usize>,
+) -> Vec<usize> {
+    let answers = Arc::new(text_answers(authed, view, key, &among).await);
+    let (mut found, mut undecided) = decide_by_metadata(view, key, &answers, &among);
     // The store's summaries, judged on blocking threads: the SEARCH fields, then the
     // summary fields.
     let judge = Arc::new(Judge {
@@ -103,6 +114,7 @@ fn decide_by_metadata(
     view: &View,
     key: &SearchKey<'static>,
     answers: &TextAnswers,
+    among: &[usize],
 ) -> (Vec<usize>, Vec<usize>) {
     let bounds = Bounds {
         exists: view.exists(),
@@ -111,10 +123,10 @@ fn decide_by_metadata(
         recent: &view.recent,
     };
     let (mut found, mut undecided) = (Vec::new(), Vec::new());
-    for (i, meta) in view.messages.iter().enumerate() {
+    for &i in among {
         let c = Candidate {
             seq: i as u32 + 1,
-            meta,
+            meta: &view.messages[i],
             raw: None,
             whole: false,
             only: None,
@@ -241,20 +253,26 @@ async fn decide_by_summaries(
     (found, still)
 }
 
-/// The store index's answers for every TEXT/BODY key (none without an index), asked in
-/// slices on two blocking threads.
-async fn text_answers(authed: &Authed, view: &View, key: &SearchKey<'static>) -> TextAnswers {
+/// The store index's answers for every TEXT/BODY key (none without an index) about the
+/// messages `among`, asked in slices on two blocking threads.
+async fn text_answers(
+    authed: &Authed,
+    view: &View,
+    key: &SearchKey<'static>,
+    among: &[usize],
+) -> TextAnswers {
     let mut answers = TextAnswers::default();
     criteria::text_keys(key, &mut answers.keys);
     for (needle, text) in answers.keys.clone() {
-        let mut verdicts = Vec::with_capacity(view.messages.len());
+        let mut verdicts = Vec::with_capacity(among.len());
         let mut jobs = VecDeque::new();
-        let mut slices = view.messages.chunks(TEXT_SLICE);
+        let mut slices = among.chunks(TEXT_SLICE);
         loop {
             while jobs.len() < 2 {
                 let Some(slice) = slices.next() else { break };
                 let (store, folder) = (authed.account.store.clone(), view.folder.clone());
-                let (metas, needle) = (slice.to_vec(), needle.clone());
+                let metas: Vec<MessageMeta> = slice.iter().map(|&i| view.messages[i]).collect();
+                let needle = needle.clone();
                 jobs.push_back(tokio::task::spawn_blocking(move || {
                     store.text_verdicts(&folder, &metas, &needle, text)
                 }));
@@ -269,12 +287,25 @@ async fn text_answers(authed: &Authed, view: &View, key: &SearchKey<'static>) ->
                 _ => break,
             }
         }
-        if verdicts.len() != view.messages.len() {
-            verdicts.clear();
-        }
-        answers.verdicts.push(verdicts);
+        answers.verdicts.push(by_view_index(view, among, verdicts));
     }
     answers
+}
+
+/// Verdicts about the messages `among` placed at their view indexes (the others: ask the
+/// message); none at all when the index did not answer for every one of them.
+fn by_view_index(view: &View, among: &[usize], verdicts: Vec<Verdict>) -> Vec<Verdict> {
+    if verdicts.len() != among.len() {
+        return Vec::new();
+    }
+    if among.len() == view.messages.len() {
+        return verdicts;
+    }
+    let mut all = vec![Verdict::Maybe; view.messages.len()];
+    for (&i, v) in among.iter().zip(verdicts) {
+        all[i] = v;
+    }
+    all
 }
 
 /// The headers of the messages at `indexes`, in that order (`None`: unreadable).

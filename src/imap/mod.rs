@@ -1,7 +1,8 @@
 //! IMAP access to a login's mail store (RFC 3501; IDLE 2177, UIDPLUS 4315, LITERAL+ 7888,
 //! ID 2971, ENABLE 5161, NAMESPACE 2342, UNSELECT 3691, SASL-IR 4959, BINARY 3516,
-//! CONDSTORE/QRESYNC 7162, ESEARCH 4731, SORT/THREAD 5256, SORT=DISPLAY 5957, ESORT 5267,
-//! LIST-EXTENDED 5258 (as far as a fixed folder tree needs), LIST-STATUS 5819).
+//! CONDSTORE/QRESYNC 7162, ESEARCH 4731, SORT/THREAD 5256, SORT=DISPLAY 5957, ESORT and
+//! CONTEXT=SEARCH/SORT 5267 (with RFC 9394's negative PARTIAL ranges), LIST-EXTENDED 5258
+//! (as far as a fixed folder tree needs), LIST-STATUS 5819).
 //!
 //! Commands are framed and parsed by imap-next / imap-codec (literals, AUTHENTICATE, IDLE);
 //! responses are written here so that large message literals stream from the store.
@@ -14,12 +15,15 @@
 //! (unparsable input and extension forms rewritten), `auth` (LOGIN, AUTHENTICATE),
 //! `mailboxes` (LIST, STATUS and the other authenticated-state commands), `select` (SELECT,
 //! EXAMINE, QRESYNC), `fetch` + `render` + `structure` + `address` (FETCH), `search` +
-//! `criteria` (SEARCH, ESEARCH), `ordering` + `sortkeys` + `thread` (SORT, THREAD), `update`
+//! `criteria` (SEARCH, ESEARCH), `ordering` + `sortkeys` + `thread` (SORT, THREAD),
+//! `contexts` + `context_updates` (updating SEARCH/SORT results, CANCELUPDATE), `update`
 //! (STORE, EXPUNGE, CLOSE), `idle`, `view` and `state` (the selected folder as a session sees
 //! it: flags, keywords, `\Recent`), `wire` (IMAP string forms).
 
 mod address;
 mod auth;
+mod context_updates;
+mod contexts;
 mod criteria;
 mod fetch;
 mod idle;

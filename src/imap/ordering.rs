@@ -12,6 +12,7 @@ use super::search::{checked, Answer};
 use super::sortkeys::{self, SortFields, SortItem};
 use super::state::{Authed, Conn, Selected};
 use super::thread;
+use super::view::View;
 
 /// What a SORT asks for.
 pub(super) struct SortRequest {
@@ -38,12 +39,15 @@ pub(super) async fn sort(
     tag: &Tag<'_>,
     request: SortRequest,
 ) {
+    let updating = super::search::wants_update(conn, selected, tag, &request.returns);
+    let Some(updating) = updating else { return };
+    let search = request.search.clone();
     let Some((found, fields)) =
         matched_fields(conn, authed, selected, tag, request.charset, request.search).await
     else {
         return;
     };
-    let items = sort_items(selected, &found, &fields);
+    let items = sort_items(&selected.view, &found, &fields);
     let order = sortkeys::sort(&items, &request.criteria);
     let numbers: Vec<u32> = order
         .iter()
@@ -59,6 +63,19 @@ pub(super) async fn sort(
         sorted: true,
     };
     answer.write(conn, tag, request.returns.as_deref(), "SORT");
+    if updating {
+        let uids = order.iter().map(|&k| items[k].uid).collect();
+        let key = SearchKey::And(search);
+        super::search::keep(
+            conn,
+            selected,
+            tag,
+            key,
+            request.uid,
+            Some(request.criteria),
+            uids,
+        );
+    }
     selected.sync(conn, authed, request.uid);
     conn.tagged(tag, "OK SORT completed");
 }
@@ -75,7 +92,7 @@ pub(super) async fn thread(
     else {
         return;
     };
-    let items = sort_items(selected, &found, &fields);
+    let items = sort_items(&selected.view, &found, &fields);
     let threads = match request.algorithm {
         ThreadingAlgorithm::OrderedSubject => thread::ordered_subject(&items),
         ThreadingAlgorithm::References => thread::references(&items),
@@ -110,7 +127,7 @@ async fn matched_fields(
         return None;
     }
     let found = matching(authed, selected, &key).await;
-    let fields = sort_fields(authed, selected, &found).await;
+    let fields = sort_fields(authed, &selected.view, &found).await;
     Some((found, fields))
 }
 
@@ -121,26 +138,39 @@ fn answer_refusal(conn: &mut Conn, tag: &Tag<'_>, bad: bool, text: &str) {
     }
 }
 
+/// The UIDs of the messages matching `key`, in the order of `criteria` (an updating SORT
+/// context sorts again with this).
+pub(super) async fn sorted_uids(
+    authed: &Authed,
+    view: &View,
+    criteria: &[SortCriterion],
+    key: &SearchKey<'static>,
+) -> Vec<u32> {
+    let all = (0..view.messages.len()).collect();
+    let found = super::matching::matching_among(authed, view, key, all).await;
+    let fields = sort_fields(authed, view, &found).await;
+    let items = sort_items(view, &found, &fields);
+    (sortkeys::sort(&items, criteria).iter())
+        .map(|&k| items[k].uid)
+        .collect()
+}
+
 /// The sort fields of the messages at `indexes` of the view, from their headers (a message
 /// that cannot be read sorts with empty fields).
-async fn sort_fields(authed: &Authed, selected: &Selected, indexes: &[usize]) -> Vec<SortFields> {
-    super::matching::headers(authed, &selected.view, indexes)
+async fn sort_fields(authed: &Authed, view: &View, indexes: &[usize]) -> Vec<SortFields> {
+    super::matching::headers(authed, view, indexes)
         .await
         .into_iter()
         .map(|head| head.map(|h| sortkeys::extract(&h)).unwrap_or_default())
         .collect()
 }
 
-fn sort_items<'a>(
-    selected: &Selected,
-    indexes: &[usize],
-    fields: &'a [SortFields],
-) -> Vec<SortItem<'a>> {
+fn sort_items<'a>(view: &View, indexes: &[usize], fields: &'a [SortFields]) -> Vec<SortItem<'a>> {
     indexes
         .iter()
         .zip(fields)
         .map(|(&i, fields)| {
-            let m = &selected.view.messages[i];
+            let m = &view.messages[i];
             SortItem {
                 seq: i as u32 + 1,
                 uid: m.uid,

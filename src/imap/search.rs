@@ -4,6 +4,7 @@
 //! with the highest MODSEQ when the criteria use MODSEQ (RFC 7162 §3.1.5).
 
 use imap_codec::imap_types::core::{Charset, Tag, Vec1};
+use imap_codec::imap_types::extensions::sort::SortCriterion;
 use imap_codec::imap_types::search::SearchKey;
 
 use super::criteria;
@@ -26,6 +27,9 @@ pub(super) async fn command(
     tag: &Tag<'_>,
     request: Request,
 ) {
+    let Some(updating) = wants_update(conn, selected, tag, &request.returns) else {
+        return;
+    };
     let key = SearchKey::And(request.criteria);
     match checked(&request.charset, &key) {
         Err((true, text)) => conn.bad(tag, text),
@@ -55,9 +59,55 @@ pub(super) async fn command(
                 sorted: false,
             };
             answer.write(conn, tag, request.returns.as_deref(), "SEARCH");
+            if updating {
+                let uids = found
+                    .iter()
+                    .map(|&i| selected.view.messages[i].uid)
+                    .collect();
+                keep(conn, selected, tag, key, request.uid, None, uids);
+            }
             selected.sync(conn, authed, request.uid);
             conn.tagged(tag, "OK SEARCH completed");
         }
+    }
+}
+
+/// Whether a SEARCH or SORT asks for updates: `Some(true)` when it does, `None` when its
+/// tag already names an updating context (answered BAD: the command has no effect).
+pub(super) fn wants_update(
+    conn: &mut Conn,
+    selected: &Selected,
+    tag: &Tag<'_>,
+    returns: &Option<Vec<String>>,
+) -> Option<bool> {
+    let updating = returns
+        .as_ref()
+        .is_some_and(|r| r.iter().any(|o| o == "UPDATE"));
+    if updating && selected.contexts.has(tag.as_ref()) {
+        conn.bad(tag, "Tag reuse: that tag names an updating search already");
+        return None;
+    }
+    Some(updating)
+}
+
+/// Keeps an updating context (or answers NOUPDATE when the session has too many).
+pub(super) fn keep(
+    conn: &mut Conn,
+    selected: &mut Selected,
+    tag: &Tag<'_>,
+    key: SearchKey<'static>,
+    uid: bool,
+    sort: Option<Vec<SortCriterion>>,
+    result: Vec<u32>,
+) {
+    let tag = tag.as_ref();
+    if let super::contexts::Registered::Refused =
+        selected.contexts.register(tag, key, uid, sort, result)
+    {
+        let quoted = super::wire::quoted(tag);
+        conn.line(format!(
+            "* NO [NOUPDATE {quoted}] Too many updating searches"
+        ));
     }
 }
 
@@ -79,6 +129,28 @@ pub(super) fn checked(
         Err((true, "Search string is not valid UTF-8"))
     } else {
         Ok(())
+    }
+}
+
+impl Answer<'_> {
+    /// The results at the positions of a PARTIAL range (RFC 5267 §4.4, RFC 9394's
+    /// negative ranges from the end), or `NIL` when none is there.
+    fn partial(&self, range: &str) -> String {
+        let Some((from_end, low, high)) = super::input::partial_range(range) else {
+            return "NIL".into();
+        };
+        let n = self.numbers.len();
+        let (low, high) = (low as usize, (high as usize).min(n));
+        let picked: &[u32] = match from_end {
+            false if low <= n => &self.numbers[low - 1..high],
+            true if low <= n => &self.numbers[n - high..=n - low],
+            _ => &[],
+        };
+        match (picked.is_empty(), self.sorted) {
+            (true, _) => "NIL".into(),
+            (false, true) => super::wire::ordered_set(picked),
+            (false, false) => super::wire::number_set(picked.iter().copied()),
+        }
     }
 }
 
@@ -106,6 +178,7 @@ impl Answer<'_> {
             conn.line(format!("* {verb}{sep}{}{modseq}", list.join(" ")));
             return;
         };
+        // RETURN () means ALL; UPDATE and CONTEXT alone return only the tag (RFC 5267).
         let all = returns.is_empty() || returns.iter().any(|r| r == "ALL");
         let mut out = format!("* ESEARCH (TAG {})", super::wire::quoted(tag.as_ref()));
         if self.uid {
@@ -131,6 +204,9 @@ impl Answer<'_> {
                 false => super::wire::number_set(self.numbers.iter().copied()),
             };
             out.push_str(&format!(" ALL {set}"));
+        }
+        if let Some(range) = returns.iter().find_map(|r| r.strip_prefix("PARTIAL ")) {
+            out.push_str(&format!(" PARTIAL ({range} {})", self.partial(range)));
         }
         if let Some(m) = self.modseq {
             out.push_str(&format!(" MODSEQ {m}"));

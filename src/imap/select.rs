@@ -76,7 +76,11 @@ impl Session {
         view.keywords = store.keywords(&view.folder);
         view.condstore = self.conn.condstore;
         view.qresync = self.conn.qresync;
-        let mut selected = Selected { view, dirty: false };
+        let mut selected = Selected {
+            view,
+            dirty: false,
+            contexts: Default::default(),
+        };
         if let Some(newest) = selected.view.messages.last().map(|m| m.uid) {
             selected.claim_recent(&self.conn, &authed, newest);
         }
@@ -94,7 +98,7 @@ impl Session {
         let verb = if examine { "EXAMINE" } else { "SELECT" };
         self.conn
             .tagged(tag, format!("OK [{mode}] {verb} completed"));
-        self.phase = Phase::Selected(authed, selected);
+        self.phase = Phase::Selected(authed, Box::new(selected));
     }
 
     /// Reads the RFC 7162 parameters; CONDSTORE turns CONDSTORE on for the session.

@@ -122,6 +122,7 @@ impl Session {
                         self.extra = extra;
                         let flow = self.command(command, &mut stream).await?;
                         self.extra = input::Extra::None;
+                        self.refresh_contexts(true).await;
                         flow
                     }
                     None => Flow::Continue,
@@ -136,7 +137,9 @@ impl Session {
                             .trace
                             .line("imap", self.conn.peer, "C", &wire);
                     }
-                    self.command(command, &mut stream).await?
+                    let flow = self.command(command, &mut stream).await?;
+                    self.refresh_contexts(true).await;
+                    flow
                 }
                 Ok(Event::CommandAuthenticateReceived {
                     command_authenticate: a,
@@ -255,12 +258,44 @@ impl Session {
                         selected.dirty = true;
                         if idling {
                             selected.sync(&mut self.conn, authed, true);
+                            self.refresh_contexts(false).await;
                             self.conn.flush(stream).await?;
                         }
                     }
                 }
             }
         }
+    }
+
+    /// CANCELUPDATE (RFC 5267 §4.3.5): ends the named updating searches.
+    fn cancel_update(&mut self, tag: &Tag<'static>, tags: &[String]) {
+        let Phase::Selected(_, selected) = &mut self.phase else {
+            self.conn.bad(tag, "No mailbox selected");
+            return;
+        };
+        match selected.contexts.cancel(tags) {
+            true => self.conn.tagged(tag, "OK No further updates"),
+            false => self
+                .conn
+                .tagged(tag, "NO Unknown tag: no updating search has it"),
+        }
+    }
+
+    /// Brings the selected folder's updating searches up to date (RFC 5267); their
+    /// responses go before the command's completion when `before_last` (else at the end).
+    async fn refresh_contexts(&mut self, before_last: bool) {
+        let Phase::Selected(authed, selected) = &mut self.phase else {
+            return;
+        };
+        if !selected.contexts.pending() {
+            return;
+        }
+        let at = match before_last {
+            true => self.conn.last_line_start(),
+            false => self.conn.buffered(),
+        };
+        let lines = super::context_updates::refresh(authed, selected).await;
+        self.conn.insert_lines(at, &lines);
     }
 
     /// Marks the selected folder dirty for every change notification queued for it.
@@ -307,6 +342,10 @@ impl Session {
             return Ok(Flow::Logout);
         }
         self.drain_changes();
+        if let input::Extra::CancelUpdate(tags) = &extra {
+            self.cancel_update(&tag, tags);
+            return Ok(Flow::Continue);
+        }
         let body = match self.any_state(&tag, command.body).await {
             Ok(flow) => return Ok(flow),
             Err(body) => body,

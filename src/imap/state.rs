@@ -18,7 +18,8 @@ use crate::store::ChangeKey;
 
 pub(super) const CAPS_COMMON: &str = "LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS UNSELECT \
      CHILDREN SPECIAL-USE BINARY CONDSTORE QRESYNC ESEARCH SORT SORT=DISPLAY ESORT \
-     THREAD=REFERENCES THREAD=ORDEREDSUBJECT LIST-EXTENDED LIST-STATUS";
+     THREAD=REFERENCES THREAD=ORDEREDSUBJECT LIST-EXTENDED LIST-STATUS CONTEXT=SEARCH \
+     CONTEXT=SORT";
 /// Output is sent once this much is buffered.
 pub(super) const FLUSH_AT: usize = 256 * 1024;
 
@@ -62,6 +63,29 @@ impl Conn {
             .line("imap", self.peer, "S", text.as_ref().as_bytes());
         self.out.extend_from_slice(text.as_ref().as_bytes());
         self.out.extend_from_slice(b"\r\n");
+    }
+
+    /// Where the last complete line of the pending output starts (the end when none is
+    /// pending): untagged responses that must precede a command's completion go there.
+    pub fn last_line_start(&self) -> usize {
+        let Some(body) = self.out.strip_suffix(b"\r\n") else {
+            return self.out.len();
+        };
+        memchr::memmem::rfind(body, b"\r\n").map_or(0, |at| at + 2)
+    }
+
+    /// Writes lines into the pending output at `at` (from [`Conn::last_line_start`]).
+    pub fn insert_lines(&mut self, at: usize, lines: &[String]) {
+        let mut bytes = Vec::new();
+        for line in lines {
+            self.state
+                .trace
+                .line("imap", self.peer, "S", line.as_bytes());
+            bytes.extend_from_slice(line.as_bytes());
+            bytes.extend_from_slice(b"\r\n");
+        }
+        let at = at.min(self.out.len());
+        self.out.splice(at..at, bytes);
     }
 
     pub fn bytes(&mut self, bytes: &[u8]) {
@@ -113,6 +137,8 @@ pub(super) struct Selected {
     pub view: View,
     /// A change notification for this folder arrived since the last sync.
     pub dirty: bool,
+    /// Updating SEARCH and SORT results (RFC 5267).
+    pub contexts: super::contexts::Contexts,
 }
 
 impl Selected {
@@ -133,7 +159,15 @@ impl Selected {
         self.refresh_keywords(conn, authed, &current);
         self.view.condstore |= conn.condstore;
         self.view.qresync |= conn.qresync;
+        if allow_expunge {
+            let gone = self.view.gone(&current);
+            if !gone.is_empty() {
+                self.contexts.expunging(&self.view, &gone, &mut conn.out);
+            }
+        }
         let synced = self.view.sync(&current, allow_expunge, &mut conn.out);
+        let touched = synced.new.iter().chain(&synced.changed).copied();
+        self.contexts.touch(touched);
         self.dirty = !allow_expunge;
         if let Some(&newest) = synced.new.last() {
             self.claim_recent(conn, authed, newest);
@@ -218,7 +252,7 @@ pub(super) fn flag_announcements(view: &View) -> [String; 2] {
 pub(super) enum Phase {
     NotAuthenticated,
     Authenticated(Authed),
-    Selected(Authed, Selected),
+    Selected(Authed, Box<Selected>),
 }
 
 impl Phase {

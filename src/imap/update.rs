@@ -247,6 +247,7 @@ pub(super) async fn store(
         }
     }
     answer_store(conn, selected, &update.updated, response, uid);
+    (selected.contexts).touch(update.updated.iter().map(|m| m.uid));
     selected.sync(conn, authed, uid);
     if update.refused.is_empty() {
         conn.tagged(tag, "OK STORE completed");

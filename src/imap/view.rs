@@ -31,6 +31,8 @@ pub struct View {
 pub struct Synced {
     /// UIDs of messages new to the view.
     pub new: Vec<u32>,
+    /// UIDs of messages whose flags changed.
+    pub changed: Vec<u32>,
 }
 
 /// A sequence set resolved to sorted, merged inclusive ranges.
@@ -176,6 +178,7 @@ impl View {
             }
         }
         // Flag changes of messages we still show.
+        let mut changed = Vec::new();
         for i in 0..self.messages.len() {
             let m = self.messages[i];
             if let Ok(k) = current.binary_search_by_key(&m.uid, |c| c.uid) {
@@ -184,6 +187,7 @@ impl View {
                     self.messages[i] = now;
                 }
                 if now.flags != m.flags {
+                    changed.push(m.uid);
                     let line = self.flag_update(i + 1, &now, true);
                     out.extend_from_slice(line.as_bytes());
                     out.extend_from_slice(b"\r\n");
@@ -199,7 +203,15 @@ impl View {
         if !new.is_empty() {
             out.extend_from_slice(format!("* {} EXISTS\r\n", self.messages.len()).as_bytes());
         }
-        Synced { new }
+        Synced { new, changed }
+    }
+
+    /// UIDs of the messages shown that are not in `current` (the mailbox now).
+    pub fn gone(&self, current: &[MessageMeta]) -> std::collections::HashSet<u32> {
+        (self.messages.iter())
+            .map(|m| m.uid)
+            .filter(|uid| current.binary_search_by_key(uid, |c| c.uid).is_err())
+            .collect()
     }
 }
 
