@@ -30,7 +30,7 @@ use super::{Archive, ArchiveError};
 use crate::crypto::epoch::Keyring;
 use crate::crypto::rewrap;
 use crate::store::Fields;
-use crate::textindex::{Tokens, Verdict};
+use crate::textindex::{Grams, Tokens, Verdict};
 
 /// Messages up to this size get a word index (the worker holds one in memory).
 pub const INDEX_MAX: usize = 4 << 20;
@@ -97,6 +97,7 @@ pub(super) struct Plain {
     /// The [`crate::mime::SEARCH_FIELDS`] lines.
     pub(super) search: Vec<u8>,
     pub(super) words: Option<Vec<u8>>,
+    pub(super) grams: Option<Vec<u8>>,
     pub(super) keys: Vec<String>,
 }
 
@@ -109,9 +110,9 @@ impl Plain {
         if !whole_header || end > HEADER_MAX {
             return None;
         }
-        let words = capture
-            .complete
-            .then(|| Tokens::of(&capture.bytes).encode());
+        let tokens = capture.complete.then(|| Tokens::of(&capture.bytes));
+        let grams = tokens.as_ref().map(|t| Grams::of(t).encode().to_vec());
+        let words = tokens.map(|t| t.encode());
         let header = &capture.bytes[..end];
         let mut envelope = Vec::new();
         crate::imap::structure::envelope(header, &mut envelope);
@@ -123,6 +124,7 @@ impl Plain {
             fields,
             search: crate::mime::search_header(header),
             words,
+            grams,
             keys: keys.to_vec(),
         })
     }
@@ -161,6 +163,7 @@ impl Archive {
             fields: seal(&plain.fields),
             search: seal(&plain.search),
             words: plain.words.as_deref().map(seal),
+            grams: plain.grams.as_deref().map(seal),
         })
     }
 
@@ -382,17 +385,32 @@ impl Archive {
         reader: &SummaryReader,
     ) -> Result<Vec<Verdict>, ArchiveError> {
         let mut out = Vec::with_capacity(wanted.len());
-        // A few hundred word lists in memory at a time.
+        // A few hundred items at a time: their trigram filters, then the word lists of
+        // those the filters do not rule out.
         for items in wanted.chunks(WORDS_AT_ONCE) {
-            let words = reader.open_all(&self.store, keyring, items, Part::Words)?;
-            out.extend(
-                words
-                    .into_iter()
-                    .map(|w| match w.as_deref().and_then(Tokens::decode) {
+            let grams = reader.open_all(&self.store, keyring, items, Part::Grams)?;
+            let mut verdicts: Vec<Option<Verdict>> = grams
+                .iter()
+                .map(|g| match g.as_deref().and_then(Grams::decode) {
+                    Some(g) if !g.may_contain(needle, text) => Some(Verdict::No),
+                    _ => None,
+                })
+                .collect();
+            let open: Vec<u64> = (items.iter().zip(&verdicts))
+                .filter(|(_, v)| v.is_none())
+                .map(|(item, _)| *item)
+                .collect();
+            let words = reader.open_all(&self.store, keyring, &open, Part::Words)?;
+            let mut words = words.into_iter();
+            for v in verdicts.iter_mut().filter(|v| v.is_none()) {
+                *v = Some(
+                    match words.next().flatten().as_deref().and_then(Tokens::decode) {
                         Some(tokens) => tokens.verdict(needle, text),
                         None => Verdict::Maybe,
-                    }),
-            );
+                    },
+                );
+            }
+            out.extend(verdicts.into_iter().map(|v| v.unwrap_or(Verdict::Maybe)));
         }
         Ok(out)
     }

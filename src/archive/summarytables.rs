@@ -16,6 +16,8 @@ const HEADERS: TableDefinition<u64, (u64, &[u8])> = TableDefinition::new("summar
 const FIELDS: TableDefinition<u64, (u64, &[u8])> = TableDefinition::new("summary-fields");
 /// item -> (keyset id, sealed SEARCH header fields: `mime::SEARCH_FIELDS`).
 const SEARCH: TableDefinition<u64, (u64, &[u8])> = TableDefinition::new("summary-search");
+/// item -> (keyset id, sealed trigram filter of the word index: `textindex::Grams`).
+const GRAMS: TableDefinition<u64, (u64, &[u8])> = TableDefinition::new("summary-grams");
 /// item -> (keyset id, sealed word index).
 const WORDS: TableDefinition<u64, (u64, &[u8])> = TableDefinition::new("summary-words");
 
@@ -30,6 +32,8 @@ pub struct SealedSummary {
     pub search: Vec<u8>,
     /// Absent for messages too large to index.
     pub words: Option<Vec<u8>>,
+    /// The words' trigram filter (with `words`).
+    pub grams: Option<Vec<u8>>,
 }
 
 /// Creates the tables (at open).
@@ -40,6 +44,7 @@ pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(FIELDS).map_err(err)?;
     txn.open_table(SEARCH).map_err(err)?;
     txn.open_table(WORDS).map_err(err)?;
+    txn.open_table(GRAMS).map_err(err)?;
     Ok(())
 }
 
@@ -53,6 +58,7 @@ pub(super) fn record(
     let mut fields = txn.open_table(FIELDS).map_err(err)?;
     let mut search = txn.open_table(SEARCH).map_err(err)?;
     let mut words = txn.open_table(WORDS).map_err(err)?;
+    let mut grams = txn.open_table(GRAMS).map_err(err)?;
     let mut written = std::collections::HashSet::new();
     for (item, s) in summaries {
         if written.insert(s.keyset) {
@@ -70,6 +76,9 @@ pub(super) fn record(
         if let Some(w) = &s.words {
             words.insert(*item, (s.keyset, w.as_slice())).map_err(err)?;
         }
+        if let Some(g) = &s.grams {
+            grams.insert(*item, (s.keyset, g.as_slice())).map_err(err)?;
+        }
     }
     Ok(())
 }
@@ -80,10 +89,12 @@ pub(super) fn forget(txn: &WriteTransaction, items: &[u64]) -> Result<(), StoreE
     let mut fields = txn.open_table(FIELDS).map_err(err)?;
     let mut search = txn.open_table(SEARCH).map_err(err)?;
     let mut words = txn.open_table(WORDS).map_err(err)?;
+    let mut grams = txn.open_table(GRAMS).map_err(err)?;
     for item in items {
         headers.remove(*item).map_err(err)?;
         fields.remove(*item).map_err(err)?;
         search.remove(*item).map_err(err)?;
+        grams.remove(*item).map_err(err)?;
         words.remove(*item).map_err(err)?;
     }
     Ok(())
@@ -99,6 +110,7 @@ pub enum Part {
     Fields,
     Search,
     Words,
+    Grams,
 }
 
 /// The sealed `part` of each item's summary (keyset id, bytes), in the order asked.
@@ -112,6 +124,7 @@ pub(super) fn read(
         Part::Fields => txn.open_table(FIELDS),
         Part::Search => txn.open_table(SEARCH),
         Part::Words => txn.open_table(WORDS),
+        Part::Grams => txn.open_table(GRAMS),
     }
     .map_err(err)?;
     items
