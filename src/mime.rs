@@ -348,12 +348,74 @@ pub fn summary_header(header: &[u8]) -> Vec<u8> {
     header_lines(header, is_summary_field)
 }
 
-/// The [`SEARCH_FIELDS`] lines of a header block, like [`summary_header`].
+/// The [`SEARCH_FIELDS`] of a header block as SEARCH compares them: each value unfolded on
+/// one line, and after a field's values, when they have encoded words or quoted pairs,
+/// its decoded value ([`decoded_field`]) as one more line, so a search reads them with
+/// [`field_lines`] and never parses.
 pub fn search_header(header: &[u8]) -> Vec<u8> {
-    header_lines(header, |name| {
-        SEARCH_FIELDS
-            .iter()
-            .any(|f| f.as_bytes().eq_ignore_ascii_case(name))
+    let mut out = Vec::new();
+    let mut line = |name: &str, value: &[u8]| {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    };
+    for name in SEARCH_FIELDS {
+        let values = raw_fields(header, name);
+        for v in &values {
+            line(name, v);
+        }
+        if values.iter().any(|v| may_decode(v)) {
+            if let Some(decoded) = decoded_field(header, name) {
+                line(name, decoded.replace(['\r', '\n'], " ").as_bytes());
+            }
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Whether a raw field value may read differently decoded (encoded words, quoted pairs,
+/// folding).
+pub fn may_decode(value: &[u8]) -> bool {
+    memchr::memmem::find(value, b"=?").is_some() || value.iter().any(|b| matches!(b, b'\\' | b'\n'))
+}
+
+/// The decoded value of the first field `name` of a header block, as SEARCH compares it:
+/// RFC 2047 words decoded, addresses as "display-name address".
+pub fn decoded_field(header: &[u8], name: &str) -> Option<String> {
+    catch_unwind(AssertUnwindSafe(|| {
+        let message = MessageParser::new().parse_headers(header)?;
+        Some(match message.header(name)? {
+            HeaderValue::Text(t) => t.to_string(),
+            HeaderValue::TextList(l) => l.join(" "),
+            HeaderValue::Address(a) => a
+                .iter()
+                .map(|addr| {
+                    format!(
+                        "{} {}",
+                        addr.name.as_deref().unwrap_or(""),
+                        addr.address.as_deref().unwrap_or("")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" "),
+            _ => String::new(),
+        })
+    }))
+    .ok()
+    .flatten()
+}
+
+/// The values of the one-line fields `name` of a header block (trimmed, no allocation):
+/// for [`search_header`]'s form.
+pub fn field_lines<'a>(header: &'a [u8], name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+    header.split(|b| *b == b'\n').filter_map(move |line| {
+        let colon = memchr::memchr(b':', line)?;
+        let named = line[..colon]
+            .trim_ascii()
+            .eq_ignore_ascii_case(name.as_bytes());
+        named.then(|| line[colon + 1..].trim_ascii())
     })
 }
 

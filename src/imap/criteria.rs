@@ -28,6 +28,8 @@ pub struct Candidate<'a> {
     pub whole: bool,
     /// `raw` holds only these header fields (for example [`mime::SUMMARY_FIELDS`]).
     pub only: Option<&'static [&'static str]>,
+    /// `raw` is in [`mime::search_header`]'s form (decoded values beside the raw ones).
+    pub decoded: bool,
     /// The store index's answers to TEXT/BODY keys, and this message's place in them.
     pub answers: Option<(&'a TextAnswers, usize)>,
 }
@@ -232,45 +234,21 @@ fn sent_date(c: &Candidate<'_>) -> Option<NaiveDate> {
 /// Every value of header fields named `name` contains `needle` (raw or RFC 2047-decoded).
 fn header_contains(c: &Candidate<'_>, name: &str, needle: &[u8]) -> bool {
     let header = header_of(c);
-    let values = mime::raw_fields(header, name);
-    if values.is_empty() {
-        return false;
+    let matches = |v: &[u8]| needle.is_empty() || textindex::contains(v, needle);
+    if c.decoded {
+        // `mime::search_header`'s form: the decoded values are there already.
+        return mime::field_lines(header, name).any(matches);
     }
-    if needle.is_empty() || values.iter().any(|v| textindex::contains(v, needle)) {
+    let values = mime::raw_fields(header, name);
+    if values.iter().any(|v| matches(v)) {
         return true;
     }
     // The decoded form differs from the raw one only with encoded words, folding or
     // quoted pairs: parse only then.
-    let differs = |v: &Vec<u8>| {
-        memchr::memmem::find(v, b"=?").is_some() || v.iter().any(|b| matches!(b, b'\\' | b'\n'))
-    };
-    if !values.iter().any(differs) {
+    if !values.iter().any(|v| mime::may_decode(v)) {
         return false;
     }
-    // Decoded form (encoded words, address display names).
-    let decoded = catch_unwind(AssertUnwindSafe(|| {
-        let message = MessageParser::new().parse_headers(header)?;
-        let value = message.header(name)?;
-        Some(match value {
-            mail_parser::HeaderValue::Text(t) => t.to_string(),
-            mail_parser::HeaderValue::TextList(l) => l.join(" "),
-            mail_parser::HeaderValue::Address(a) => a
-                .iter()
-                .map(|addr| {
-                    format!(
-                        "{} {}",
-                        addr.name.as_deref().unwrap_or(""),
-                        addr.address.as_deref().unwrap_or("")
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(" "),
-            _ => String::new(),
-        })
-    }))
-    .ok()
-    .flatten();
-    decoded.is_some_and(|d| textindex::contains(d.as_bytes(), needle))
+    mime::decoded_field(header, name).is_some_and(|d| textindex::contains(d.as_bytes(), needle))
 }
 
 #[cfg(test)]
@@ -287,6 +265,7 @@ mod tests {
             raw: Some(MSG),
             whole: true,
             only: None,
+            decoded: false,
             answers: None,
         }
     }
@@ -379,6 +358,7 @@ mod tests {
             raw: Some(&header),
             whole: false,
             only: Some(&mime::SEARCH_FIELDS[..]),
+            decoded: true,
             answers: None,
         };
         assert_eq!(eval(&SearchKey::Subject(astr("grüße")), &c, &b), Some(true));

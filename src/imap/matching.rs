@@ -25,6 +25,9 @@ use crate::textindex::Verdict;
 const TEXT_SLICE: usize = 4096;
 /// Messages judged per blocking job on their summaries.
 const JUDGE_CHUNK: usize = 1024;
+/// Judging jobs in flight (the machine's cores share them; one more keeps them busy while
+/// the session collects a finished one).
+const JOBS_AHEAD: usize = 3;
 
 /// Indexes (in the view) of the messages that match `key`, ascending.
 pub(super) async fn matching(
@@ -78,6 +81,7 @@ pub(super) async fn matching_among(
                     raw: Some(&header.raw),
                     whole: false,
                     only: header.fields_only.then_some(&mime::SUMMARY_FIELDS[..]),
+                    decoded: false,
                     answers: answers_of(i),
                 };
                 match criteria::eval(key, &c, &bounds) {
@@ -99,6 +103,7 @@ pub(super) async fn matching_among(
             raw: Some(&content.raw),
             whole: content.whole,
             only: None,
+            decoded: false,
             answers: answers_of(i),
         };
         if criteria::matches(key, &c, &bounds) {
@@ -130,6 +135,7 @@ fn decide_by_metadata(
             raw: None,
             whole: false,
             only: None,
+            decoded: false,
             answers: Some((answers, i)),
         };
         match criteria::eval(key, &c, &bounds) {
@@ -203,6 +209,7 @@ impl Judge {
                 raw: Some(&header),
                 whole: false,
                 only: Some(only),
+                decoded: want == Want::Search,
                 answers: Some((&self.answers, *i)),
             };
             match criteria::eval(&self.key, &c, &bounds) {
@@ -216,7 +223,7 @@ impl Judge {
 }
 
 /// Judges `undecided` on the store's `want` summaries, [`JUDGE_CHUNK`] messages per
-/// blocking job, two jobs at a time: (matching, still undecided) view indexes.
+/// blocking job, [`JOBS_AHEAD`] jobs at a time: (matching, still undecided) view indexes.
 async fn decide_by_summaries(
     authed: &Authed,
     view: &View,
@@ -228,7 +235,7 @@ async fn decide_by_summaries(
     let mut chunks = undecided.chunks(JUDGE_CHUNK);
     let mut jobs = VecDeque::new();
     loop {
-        while jobs.len() < 2 {
+        while jobs.len() < JOBS_AHEAD {
             let Some(chunk) = chunks.next() else { break };
             let chunk: Vec<(usize, MessageMeta)> =
                 chunk.iter().map(|&i| (i, view.messages[i])).collect();
