@@ -31,6 +31,7 @@ pub mod pack;
 pub use grant::{GrantReport, GRANT_BATCH};
 mod keys;
 mod plan;
+mod readable;
 mod reader;
 pub mod retention;
 pub use reader::{Access, ArchiveStore};
@@ -211,7 +212,10 @@ impl Archive {
         let recovery = recovery::Recovery::new(spool.data_dir());
         let holds = holds::Holds::new(spool.data_dir());
         users.clean_leftovers()?;
-        let store = Store::open(&dir.join("archive.redb"))?;
+        let store = Store::open(
+            &dir.join("archive.redb"),
+            config.cache_mb as usize * (1 << 20),
+        )?;
         let archive = Arc::new(Archive {
             config: config.clone(),
             users,

@@ -127,7 +127,7 @@ impl Archive {
         folder: &str,
         user: &UserRecord,
     ) -> Result<(Vec<MessageMeta>, Vec<u64>), ArchiveError> {
-        let readable = self.store.readable(&user.public_key)?;
+        let readable = self.store.readable_cached(&user.public_key)?;
         let flags = self.store.folder_flags(&user.id, folder)?;
         let mut flags_of = flags.walk();
         let entries = self.folder_entries(folder)?;

@@ -23,14 +23,14 @@ impl Archive {
         if !dir.join("archive.redb").exists() {
             return Ok(Vec::new());
         }
-        let store = Store::open(&dir.join("archive.redb"))?;
+        let store = Store::open(&dir.join("archive.redb"), store::CACHE_BYTES)?;
         check_items(&store, &dir.join("items"), &dir.join("intake"))
     }
 
     /// `archive stats` without a running server.
     pub fn stats_offline(data_dir: &Path) -> Result<Stats, ArchiveError> {
         let dir = data_dir.join("archive");
-        let store = Store::open(&dir.join("archive.redb"))?;
+        let store = Store::open(&dir.join("archive.redb"), store::CACHE_BYTES)?;
         let mut stats = collect_stats(&store, &Users::new(data_dir), &dir.join("intake"))?;
         stats.recovery_key = recovery::Recovery::new(data_dir)
             .current()?

@@ -43,10 +43,11 @@ const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("checkpoin
 use super::dberror::err;
 pub use super::dberror::StoreError;
 
-/// redb's page cache for the archive database. Summaries and word indexes make it large;
-/// reads beyond this come from the kernel's page cache, so the server's memory stays
-/// bounded whatever the archive's size.
-const CACHE_BYTES: usize = 64 << 20;
+/// redb's page cache for the archive database when the caller names none (the CLI's
+/// short runs). The server's is `[archive] cache_mb`: summaries and word indexes make the
+/// database large; reads beyond the cache come from the kernel's page cache, so the
+/// server's memory stays bounded whatever the archive's size.
+pub const CACHE_BYTES: usize = 64 << 20;
 
 /// One stored file: an archived original (or a second copy linked to one, or the journal
 /// envelope of one).
@@ -121,6 +122,8 @@ pub struct Entry {
 
 pub struct Store {
     pub(super) db: Database,
+    /// What each recently listed key can read.
+    readable: super::readable::ReadableCache,
 }
 
 /// The changes of archiving one intake file, committed at once.
@@ -144,9 +147,9 @@ pub struct Batch {
 }
 
 impl Store {
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
+    pub fn open(path: &Path, cache_bytes: usize) -> Result<Store, StoreError> {
         let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
+            .set_cache_size(cache_bytes)
             .create(path)
             .map_err(err)?;
         let txn = db.begin_write().map_err(err)?;
@@ -165,7 +168,10 @@ impl Store {
         super::flagtables::create_tables(&txn)?;
         super::summarytables::create_tables(&txn)?;
         txn.commit().map_err(err)?;
-        Ok(Store { db })
+        Ok(Store {
+            db,
+            readable: Default::default(),
+        })
     }
 
     /// Applies a batch durably; returns the (folder, uid) of each new entry, in order.
@@ -494,6 +500,7 @@ impl Store {
             }
         }
         txn.commit().map_err(err)?;
+        self.readable.invalidate();
         Ok(count)
     }
 
@@ -507,11 +514,24 @@ impl Store {
 
     /// The items sealed to a public key (what its owner can read).
     pub fn readable(&self, key: &str) -> Result<super::itemset::ItemSet, StoreError> {
+        Ok(self.sealed_to(key, 0)?.into_iter().collect())
+    }
+
+    /// [`Store::readable`], from what earlier calls found plus the items filed since.
+    pub fn readable_cached(&self, key: &str) -> Result<super::itemset::ItemSet, StoreError> {
+        self.readable.get(key, |after| self.sealed_to(key, after))
+    }
+
+    /// The items past `after` sealed to a public key.
+    fn sealed_to(&self, key: &str, after: u64) -> Result<Vec<u64>, StoreError> {
         let txn = self.db.begin_read().map_err(err)?;
         let table = txn.open_table(SEALED_TO).map_err(err)?;
-        let mut out = super::itemset::ItemSet::new();
-        for row in table.range((key, 0)..=(key, u64::MAX)).map_err(err)? {
-            out.insert(row.map_err(err)?.0.value().1);
+        let mut out = Vec::new();
+        let Some(from) = after.checked_add(1) else {
+            return Ok(out);
+        };
+        for row in table.range((key, from)..=(key, u64::MAX)).map_err(err)? {
+            out.push(row.map_err(err)?.0.value().1);
         }
         Ok(out)
     }
@@ -595,6 +615,7 @@ impl Store {
         super::flagtables::record_removed(&txn, &gone_entries)?;
         super::summarytables::forget(&txn, ids)?;
         txn.commit().map_err(err)?;
+        self.readable.invalidate();
         Ok(folders_changed)
     }
 }

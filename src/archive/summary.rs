@@ -215,19 +215,20 @@ fn seal(key: &LessSafeKey, item: u64, plain: &[u8]) -> Vec<u8> {
     [&nonce[..], &body].concat()
 }
 
-fn open(key: &LessSafeKey, item: u64, sealed: &[u8]) -> Option<Vec<u8>> {
+/// Opens a sealed summary part in place (the nonce and tag are cut off).
+fn open(key: &LessSafeKey, item: u64, mut sealed: Vec<u8>) -> Option<Vec<u8>> {
     let nonce: [u8; NONCE_BYTES] = sealed.get(..NONCE_BYTES)?.try_into().ok()?;
-    let mut body = sealed[NONCE_BYTES..].to_vec();
     let len = key
         .open_in_place(
             Nonce::assume_unique_for_key(nonce),
             Aad::from(item.to_le_bytes()),
-            &mut body,
+            &mut sealed[NONCE_BYTES..],
         )
         .ok()?
         .len();
-    body.truncate(len);
-    Some(body)
+    sealed.copy_within(NONCE_BYTES..NONCE_BYTES + len, 0);
+    sealed.truncate(len);
+    Some(sealed)
 }
 
 impl Archive {
@@ -306,12 +307,22 @@ impl SummaryReader {
     ) -> Result<Vec<Option<Vec<u8>>>, ArchiveError> {
         let txn = store.db.begin_read().map_err(super::dberror::err)?;
         let sealed = summarytables::read(&txn, items, part)?;
+        // The keysets of this call, so the shared map is locked once per keyset.
+        let mut keys: Vec<(u64, Option<Arc<LessSafeKey>>)> = Vec::new();
         Ok(sealed
             .into_iter()
             .zip(items)
             .map(|(s, item)| {
                 let (keyset, bytes) = s?;
-                open(&*self.key(store, keyring, keyset)?, *item, &bytes)
+                let key = match keys.iter().find(|(id, _)| *id == keyset) {
+                    Some((_, key)) => key.clone(),
+                    None => {
+                        let key = self.key(store, keyring, keyset);
+                        keys.push((keyset, key.clone()));
+                        key
+                    }
+                };
+                open(&*key?, *item, bytes)
             })
             .collect())
     }

@@ -411,7 +411,11 @@ async fn verify_finds_altered_cut_and_missing_items_and_a_cut_chain() {
     fs::rename(&moved, &pack_path).unwrap();
     // Removing the newest links is caught by the signed checkpoint.
     drop(archive);
-    let store = Store::open(&dir.join("archive").join("archive.redb")).unwrap();
+    let store = Store::open(
+        &dir.join("archive").join("archive.redb"),
+        store::CACHE_BYTES,
+    )
+    .unwrap();
     store.truncate_chain_for_test(3);
     drop(store);
     let archive = Archive::open(&ArchiveConfig::default(), spool.clone()).unwrap();

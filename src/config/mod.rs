@@ -263,6 +263,9 @@ pub struct ArchiveConfig {
     /// journaling, e.g. Google Workspace) whose sender is such an address is also filed in
     /// that user's Sent folder.
     pub internal_domains: Vec<String>,
+    /// The archive database's page cache in MB (bounded: beyond it, reads come from the
+    /// kernel's page cache). A header SEARCH of a million items wants ~256.
+    pub cache_mb: u64,
 }
 
 impl Default for ArchiveConfig {
@@ -284,6 +287,7 @@ impl Default for ArchiveConfig {
             envelopes_folder: "Journal Envelopes".into(),
             unknown_folder: "Unknown Addresses".into(),
             internal_domains: vec![],
+            cache_mb: 256,
         }
     }
 }
@@ -490,6 +494,11 @@ impl Config {
         {
             return Err(ConfigError::Invalid(
                 "max_connections must be at least 1".into(),
+            ));
+        }
+        if !(8..=65_536).contains(&self.archive.cache_mb) {
+            return Err(ConfigError::Invalid(
+                "[archive] cache_mb must be 8 to 65536".into(),
             ));
         }
         if let Some(problem) = self.archive.folder_problem() {
