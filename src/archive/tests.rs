@@ -26,6 +26,15 @@ fn setup(
     (dir, spool, archive, mbx)
 }
 
+/// Removes a test's directory and the keys kept beside it (`<dir>.intake.key`,
+/// `<dir>.chain.key`: outside the data directory, as in production).
+fn cleanup(dir: &Path) {
+    fs::remove_dir_all(dir).unwrap();
+    for key in ["intake.key", "chain.key"] {
+        let _ = fs::remove_file(format!("{}.{key}", dir.display()));
+    }
+}
+
 /// Archives every intake file in one commit.
 fn archive_all(archive: &Archive) {
     let mut pending = Pending::default();
@@ -113,7 +122,7 @@ async fn bifurcated_reports_are_stored_once_within_and_across_commits() {
     assert!(seen[0].contains("hub1"), "{}", seen[0]);
     assert!(seen.iter().all(|r| *r == seen[0]));
     spool.shutdown();
-    fs::remove_dir_all(dir).unwrap();
+    cleanup(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,7 +184,7 @@ async fn plain_copies_are_filed_and_retention_removes_old_ones() {
     assert!(second.contains("Subject: new"), "{second}");
     assert_eq!(archive.stats().unwrap().retention_removed, 1);
     spool.shutdown();
-    fs::remove_dir_all(dir).unwrap();
+    cleanup(&dir);
 }
 
 #[test]
@@ -353,7 +362,7 @@ async fn a_recovery_grant_restores_history_and_keeps_catch_all_mail() {
     // Bob still reads his item: the grant only added a reader.
     assert!(read_all(&archive, &inbox, listed[0].uid, &identity).contains("Subject: after"));
     spool.shutdown();
-    fs::remove_dir_all(dir).unwrap();
+    cleanup(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -425,7 +434,7 @@ async fn verify_finds_altered_cut_and_missing_items_and_a_cut_chain() {
         .iter()
         .any(|p| p.kind == "checkpoint-beyond-chain"));
     spool.shutdown();
-    fs::remove_dir_all(dir).unwrap();
+    cleanup(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -495,5 +504,5 @@ async fn summaries_open_for_readers_only_and_answer_like_the_message() {
         assert!(memchr::memmem::find(&db, needle).is_none());
     }
     spool.shutdown();
-    fs::remove_dir_all(dir).unwrap();
+    cleanup(&dir);
 }
