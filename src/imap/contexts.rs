@@ -14,6 +14,7 @@
 
 use std::collections::HashSet;
 
+use imap_codec::imap_types::core::Vec1;
 use imap_codec::imap_types::extensions::sort::SortCriterion;
 use imap_codec::imap_types::search::SearchKey;
 
@@ -134,6 +135,33 @@ impl Context {
     fn prefix(&self) -> String {
         let uid = if self.uid { " UID" } else { "" };
         format!("* ESEARCH (TAG {}){uid}", wire::quoted(&self.tag))
+    }
+}
+
+/// The criteria of an updating context with its sequence-number keys turned into the UIDs
+/// they named when the command came: RFC 5267 §4.3 fixes them then, so later renumbering
+/// (expunges, new mail) changes nothing.
+pub(super) fn freeze(key: SearchKey<'static>, view: &View) -> SearchKey<'static> {
+    use SearchKey::*;
+    match key {
+        And(keys) => And(Vec1::unvalidated(
+            keys.into_inner()
+                .into_iter()
+                .map(|k| freeze(k, view))
+                .collect(),
+        )),
+        Not(k) => Not(Box::new(freeze(*k, view))),
+        Or(a, b) => Or(Box::new(freeze(*a, view)), Box::new(freeze(*b, view))),
+        SequenceSet(set) => {
+            let uids = view.select(&set, false).into_iter();
+            let uids = wire::number_set(uids.map(|i| view.messages[i].uid));
+            match imap_codec::imap_types::sequence::SequenceSet::try_from(uids.as_str()) {
+                Ok(set) => Uid(set),
+                // No message: nothing ever matches.
+                Err(_) => Not(Box::new(All)),
+            }
+        }
+        other => other,
     }
 }
 
@@ -303,6 +331,22 @@ mod tests {
             line,
             "* ESEARCH (TAG \"B01\") UID REMOVEFROM (4 2 3 1 2 4 1 5) ADDTO (1 4 2 5)"
         );
+    }
+
+    #[test]
+    fn sequence_numbers_become_the_uids_they_named() {
+        let v = view(&[10, 20, 30]);
+        let set = |s: &str| imap_codec::imap_types::sequence::SequenceSet::try_from(s).unwrap();
+        let key = SearchKey::And(Vec1::unvalidated(vec![
+            SearchKey::SequenceSet(set("2:*")),
+            SearchKey::Not(Box::new(SearchKey::SequenceSet(set("5")))),
+        ]));
+        let frozen = freeze(key, &v);
+        let want = SearchKey::And(Vec1::unvalidated(vec![
+            SearchKey::Uid(set("20,30")),
+            SearchKey::Not(Box::new(SearchKey::Not(Box::new(SearchKey::All)))),
+        ]));
+        assert_eq!(frozen, want);
     }
 
     #[test]

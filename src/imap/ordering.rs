@@ -65,7 +65,7 @@ pub(super) async fn sort(
     answer.write(conn, tag, request.returns.as_deref(), "SORT");
     if updating {
         let uids = order.iter().map(|&k| items[k].uid).collect();
-        let key = SearchKey::And(search);
+        let key = super::contexts::freeze(SearchKey::And(search), &selected.view);
         super::search::keep(
             conn,
             selected,

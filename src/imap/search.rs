@@ -64,6 +64,7 @@ pub(super) async fn command(
                     .iter()
                     .map(|&i| selected.view.messages[i].uid)
                     .collect();
+                let key = super::contexts::freeze(key, &selected.view);
                 keep(conn, selected, tag, key, request.uid, None, uids);
             }
             selected.sync(conn, authed, request.uid);

@@ -416,6 +416,21 @@ class RawIMAP(LineClient):
             self.sock.settimeout(self.timeout)
 
 
+def noop_until(c, pred, timeout=10.0):
+    """NOOP until pred(every untagged response so far) is true; returns them all."""
+    deadline = time.monotonic() + timeout
+    seen: list[bytes] = []
+    while True:
+        r = c.cmd("NOOP")
+        assert r.ok, r
+        seen += r.untagged
+        if pred(seen):
+            return seen
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s; NOOP responses: {seen!r}")
+        time.sleep(0.05)
+
+
 def quote(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 

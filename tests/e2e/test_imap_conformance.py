@@ -28,7 +28,7 @@ from archiveharness import (  # noqa: F401  (archive_gw is a fixture)
     wait_archived,
 )
 from imapharness import (  # noqa: F401  (igw, make_igw are fixtures)
-    as_int, build_message, caps_of, fill, igw, make_igw, quote, raw_login, uid_map,
+    as_int, build_message, caps_of, fill, igw, make_igw, noop_until, quote, raw_login, uid_map,
 )
 from jgharness import send_smtp
 
@@ -186,21 +186,6 @@ def assert_vanished_first(untagged):
              for u in untagged if re.match(rb"^\* (VANISHED |\d+ FETCH )", u, re.I)]
     assert "".join(kinds) == "".join(sorted(kinds, key=lambda k: k != "V")), \
         f"a FETCH before VANISHED (EARLIER): {untagged!r}"
-
-
-def noop_until(c, pred, timeout=10.0):
-    """NOOP until pred(every untagged response so far) is true; returns them all."""
-    deadline = time.monotonic() + timeout
-    seen: list[bytes] = []
-    while True:
-        r = c.cmd("NOOP")
-        assert r.ok, r
-        seen += r.untagged
-        if pred(seen):
-            return seen
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s; NOOP responses: {seen!r}")
-        time.sleep(0.05)
 
 
 def mime_message(headers: list[str], body: bytes) -> bytes:

@@ -14,7 +14,7 @@ from archiveharness import (  # noqa: F401  (archive_gw is a fixture)
     add_users, archive_gw, journal_report, make_original, raw_user, send_report, wait_archived,
 )
 from imapharness import (  # noqa: F401  (igw, make_igw are fixtures)
-    build_message, caps_of, fill, igw, make_igw, raw_login,
+    build_message, caps_of, fill, igw, make_igw, noop_until, raw_login,
 )
 from jgharness import send_smtp
 
@@ -68,19 +68,6 @@ def apply(result: list[int], changes, sort: bool) -> list[int]:
         else:
             result.insert(pos - 1, n)
     return result
-
-
-def noop_until(c, pred, timeout=10.0) -> list[bytes]:
-    deadline = time.monotonic() + timeout
-    seen: list[bytes] = []
-    while True:
-        r = c.cmd("NOOP")
-        assert r.ok, r
-        seen += r.untagged
-        if pred(seen):
-            return seen
-        assert time.monotonic() < deadline, f"not within {timeout}s: {seen!r}"
-        time.sleep(0.05)
 
 
 def deliver(gw, mbx, subject: str, body="text\r\n"):
@@ -229,3 +216,22 @@ def test_archive_folder_announces_new_items(archive_gw):
         assert result == [int(x) for x in r.lines("SEARCH")[0].split()[2:]], (seen, r)
         assert len(result) == 2
         c.cmd("LOGOUT")
+
+
+def test_updating_search_keeps_the_messages_its_numbers_named(igw):
+    """RFC 5267 §4.3: sequence numbers in the criteria are those of the command's time."""
+    mbx, _ = fill(igw, 3)
+    with contextlib.closing(raw_login(igw, mbx, select=True)) as a, \
+            contextlib.closing(raw_login(igw, mbx, select=True)) as b:
+        uids = [int(x) for x in a.cmd("UID SEARCH ALL").lines("SEARCH")[0].split()[2:]]
+        r = a.cmd("UID SEARCH RETURN (UPDATE ALL) 2:3 UNSEEN", tag="Q1")
+        assert esearch(r.untagged, "Q1") == [f"UID ALL {uids[1]}:{uids[2]}".encode()], r
+        assert b.cmd("STORE 1 +FLAGS (\\Deleted)").ok and b.cmd("EXPUNGE").ok
+        noop_until(a, lambda u: any(x.endswith(b" EXPUNGE") for x in u))
+        deliver(igw, mbx, "now number 3")      # 2:3 now would name it: it must not join
+        seen = noop_until(a, lambda u: any(x.endswith(b" EXISTS") for x in u))
+        assert b.cmd("STORE 1 +FLAGS (\\Seen)").ok     # the message that was number 2
+        seen += noop_until(a, lambda u: updates(u, "Q1"))
+        assert updates(seen, "Q1") == [("REMOVEFROM", 0, uids[1])], seen
+        b.cmd("LOGOUT")
+        a.cmd("LOGOUT")
