@@ -50,6 +50,11 @@ pub(super) enum Registered {
 }
 
 impl Contexts {
+    /// Whether no search updates.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
     /// Whether a context with this tag updates already (its reuse is a BAD).
     pub fn has(&self, tag: &str) -> bool {
         self.list.iter().any(|c| c.tag == tag)
@@ -263,28 +268,8 @@ pub(super) fn sort_changes(c: &mut Context, view: &View, now: Vec<u32>) -> Optio
 
 #[cfg(test)]
 mod tests {
+    use super::super::view::test_view as view;
     use super::*;
-    use crate::message::{Flags, MessageMeta};
-    use crate::store::FolderInfo;
-
-    fn view(uids: &[u32]) -> View {
-        let folder = FolderInfo {
-            name: "INBOX".into(),
-            key: "k".into(),
-            special_use: None,
-            read_only: false,
-            keeps_flags: true,
-        };
-        let meta = |uid| MessageMeta {
-            uid,
-            size: 1,
-            received: 0,
-            envelope_len: 0,
-            flags: Flags::default(),
-            modseq: 1,
-        };
-        View::new(folder, false, uids.iter().map(|u| meta(*u)).collect())
-    }
 
     fn context(sort: bool, uid: bool, result: &[u32]) -> Context {
         Context {

@@ -159,7 +159,7 @@ impl Selected {
         self.refresh_keywords(conn, authed, &current);
         self.view.condstore |= conn.condstore;
         self.view.qresync |= conn.qresync;
-        if allow_expunge {
+        if allow_expunge && !self.contexts.is_empty() {
             let gone = self.view.gone(&current);
             if !gone.is_empty() {
                 self.contexts.expunging(&self.view, &gone, &mut conn.out);

@@ -159,10 +159,11 @@ impl View {
         out: &mut Vec<u8>,
     ) -> Synced {
         if allow_expunge {
+            let gone = self.gone(current);
             let mut vanished = Vec::new();
             for i in (0..self.messages.len()).rev() {
                 let uid = self.messages[i].uid;
-                if current.binary_search_by_key(&uid, |m| m.uid).is_err() {
+                if gone.contains(&uid) {
                     if self.qresync {
                         vanished.push(uid);
                     } else {
@@ -221,31 +222,36 @@ fn set(s: &str) -> SequenceSet {
     SequenceSet::try_from(s).unwrap()
 }
 
+/// A read-write INBOX view of messages with these UIDs, no flags (for tests).
+#[cfg(test)]
+pub(super) fn test_view(uids: &[u32]) -> View {
+    let folder = FolderInfo {
+        name: "INBOX".into(),
+        key: "k".into(),
+        special_use: None,
+        read_only: false,
+        keeps_flags: true,
+    };
+    let meta = |uid| MessageMeta {
+        uid,
+        size: 1,
+        received: 0,
+        envelope_len: 1,
+        flags: crate::message::Flags::default(),
+        modseq: 1,
+    };
+    View::new(folder, false, uids.iter().map(|u| meta(*u)).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::message::Flags;
 
-    fn meta(uid: u32) -> MessageMeta {
-        MessageMeta {
-            uid,
-            size: 1,
-            received: 0,
-            envelope_len: 1,
-            flags: Flags::default(),
-            modseq: 1,
-        }
-    }
+    use super::test_view as view;
 
-    fn view(uids: &[u32]) -> View {
-        let folder = FolderInfo {
-            name: "INBOX".into(),
-            key: "k".into(),
-            special_use: None,
-            read_only: false,
-            keeps_flags: true,
-        };
-        View::new(folder, false, uids.iter().map(|u| meta(*u)).collect())
+    fn meta(uid: u32) -> MessageMeta {
+        view(&[uid]).messages[0]
     }
 
     #[test]
